@@ -1,0 +1,86 @@
+"""Writes that appear only complete: a temporary name, fsync, then rename."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+class SaveError(OSError):
+    """Saving failed (disk full, permission denied, ...); the previous good copy is untouched."""
+
+
+def _fsync_tree(root: Path) -> None:
+    # mkdtemp/mkstemp create private (0700/0600) entries; give the result ordinary permissions.
+    mask = _umask()
+    for path in sorted(root.rglob("*")) + [root]:
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+    with contextlib.suppress(OSError):  # directory fsync is not allowed everywhere
+        fd = os.open(root, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | Path) -> Iterator[Path]:
+    """Yield a fresh temporary directory beside `target`; on success it replaces `target` whole."""
+    target = Path(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    except OSError as err:
+        raise SaveError(err.errno, f"cannot write {target}: {err.strerror}") from None
+    try:
+        yield staging
+        _fsync_tree(staging)
+        if target.exists():
+            retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            os.replace(target, retired / target.name)
+            os.replace(staging, target)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.replace(staging, target)
+    except OSError as err:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise SaveError(err.errno, f"cannot write {target}: {err.strerror or err}") from None
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    path = Path(path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except OSError as err:
+        if tmp:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        raise SaveError(err.errno, f"cannot write {path}: {err.strerror or err}") from None
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))

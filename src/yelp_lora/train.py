@@ -1,0 +1,228 @@
+"""LoRA fine-tuning through transformers' Trainer: validation every epoch, only the best adapter kept."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from yelp_lora import data as data_stage
+from yelp_lora import model as model_stage
+from yelp_lora.atomic import atomic_dir, atomic_write_text
+from yelp_lora.config import LABEL_NAMES, RunConfig
+from yelp_lora.metrics import headline, predictions_of
+from yelp_lora.provenance import environment
+
+log = logging.getLogger("yelp_lora.train")
+
+ADAPTER_DIRNAME = "adapter"
+CHECKPOINT_DIRNAME = "checkpoints"
+RUN_FILE = "run.json"
+ADAPTER_META_FILE = "yelp_lora.json"
+
+
+def adapter_meta(config: RunConfig, base_path: str, data_source: str) -> dict:
+    """What a consumer of the adapter needs beyond PEFT's own files."""
+    return {
+        "base_model": config.model.name_or_path,
+        "base_model_path": base_path,
+        "data_source": data_source,
+        "head_seed": config.train.seed,
+        "max_length": config.model.max_length,
+        "label_names": list(LABEL_NAMES),
+    }
+
+
+def save_adapter(peft_model, tokenizer, target: Path, meta: dict) -> None:
+    """The adapter in standard PEFT format plus config.json (id2label) and the tokenizer, atomically."""
+    with atomic_dir(target) as staging:
+        peft_model.save_pretrained(str(staging))
+        peft_model.get_base_model().config.save_pretrained(str(staging))
+        tokenizer.save_pretrained(str(staging))
+        (staging / ADAPTER_META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+
+
+def _keep_best_callback(output_dir: Path, tokenizer, meta: dict):
+    from transformers import TrainerCallback
+
+    class KeepBestAdapter(TrainerCallback):
+        """After each validation, save the adapter if its macro-F1 is the best so far.
+
+        Selection lives here rather than in `load_best_model_at_end` so checkpoints (kept
+        only for --resume) can follow their own schedule and be deleted at the end.
+        """
+
+        def __init__(self):
+            self.best: float | None = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            # On --resume, the restored history already holds the earlier epochs' scores.
+            scores = [e["eval_macro_f1"] for e in state.log_history if "eval_macro_f1" in e]
+            self.best = max(scores) if scores else None
+
+        def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
+            score = (metrics or {}).get("eval_macro_f1")
+            if score is None or not args.should_save:
+                return
+            if self.best is None or score > self.best:
+                self.best = score
+                save_adapter(model, tokenizer, output_dir / ADAPTER_DIRNAME, meta)
+
+    return KeepBestAdapter()
+
+
+def training_arguments(config: RunConfig, output_dir: Path, device: torch.device, resume_possible: bool):
+    from transformers import TrainingArguments
+
+    train = config.train
+    use_bf16 = train.precision == "bf16" or (train.precision == "auto" and model_stage.bf16_supported(device))
+    cuda = device.type == "cuda"
+    return TrainingArguments(
+        output_dir=str(output_dir / CHECKPOINT_DIRNAME),
+        learning_rate=train.learning_rate,
+        lr_scheduler_type=train.lr_scheduler,
+        warmup_steps=train.warmup_ratio,
+        num_train_epochs=train.epochs,
+        max_steps=train.max_steps,
+        per_device_train_batch_size=train.train_batch_size,
+        per_device_eval_batch_size=train.eval_batch_size,
+        weight_decay=train.weight_decay,
+        seed=train.seed,
+        data_seed=train.seed,
+        bf16=use_bf16,
+        use_cpu=not cuda,
+        tf32=True if cuda and torch.cuda.get_device_capability()[0] >= 8 else None,
+        eval_strategy="epoch",
+        save_strategy="steps" if train.save_steps else ("epoch" if resume_possible else "no"),
+        save_steps=train.save_steps or 500,
+        save_total_limit=1,
+        logging_strategy="steps",
+        logging_steps=train.logging_steps,
+        train_sampling_strategy="group_by_length" if train.group_by_length else "random",
+        dataloader_pin_memory=cuda,
+        dataloader_num_workers=2 if cuda else 0,
+        report_to=[],
+        disable_tqdm=not sys.stderr.isatty(),
+    )
+
+
+def _epoch_history(log_history: list[dict]) -> tuple[list[dict], list[dict]]:
+    steps, epochs = [], []
+    for entry in log_history:
+        if "loss" in entry:
+            steps.append(
+                {k: entry.get(k) for k in ("step", "epoch", "loss", "grad_norm", "learning_rate")}
+            )
+        elif "eval_macro_f1" in entry:
+            epochs.append(
+                {
+                    "epoch": entry.get("epoch"),
+                    "step": entry.get("step"),
+                    "accuracy": entry["eval_accuracy"],
+                    "macro_f1": entry["eval_macro_f1"],
+                    "loss": entry.get("eval_loss"),
+                }
+            )
+    return steps, epochs
+
+
+def train(config: RunConfig, output_dir: str | Path, *, resume: bool = False) -> dict:
+    """Run one training job; returns the run record also written to OUTPUT_DIR/run.json."""
+    from transformers import DataCollatorWithPadding, Trainer
+
+    output_dir = Path(output_dir)
+    checkpoints = output_dir / CHECKPOINT_DIRNAME
+    if resume and not any(checkpoints.glob("checkpoint-*")):
+        raise data_stage.DataError(f"--resume: no checkpoint to resume from in {checkpoints}")
+    source = data_stage.resolve_source(config.data.source)
+    full_train = data_stage.load_split(source, "train", skip_bad_rows=config.data.skip_bad_rows)
+    train_split, val_split = data_stage.train_val_split(
+        full_train, config.data.val_samples, config.data.train_samples, config.train.seed
+    )
+    base_path = model_stage.resolve_model_path(config.model.name_or_path)
+    tokenizer = model_stage.load_tokenizer(config.model.name_or_path)
+    pad = config.train.pad_to_max_length
+    train_set = data_stage.tokenize(train_split, tokenizer, config.model.max_length, pad)
+    val_set = data_stage.tokenize(val_split, tokenizer, config.model.max_length, pad)
+
+    model = model_stage.apply_lora(
+        model_stage.build_classifier(config.model.name_or_path, config.train.seed), config.lora
+    )
+    parameter_line = model_stage.parameter_line(model)
+    print(parameter_line, flush=True)
+    trainable, total = model.get_nb_trainable_parameters()
+
+    device = model_stage.pick_device()
+    args = training_arguments(config, output_dir, device, resume_possible=bool(config.train.save_steps) or resume)
+    meta = adapter_meta(config, base_path, source)
+    # With disable_tqdm (output not a terminal) the Trainer prints plain log lines instead of bars.
+    callbacks = [_keep_best_callback(output_dir, tokenizer, meta)]
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_set,
+        eval_dataset=val_set,
+        processing_class=tokenizer,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        compute_metrics=lambda eval_pred: headline(eval_pred.label_ids, predictions_of(eval_pred.predictions)),
+        callbacks=callbacks,
+    )
+    started = time.time()
+    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    wall = time.time() - started
+    if not trainer.is_world_process_zero():
+        return {}
+
+    steps, epochs = _epoch_history(trainer.state.log_history)
+    best = max(epochs, key=lambda e: e["macro_f1"]) if epochs else None
+    samples_per_second = result.metrics.get("train_samples_per_second")
+    mean_tokens = float(np.mean(train_set["length"]))
+    record = {
+        "config": config.model_dump(),
+        "resolved": {"data_source": source, "base_model_path": base_path, "device": str(device), "bf16": args.bf16},
+        "data": {
+            "train_file_rows": len(full_train),
+            "skipped_bad_rows": len(full_train.skipped),
+            "skipped_examples": full_train.skipped[:10],
+            "duplicates_dropped": full_train.duplicates_dropped,
+            "train": train_split.summary(),
+            "validation": val_split.summary(),
+        },
+        "parameters": {"trainable": trainable, "total": total, "line": parameter_line},
+        "environment": environment(),
+        "history": steps,
+        "validation": epochs,
+        "best_epoch": best,
+        "train_runtime": result.metrics.get("train_runtime", wall),
+        "train_samples_per_second": samples_per_second,
+        "train_steps_per_second": result.metrics.get("train_steps_per_second"),
+        # Real (unpadded) tokens: what the model had to read, whatever the padding.
+        "train_tokens_per_second": mean_tokens * samples_per_second,
+        "mean_tokens_per_sample": mean_tokens,
+        "global_step": result.global_step,
+        "world_size": args.world_size,
+        "adapter_dir": ADAPTER_DIRNAME,
+    }
+    atomic_write_text(output_dir / RUN_FILE, json.dumps(record, indent=2) + "\n")
+    shutil.rmtree(checkpoints, ignore_errors=True)  # only the best adapter is kept
+    return record
+
+
+def format_summary(record: dict) -> str:
+    lines = ["Validation (carved from train):"]
+    for epoch in record["validation"]:
+        lines.append(f"  epoch {epoch['epoch']:.2f}: accuracy {epoch['accuracy']:.4f}  macro-F1 {epoch['macro_f1']:.4f}")
+    best = record["best_epoch"]
+    if best:
+        lines.append(f"Best epoch {best['epoch']:.2f} (macro-F1 {best['macro_f1']:.4f}) kept in {record['adapter_dir']}/")
+    lines.append(
+        f"train_runtime {record['train_runtime']:.1f}s, {record['train_samples_per_second']:.2f} samples/s, "
+        f"{record['train_tokens_per_second']:.0f} tokens/s"
+    )
+    return "\n".join(lines)
