@@ -265,12 +265,12 @@ def _read_csv(path: Path, out: _RowCollector) -> None:
 
 def _csv_columns(path: Path, first: list[str]) -> tuple[tuple[int, int, bool], list[str] | None]:
     names = [name.strip().lower() for name in first]
-    if "text" in names:
-        if "label" in names:
-            return (names.index("label"), names.index("text"), False), names
-        if "stars" in names:
-            return (names.index("stars"), names.index("text"), True), names
-        raise DataError(f"{path}: header {first!r} has a 'text' column but no 'label' (0-4) or 'stars' (1-5) column")
+    if {"label", "stars", "text"} & set(names):
+        label_column = "label" if "label" in names else "stars" if "stars" in names else None
+        if "text" not in names or label_column is None:
+            missing = "'text'" if "text" not in names else "'label' (0-4) or 'stars' (1-5)"
+            raise DataError(f"{path}: line 1: header {first!r} has no {missing} column")
+        return (names.index(label_column), names.index("text"), label_column == "stars"), names
     if len(first) == 2 and first[0].strip().isdigit():
         return (0, 1, True), None  # the original headerless yelp_review_full: "stars","text"
     raise DataError(

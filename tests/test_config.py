@@ -1,0 +1,57 @@
+from pathlib import Path
+
+import pytest
+
+from yelp_lora.config import ConfigError, RunConfig, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_seed_preset_is_the_reference_config():
+    config = load_config(REPO / "configs" / "seed.yaml")
+    assert config.model.name_or_path == "bert-base-uncased"
+    assert config.data.source == "yelp_review_full"
+    assert (config.lora.r, config.lora.alpha, config.lora.dropout) == (8, 16, 0.1)
+    assert config.lora.target_modules == ["query", "value"] and config.lora.bias == "none"
+    train = config.train
+    assert (train.learning_rate, train.epochs, train.lr_scheduler) == (2e-4, 3, "linear")
+    assert (train.train_batch_size, train.eval_batch_size, train.weight_decay) == (16, 16, 0.01)
+    assert config.model.max_length == 256
+
+
+def test_demo_preset_uses_the_packaged_model_and_local_data():
+    config = load_config(REPO / "configs" / "demo.yaml")
+    assert config.model.name_or_path == "minilm"
+    assert config.data.source == "auto"
+
+
+def test_overrides_apply_and_none_means_keep():
+    config = load_config(REPO / "configs" / "seed.yaml", {"train.seed": 7, "train.epochs": None})
+    assert config.train.seed == 7 and config.train.epochs == 3
+
+
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("train:\n  learning_rat: 0.1\n", "train.learning_rat"),
+        ("train:\n  epochs: -1\n", "train.epochs"),
+        ("lora: [1, 2]\n", "lora"),
+        ("- just\n- a list\n", "must hold a mapping"),
+        ("train: {seed: [\n", "not valid YAML"),
+    ],
+)
+def test_bad_config_files_name_the_problem(tmp_path, text, fragment):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="bad.yaml") as err:
+        load_config(path)
+    assert fragment in str(err.value)
+
+
+def test_missing_config_file():
+    with pytest.raises(ConfigError, match="config file not found: nope.yaml"):
+        load_config("nope.yaml")
+
+
+def test_defaults_are_valid():
+    assert RunConfig().train.seed == 42

@@ -1,0 +1,133 @@
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from yelp_lora import data
+from yelp_lora.data import DataError
+
+
+def test_real_train_and_test_files_load_balanced(data_dir):
+    train = data.load_split(str(data_dir), "train")
+    test = data.load_split(str(data_dir), "test")
+    assert len(train) == 1999 and train.label_counts() == [400, 400, 400, 400, 399]
+    assert len(test) == 1000 and test.label_counts() == [200] * 5
+    assert train.row_ids[0] == "train.csv:2"  # line 1 is the header
+    assert not set(train.texts) & set(test.texts)
+
+
+def test_a_single_file_serves_as_any_split(data_dir):
+    split = data.load_split(str(data_dir / "test.csv"), "train")
+    assert len(split) == 1000 and split.name == "train"
+
+
+def _write_formats(tmp_path, rows):
+    """The same rows as headered CSV, headerless stars CSV, JSONL (label and stars) and Parquet."""
+    import csv
+
+    with open(tmp_path / "headered.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["label", "text"])
+        writer.writerows(rows)
+    with open(tmp_path / "yelp_original.csv", "w", newline="", encoding="utf-8") as f:
+        csv.writer(f, quoting=csv.QUOTE_ALL).writerows([(label + 1, text) for label, text in rows])
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps({"label": l, "text": t}) + "\n" for l, t in rows))
+    (tmp_path / "stars.jsonl").write_text("".join(json.dumps({"stars": l + 1, "text": t}) + "\n" for l, t in rows))
+    pq.write_table(pa.table({"label": [l for l, _ in rows], "text": [t for _, t in rows]}), tmp_path / "rows.parquet")
+    return ["headered.csv", "yelp_original.csv", "rows.jsonl", "stars.jsonl", "rows.parquet"]
+
+
+def test_every_format_reads_the_same_rows(tmp_path, data_dir):
+    real = data.load_split(str(data_dir / "train.csv"), "train")
+    rows = list(zip(real.labels[:30], real.texts[:30]))
+    for name in _write_formats(tmp_path, rows):
+        split = data.load_split(str(tmp_path / name), "train")
+        assert list(zip(split.labels, split.texts)) == rows, name
+
+
+@pytest.mark.parametrize(
+    "content, fragment",
+    [
+        ("label,text\n7,great food\n", "line 2: label 7 is out of range 0-4"),
+        ("label,text\n2,\n", "line 2: empty text"),
+        ("label,text\n2,   \n", "line 2: whitespace-only text"),
+        ("label,text\npositive,nice\n", "line 2: label 'positive' is not an integer 0-4"),
+        ("label,text\n1,a,b\n", "line 2: expected 2 fields, found 3"),
+        ("\"6\",\"too many stars\"\n", "line 1: stars 6 is out of range 1-5"),
+        ("label,review\n1,x\n", "line 1: header ['label', 'review'] has no 'text' column"),
+        ("text,rating\n1,x\n", "has no 'label' (0-4) or 'stars' (1-5) column"),
+        ("label,text\n1,\"never closed\n", "malformed CSV"),
+    ],
+)
+def test_bad_csv_rows_name_file_row_and_problem(tmp_path, content, fragment):
+    path = tmp_path / "bad.csv"
+    path.write_text(content)
+    with pytest.raises(DataError) as err:
+        data.load_split(str(path), "train")
+    assert str(path) in str(err.value) and fragment in str(err.value)
+
+
+def test_undecodable_bytes_are_reported_per_row(tmp_path):
+    path = tmp_path / "latin1.csv"
+    path.write_bytes("label,text\n1,fine\n2,caf\xe9 ok\n".encode("latin-1"))
+    with pytest.raises(DataError, match="line 3: text has bytes that are not valid UTF-8"):
+        data.load_split(str(path), "train")
+
+
+def test_skip_bad_rows_counts_and_keeps_the_good_ones(tmp_path):
+    path = tmp_path / "mixed.csv"
+    path.write_text("label,text\n1,good one\n9,bad label\n3,\n4,another good one\n4,another good one\n")
+    split = data.load_split(str(path), "train", skip_bad_rows=True)
+    assert split.texts == ["good one", "another good one"]
+    assert len(split.skipped) == 2 and split.duplicates_dropped == 1
+    assert "line 3" in split.skipped[0]
+
+
+def test_jsonl_missing_column_and_bad_json(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"text": "no label"}\n{not json}\n')
+    with pytest.raises(DataError) as err:
+        data.load_split(str(path), "train")
+    message = str(err.value)
+    assert "line 1: missing column 'label'" in message and "line 2: invalid JSON" in message
+
+
+def test_missing_paths_and_directories_without_a_split(tmp_path):
+    with pytest.raises(DataError, match="data path not found: ./nowhere.csv"):
+        data.load_split("./nowhere.csv", "train")
+    with pytest.raises(DataError, match="has no test split"):
+        data.load_split(str(tmp_path), "test")
+
+
+def test_validation_is_carved_from_train_stratified_and_seeded(data_dir):
+    train = data.load_split(str(data_dir), "train")
+    a_train, a_val = data.train_val_split(train, 400, 1000, seed=42)
+    b_train, b_val = data.train_val_split(train, 400, 1000, seed=42)
+    assert (len(a_train), len(a_val)) == (1000, 400)
+    assert a_val.label_counts() == [80] * 5 and a_train.label_counts() == [200] * 5
+    assert not set(a_train.row_ids) & set(a_val.row_ids)
+    assert a_train.fingerprint() == b_train.fingerprint() and a_val.fingerprint() == b_val.fingerprint()
+    c_train, _ = data.train_val_split(train, 400, 1000, seed=43)
+    assert c_train.fingerprint() != a_train.fingerprint()
+    # The validation set does not depend on how many training rows are drawn.
+    _, d_val = data.train_val_split(train, 400, 500, seed=42)
+    assert d_val.fingerprint() == a_val.fingerprint()
+
+
+def test_stratified_sample_of_test(data_dir):
+    test = data.load_split(str(data_dir), "test")
+    sample = data.sample_split(test, 500, seed=42)
+    assert len(sample) == 500 and sample.label_counts() == [100] * 5
+    assert np.array_equal(data.stratified_indices(test.labels, 500, 42), data.stratified_indices(test.labels, 500, 42))
+
+
+def test_prediction_inputs(tmp_path):
+    (tmp_path / "reviews.txt").write_text("first review\n\nsecond review\n")
+    assert [t for _, t in data.iter_texts(tmp_path / "reviews.txt")] == ["first review", "second review"]
+    (tmp_path / "in.csv").write_text("id,text\n1,hello\n")
+    assert list(data.iter_texts(tmp_path / "in.csv")) == [("line 2", "hello")]
+    (tmp_path / "in.jsonl").write_text('{"text": "hi"}\n{"txt": 1}\n')
+    with pytest.raises(DataError, match="line 2: expected an object with a 'text' field"):
+        list(data.iter_texts(tmp_path / "in.jsonl"))

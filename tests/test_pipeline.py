@@ -1,0 +1,169 @@
+"""The reference job end to end on the real MiniLM and real rows: train, evaluate, compare, predict."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import REPO, SMALL_RUN, read_json, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def test_train_writes_a_complete_run(minilm_run):
+    adapter = minilm_run / "adapter"
+    for name in ("adapter_config.json", "adapter_model.safetensors", "config.json", "tokenizer.json", "yelp_lora.json"):
+        assert (adapter / name).is_file(), name
+    assert not (minilm_run / "checkpoints").exists(), "only the best adapter is kept"
+    assert not list(adapter.glob("*.bin")) and not list(adapter.glob("*.pt"))
+    config = read_json(adapter / "config.json")
+    assert config["id2label"] == {"0": "strong_negative", "1": "negative", "2": "neutral", "3": "positive", "4": "strong_positive"}
+    adapter_config = read_json(adapter / "adapter_config.json")
+    assert adapter_config["r"] == 8 and adapter_config["lora_alpha"] == 16
+    assert sorted(adapter_config["target_modules"]) == ["query", "value"]
+
+    run = read_json(minilm_run / "run.json")
+    assert run["config"]["train"]["seed"] == 7 and run["config"]["model"]["name_or_path"] == "minilm"
+    assert run["data"]["train"]["rows"] == 96 and run["data"]["validation"]["rows"] == 40
+    assert len(run["data"]["train"]["fingerprint"]) == 64
+    assert run["parameters"]["line"].startswith("trainable params: 75,653 || all params: 22,790,794")
+    assert {"torch", "transformers", "peft"} <= set(run["environment"]["libraries"])
+    assert run["environment"]["hardware"]["cpu_count"] >= 1
+    assert [round(e["epoch"]) for e in run["validation"]] == [1, 2]
+    assert all(0 <= e["macro_f1"] <= 1 for e in run["validation"])
+    assert run["best_epoch"]["macro_f1"] == max(e["macro_f1"] for e in run["validation"])
+    assert run["history"] and {"loss", "grad_norm", "learning_rate", "epoch"} <= set(run["history"][0])
+    learning_rates = [h["learning_rate"] for h in run["history"]]
+    assert learning_rates == sorted(learning_rates, reverse=True), "linear decay"
+    assert run["train_samples_per_second"] > 0 and run["train_runtime"] > 0
+
+
+def test_the_kept_adapter_is_the_best_epoch(minilm_run, data_dir):
+    """Evaluating the kept adapter on the validation rows reproduces the best epoch's score."""
+    from yelp_lora import data
+    from yelp_lora.evaluate import resolve_adapter_dir
+    from yelp_lora.metrics import headline, predictions_of
+    from yelp_lora.model import load_adapter, predict_logits
+
+    run = read_json(minilm_run / "run.json")
+    train = data.load_split(str(data_dir), "train")
+    _, validation = data.train_val_split(train, 40, 96, seed=7)
+    assert validation.fingerprint() == run["data"]["validation"]["fingerprint"]
+    model, tokenizer = load_adapter(resolve_adapter_dir(minilm_run), merge=False)
+    logits, _ = predict_logits(model, tokenizer, validation.texts, bf16=run["resolved"]["bf16"])
+    score = headline(validation.labels, predictions_of(logits))
+    assert score["macro_f1"] == pytest.approx(run["best_epoch"]["macro_f1"], abs=0.03)
+
+
+def test_compare_prints_the_reference_block(minilm_run, data_dir, tmp_path):
+    out = tmp_path / "compare.json"
+    result = run_cli("compare", "--adapter", str(minilm_run), "--data", str(data_dir), "--n", "60", "--json", str(out))
+    lines = result.stdout.splitlines()
+    assert lines[0] == "===== Evaluation Results (Yelp Test, N=60) ====="
+    assert lines[1].startswith("Baseline Accuracy : 0.") and lines[2].startswith("LoRA Accuracy     : 0.")
+    assert lines[4].startswith("Baseline Macro-F1 : ") and lines[5].startswith("LoRA Macro-F1     : ")
+    assert lines[7] == "===== Summary =====" and lines[8].startswith("Accuracy Gain     : ")
+    assert any(line.startswith("Extreme reversals") for line in lines)
+    payload = json.loads(out.read_text())
+    assert {"n", "seed", "baseline", "lora", "gain", "label_shift", "extreme_reversals"} <= set(payload)
+    assert payload["n"] == 60 and payload["seed"] == 42
+    assert payload["gain"]["accuracy"] == pytest.approx(payload["lora"]["accuracy"] - payload["baseline"]["accuracy"])
+    shift_total = sum(row["count"] for row in payload["label_shift"])
+    assert shift_total <= 60 and all(row["from"] != row["to"] for row in payload["label_shift"])
+    counts = [row["count"] for row in payload["label_shift"]]
+    assert counts == sorted(counts, reverse=True)
+    # The shift table is exactly what the two models' predictions imply.
+    base_cm = np.array(payload["detailed"]["baseline"]["confusion_matrix"])
+    lora_cm = np.array(payload["detailed"]["lora"]["confusion_matrix"])
+    assert base_cm.sum() == lora_cm.sum() == 60
+    assert f"{payload['label_shift'][0]['from']} → {payload['label_shift'][0]['to']} : {counts[0]}" in result.stdout
+
+
+def test_evaluate_reports_per_class_scores_and_confusion(minilm_run, data_dir, tmp_path):
+    out = tmp_path / "eval.json"
+    result = run_cli("evaluate", "--adapter", str(minilm_run / "adapter"), "--data", str(data_dir), "--n", "50", "--json", str(out))
+    payload = json.loads(out.read_text())
+    assert payload["n"] == 50 and set(payload["per_class"]) == {"strong_negative", "negative", "neutral", "positive", "strong_positive"}
+    assert np.array(payload["confusion_matrix"]).sum() == 50
+    assert "Confusion matrix" in result.stdout and "Macro-F1" in result.stdout
+
+
+def test_predict_text_and_every_input_format(minilm_run, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    texts = ["Absolutely wonderful, best meal of my life!", "Cold food, rude staff, never coming back."]
+    direct = json.loads(run_cli("predict", "--adapter", str(minilm_run), *texts, "--json").stdout)
+    assert [row["text"] for row in direct] == texts
+    for row in direct:
+        assert row["stars"] == row["label_id"] + 1 and set(row["probabilities"]) == {
+            "strong_negative", "negative", "neutral", "positive", "strong_positive"}
+        assert sum(row["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+        assert row["confidence"] == max(row["probabilities"].values())
+    (tmp_path / "in.txt").write_text("\n".join(texts) + "\n")
+    (tmp_path / "in.csv").write_text("text\n" + "\n".join(f'"{t}"' for t in texts) + "\n")
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    pq.write_table(pa.table({"text": texts}), tmp_path / "in.parquet")
+    for name in ("in.txt", "in.csv", "in.jsonl", "in.parquet"):
+        rows = json.loads(run_cli("predict", "--adapter", str(minilm_run), "--input", str(tmp_path / name), "--json").stdout)
+        assert [r["label"] for r in rows] == [r["label"] for r in direct], name
+        for got, want in zip(rows, direct):
+            assert got["probabilities"] == pytest.approx(want["probabilities"], abs=1e-5)
+    plain = run_cli("predict", "--adapter", str(minilm_run), texts[0]).stdout
+    assert "★" in plain and "confidence" in plain
+
+
+def test_the_adapter_deploys_with_plain_transformers_and_peft(minilm_run):
+    """No yelp_lora import: the classic failure is a head that is not saved or comes back random."""
+    texts = ["Best tacos in town, friendly staff.", "Meh. Okay but overpriced.", "Terrible, I got sick."]
+    ours = json.loads(run_cli("predict", "--adapter", str(minilm_run), *texts, "--json").stdout)
+    script = f"""
+import json, sys, torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from peft import PeftModel
+adapter = {str(minilm_run / "adapter")!r}
+base = json.load(open(adapter + "/adapter_config.json"))["base_model_name_or_path"]
+model = PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(base, num_labels=5), adapter).eval()
+tok = AutoTokenizer.from_pretrained(adapter)
+texts = {texts!r}
+with torch.no_grad():
+    probs = torch.softmax(model(**tok(texts, padding=True, truncation=True, max_length=256, return_tensors="pt")).logits, -1)
+assert "yelp_lora" not in sys.modules
+print(json.dumps(probs.tolist()))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd="/")
+    assert result.returncode == 0, result.stderr[-3000:]
+    plain = np.array(json.loads(result.stdout.strip().splitlines()[-1]))
+    names = ["strong_negative", "negative", "neutral", "positive", "strong_positive"]
+    ours_probs = np.array([[row["probabilities"][n] for n in names] for row in ours])
+    np.testing.assert_allclose(plain, ours_probs, atol=1e-4)
+    assert plain.argmax(1).tolist() == [row["label_id"] for row in ours]
+
+
+def test_same_command_twice_gives_byte_identical_adapter(minilm_run, data_dir, tmp_path):
+    again = tmp_path / "again"
+    run_cli("train", "--config", "configs/demo.yaml", "--data", str(data_dir), *SMALL_RUN, "--output-dir", str(again))
+    first = (minilm_run / "adapter" / "adapter_model.safetensors").read_bytes()
+    second = (again / "adapter" / "adapter_model.safetensors").read_bytes()
+    assert first == second
+    a, b = read_json(minilm_run / "run.json"), read_json(again / "run.json")
+    assert a["validation"] == [{**e} for e in b["validation"]]
+    assert a["data"]["train"]["fingerprint"] == b["data"]["train"]["fingerprint"]
+    assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
+
+
+def test_user_mistakes_get_one_clear_line(tmp_path, minilm_run):
+    cases = [
+        (("train", "--data", "./missing-dir", "--output-dir", str(tmp_path / "x")), "data path not found: ./missing-dir"),
+        (("train", "--config", "nope.yaml", "--output-dir", str(tmp_path / "x")), "config file not found"),
+        (("train", "--model", "./no-model", "--max-steps", "1", "--output-dir", str(tmp_path / "x")), "model directory not found"),
+        (("compare", "--adapter", str(tmp_path / "none")), "adapter not found"),
+        (("predict", "--adapter", str(minilm_run)), "nothing to predict"),
+        (("predict", "--adapter", str(minilm_run), "   "), "argument 1: whitespace-only text"),
+    ]
+    for args, message in cases:
+        result = run_cli(*args, check=False)
+        assert result.returncode == 2, (args, result.stderr[-2000:])
+        assert message in result.stderr, (args, result.stderr[-2000:])
+        assert "Traceback" not in result.stderr
