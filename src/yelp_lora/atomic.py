@@ -36,6 +36,18 @@ def _fsync_tree(root: Path) -> None:
             os.close(fd)
 
 
+def publish_dir(staging: Path, target: Path) -> None:
+    """fsync a finished directory and rename it to `target`, replacing any previous one whole."""
+    _fsync_tree(staging)
+    if target.exists():
+        retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        os.replace(target, retired / target.name)
+        os.replace(staging, target)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        os.replace(staging, target)
+
+
 @contextlib.contextmanager
 def atomic_dir(target: str | Path) -> Iterator[Path]:
     """Yield a fresh temporary directory beside `target`; on success it replaces `target` whole."""
@@ -47,14 +59,7 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
         raise SaveError(err.errno, f"cannot write {target}: {err.strerror}") from None
     try:
         yield staging
-        _fsync_tree(staging)
-        if target.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            os.replace(target, retired / target.name)
-            os.replace(staging, target)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.replace(staging, target)
+        publish_dir(staging, target)
     except OSError as err:
         shutil.rmtree(staging, ignore_errors=True)
         raise SaveError(err.errno, f"cannot write {target}: {err.strerror or err}") from None
