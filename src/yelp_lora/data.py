@@ -240,7 +240,13 @@ def _decoded(path: Path) -> str:
     return path.read_bytes().decode("utf-8-sig", errors="surrogateescape")
 
 
+# csv's default 128 KiB field limit would turn one over-long review into a whole-file
+# "malformed CSV" error; lifted, the row check reports it (and --skip-bad-rows can skip it).
+CSV_FIELD_LIMIT = 2**31 - 1
+
+
 def _read_csv(path: Path, out: _RowCollector) -> None:
+    csv.field_size_limit(CSV_FIELD_LIMIT)
     reader = csv.reader(io.StringIO(_decoded(path), newline=""), strict=True)
     header: list[str] | None = None
     columns: tuple[int, int, bool] | None = None  # (label index, text index, label is stars)
@@ -324,7 +330,11 @@ def _read_hub(dataset_id: str, split: str, skip_bad_rows: bool) -> Split:
     try:
         data = datasets.load_dataset(dataset_id, split=split)
     except Exception as err:  # offline, unknown id, missing split: all end here
-        raise DataError(f"could not load hub data set '{dataset_id}' (split '{split}'): {err}") from None
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataError(
+            f"data source '{dataset_id}' is not a local file or directory, and no hub data set of that name "
+            f"could be loaded (split '{split}'): {reason}"
+        ) from None
     collector = _RowCollector(f"{dataset_id}[{split}]", split, f"hub:{dataset_id}", skip_bad_rows)
     _read_columns(data.column_names, data.to_dict(), f"{dataset_id}:{split}", collector)
     return collector.finish()
