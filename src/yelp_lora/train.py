@@ -15,7 +15,7 @@ import torch
 
 from yelp_lora import data as data_stage
 from yelp_lora import model as model_stage
-from yelp_lora.atomic import SaveError, atomic_dir, atomic_write_text, publish_dir
+from yelp_lora.atomic import atomic_dir, atomic_write_text, publish_dir, save_errors
 from yelp_lora.config import LABEL_NAMES, ConfigError, RunConfig
 from yelp_lora.metrics import headline, predictions_of
 from yelp_lora.provenance import environment
@@ -119,17 +119,14 @@ def _atomic_checkpoint_trainer_class():
             self.accelerator.wait_for_everyone()  # every rank writes its own RNG state into staging
             self._staging_root = str(staging)
             try:
-                super()._save_checkpoint(model, trial)
-            except OSError as err:
-                raise SaveError(err.errno, f"cannot write checkpoint {root / name}: {err.strerror or err}") from None
+                with save_errors(root / name):
+                    super()._save_checkpoint(model, trial)
             finally:
                 self._staging_root = None
             self.accelerator.wait_for_everyone()
             if self.args.should_save:
-                try:
+                with save_errors(root / name):
                     publish_dir(staging / name, root / name)
-                except OSError as err:
-                    raise SaveError(err.errno, f"cannot write checkpoint {root / name}: {err.strerror or err}") from None
                 shutil.rmtree(staging, ignore_errors=True)
                 rotate_checkpoints(output_dir=str(root), save_total_limit=self.args.save_total_limit, use_mtime=False)
             self.accelerator.wait_for_everyone()
