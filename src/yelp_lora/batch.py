@@ -24,6 +24,7 @@ from yelp_lora import data as data_stage
 from yelp_lora.atomic import atomic_write_bytes, atomic_write_text, save_errors
 from yelp_lora.config import LABEL_NAMES
 from yelp_lora.data import DataError
+from yelp_lora.evaluate import resolve_adapter_dir
 from yelp_lora.predict import Predictor, to_prediction
 
 CHUNK_ROWS = 2048
@@ -202,11 +203,11 @@ def predict_file(
     if chunk_rows < 1:
         raise DataError(f"--chunk-size must be at least 1, not {chunk_rows}")
     rank, world = _distributed()
-    predictor = Predictor(adapter, bf16=bf16, batch_size=batch_size)
     parts = parts_dir(output)
-    if rank == 0:
-        _prepare_parts(parts, _manifest(input_path, predictor.adapter_dir, chunk_rows), resume)
+    if rank == 0:  # before loading the model, so a refused resume is refused at once
+        _prepare_parts(parts, _manifest(input_path, resolve_adapter_dir(adapter), chunk_rows), resume)
     _barrier(world)
+    predictor = Predictor(adapter, bf16=bf16, batch_size=batch_size)
 
     started = time.time()
     done_rows = resumed_chunks = predicted_chunks = chunks = 0

@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -199,6 +200,10 @@ def _check_label(value: object, stars: bool) -> int | str:
     return number - low
 
 
+# Bytes that were not valid UTF-8, as surrogateescape decoding leaves them.
+_UNDECODED_BYTE = re.compile("[\udc80-\udcff]")
+
+
 def text_problem(text: object) -> str | None:
     """What makes `text` unusable as a review (missing, empty, NUL bytes, bad UTF-8, too long), or None."""
     if text is None:
@@ -209,7 +214,7 @@ def text_problem(text: object) -> str | None:
         return "empty text" if not text else "whitespace-only text"
     if "\x00" in text:
         return "text contains NUL bytes"
-    if any("\udc80" <= ch <= "\udcff" for ch in text):
+    if _UNDECODED_BYTE.search(text):
         return "text has bytes that are not valid UTF-8"
     if len(text) > MAX_TEXT_CHARS:
         return f"text is {len(text):,} characters long, over the {MAX_TEXT_CHARS:,} limit"

@@ -188,6 +188,9 @@ def training_arguments(config: RunConfig, output_dir: Path, device: torch.device
         train_sampling_strategy="group_by_length" if train.group_by_length else "random",
         # Under torchrun/accelerate on CPUs: gloo (NCCL needs GPUs). Single-process runs name no backend.
         ddp_backend="gloo" if not cuda and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
+        # The classifier's loss is already a per-example mean; left on, Trainer scales it by the
+        # number of processes (meant for token-summed LM losses), doubling loss and gradients under DDP.
+        average_tokens_across_devices=False,
         dataloader_pin_memory=cuda,
         dataloader_num_workers=2 if cuda else 0,
         report_to=[],
@@ -217,8 +220,6 @@ def _epoch_history(log_history: list[dict]) -> tuple[list[dict], list[dict]]:
 
 def train(config: RunConfig, output_dir: str | Path, *, resume: bool = False) -> dict:
     """Run one training job; returns the run record also written to OUTPUT_DIR/run.json."""
-    from transformers import DataCollatorWithPadding
-
     output_dir = Path(output_dir)
     checkpoints = output_dir / CHECKPOINT_DIRNAME
     checkpointing = bool(config.train.save_steps) or resume
@@ -234,6 +235,8 @@ def train(config: RunConfig, output_dir: str | Path, *, resume: bool = False) ->
     pad = config.train.pad_to_max_length
     train_set = data_stage.tokenize(train_split, tokenizer, config.model.max_length, pad)
     val_set = data_stage.tokenize(val_split, tokenizer, config.model.max_length, pad)
+
+    from transformers import DataCollatorWithPadding  # after the data checks: bad data fails fast
 
     model = model_stage.apply_lora(
         model_stage.build_classifier(config.model.name_or_path, config.train.seed), config.lora
