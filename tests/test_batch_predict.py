@@ -120,7 +120,7 @@ def test_bad_rows_stop_with_their_row_or_are_written_with_an_error(adapter, tmp_
     pq.write_table(pa.table({"text": column}), source)
     stopped = run_cli(*predict_args(adapter, source, tmp_path / "out.jsonl"))
     assert stopped.returncode == 2 and "Traceback" not in stopped.stderr
-    assert "yelp-lora predict: error: row 3: whitespace-only text (--skip-bad-rows" in stopped.stderr
+    assert f"yelp-lora predict: error: {source}: row 3: whitespace-only text (--skip-bad-rows" in stopped.stderr
 
     skipped = run_cli(*predict_args(adapter, source, tmp_path / "out.jsonl", "--resume", "--skip-bad-rows"))
     assert skipped.returncode == 0, skipped.stderr[-3000:]

@@ -101,7 +101,9 @@ def _prepare_parts(parts: Path, manifest: dict, resume: bool) -> None:
     atomic_write_text(recorded, json.dumps(manifest, indent=2) + "\n")
 
 
-def _records(chunk_index: int, chunk_rows: int, chunk, predictor: Predictor, skip_bad_rows: bool) -> list[dict]:
+def _records(
+    source: Path, chunk_index: int, chunk_rows: int, chunk, predictor: Predictor, skip_bad_rows: bool
+) -> list[dict]:
     first_row = chunk_index * chunk_rows
     good, records = [], []
     for offset, (where, text) in enumerate(chunk):
@@ -109,7 +111,7 @@ def _records(chunk_index: int, chunk_rows: int, chunk, predictor: Predictor, ski
         record.update(row=first_row + offset, source_row=where)
         problem = data_stage.text_problem(text)
         if problem and not skip_bad_rows:
-            raise DataError(f"{where}: {problem} (--skip-bad-rows writes it with an error instead)")
+            raise DataError(f"{source}: {where}: {problem} (--skip-bad-rows writes it with an error instead)")
         record["error"] = problem
         records.append(record)
         if not problem:
@@ -222,7 +224,7 @@ def predict_file(
         if part.is_file():
             resumed_chunks += 1
             continue
-        atomic_write_bytes(part, _encode(_records(index, chunk_rows, chunk, predictor, skip_bad_rows), suffix))
+        atomic_write_bytes(part, _encode(_records(input_path, index, chunk_rows, chunk, predictor, skip_bad_rows), suffix))
         predicted_chunks += 1
         done_rows += len(chunk)
         rss = _rss_mib()
