@@ -102,7 +102,7 @@ def test_torchrun_shards_give_the_same_output_as_one_process(adapter, tmp_path):
     source.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts(5000)), encoding="utf-8")
     single = run_cli(*predict_args(adapter, source, tmp_path / "single.csv", "--chunk-size", "1024"))
     assert single.returncode == 0, single.stderr[-3000:]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                 "-m", "yelp_lora", *predict_args(adapter, source, tmp_path / "sharded.csv", "--chunk-size", "1024")]
     sharded = subprocess.run(torchrun, capture_output=True, text=True, env=cli_env(), cwd=REPO, timeout=300)
     assert sharded.returncode == 0, sharded.stderr[-3000:]

@@ -31,7 +31,7 @@ def test_two_processes_match_one_and_write_one_adapter(tmp_path):
 
     single = run_cli(*args(tmp_path / "one", "16"))
     assert single.returncode == 0, single.stderr[-3000:]
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29519",
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "yelp_lora", *args(tmp_path / "two", "8")]
     parallel = subprocess.run(command, capture_output=True, text=True, env=cli_env(), cwd=REPO, timeout=600)
     assert parallel.returncode == 0, parallel.stderr[-3000:]
