@@ -97,6 +97,8 @@ def _read_inputs(args: argparse.Namespace) -> list[str]:
 def cmd_predict(args: argparse.Namespace) -> None:
     from yelp_lora.predict import Predictor, format_prediction
 
+    if args.output:
+        return _predict_file(args)
     texts = _read_inputs(args)
     predictor = Predictor(args.adapter, bf16=args.bf16, batch_size=args.batch_size)
     predictions = predictor.predict(texts, progress=len(texts) > args.batch_size)
@@ -105,6 +107,21 @@ def cmd_predict(args: argparse.Namespace) -> None:
     else:
         for text, prediction in zip(texts, predictions):
             print(format_prediction(text, prediction))
+
+
+def _predict_file(args: argparse.Namespace) -> None:
+    from yelp_lora.batch import format_summary, predict_file
+
+    if args.texts or not args.input:
+        raise UserError("--output predicts a whole --input FILE; give no review texts as arguments")
+    summary = predict_file(
+        args.adapter, args.input, args.output, chunk_rows=args.chunk_size, resume=args.resume,
+        skip_bad_rows=args.skip_bad_rows, bf16=args.bf16, batch_size=args.batch_size,
+    )
+    print(format_summary(summary), file=sys.stderr)
+    if summary["rank"] == 0:
+        print(f"Predictions written to {args.output}", file=sys.stderr)
+    _write_json(args.json_summary, summary)
 
 
 # ---------------------------------------------------------------- parser
@@ -164,6 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast where the hardware supports it")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--output", metavar="OUT", help="stream --input into OUT (.jsonl/.csv/.parquet) in bounded memory")
+    p.add_argument("--chunk-size", type=int, default=2048, help="rows per chunk with --output (the resume unit)")
+    p.add_argument("--resume", action="store_true", help="with --output: continue an interrupted run")
+    p.add_argument("--skip-bad-rows", action="store_true", help="with --output: write bad rows with an error, not stop")
+    p.add_argument("--json-summary", metavar="FILE", help="with --output: write the run's figures as JSON")
     p.set_defaults(handler=cmd_predict)
     return parser
 

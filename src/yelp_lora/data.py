@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -144,7 +145,7 @@ class _RowCollector:
         checked_label = _check_label(label, stars)
         if isinstance(checked_label, str):
             return self.problem(where, checked_label)
-        problem = _check_text(text)
+        problem = text_problem(text)
         if problem:
             return self.problem(where, problem)
         key = (text, checked_label)
@@ -199,7 +200,12 @@ def _check_label(value: object, stars: bool) -> int | str:
     return number - low
 
 
-def _check_text(text: object) -> str | None:
+# Bytes that were not valid UTF-8, as surrogateescape decoding leaves them.
+_UNDECODED_BYTE = re.compile("[\udc80-\udcff]")
+
+
+def text_problem(text: object) -> str | None:
+    """What makes `text` unusable as a review (missing, empty, NUL bytes, bad UTF-8, too long), or None."""
     if text is None:
         return "missing text"
     if not isinstance(text, str):
@@ -208,7 +214,7 @@ def _check_text(text: object) -> str | None:
         return "empty text" if not text else "whitespace-only text"
     if "\x00" in text:
         return "text contains NUL bytes"
-    if any("\udc80" <= ch <= "\udcff" for ch in text):
+    if _UNDECODED_BYTE.search(text):
         return "text has bytes that are not valid UTF-8"
     if len(text) > MAX_TEXT_CHARS:
         return f"text is {len(text):,} characters long, over the {MAX_TEXT_CHARS:,} limit"
@@ -240,7 +246,13 @@ def _decoded(path: Path) -> str:
     return path.read_bytes().decode("utf-8-sig", errors="surrogateescape")
 
 
+# csv's default 128 KiB field limit would turn one over-long review into a whole-file
+# "malformed CSV" error; lifted, the row check reports it (and --skip-bad-rows can skip it).
+CSV_FIELD_LIMIT = 2**31 - 1
+
+
 def _read_csv(path: Path, out: _RowCollector) -> None:
+    csv.field_size_limit(CSV_FIELD_LIMIT)
     reader = csv.reader(io.StringIO(_decoded(path), newline=""), strict=True)
     header: list[str] | None = None
     columns: tuple[int, int, bool] | None = None  # (label index, text index, label is stars)
@@ -324,54 +336,80 @@ def _read_hub(dataset_id: str, split: str, skip_bad_rows: bool) -> Split:
     try:
         data = datasets.load_dataset(dataset_id, split=split)
     except Exception as err:  # offline, unknown id, missing split: all end here
-        raise DataError(f"could not load hub data set '{dataset_id}' (split '{split}'): {err}") from None
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataError(
+            f"data source '{dataset_id}' is not a local file or directory, and no hub data set of that name "
+            f"could be loaded (split '{split}'): {reason}"
+        ) from None
     collector = _RowCollector(f"{dataset_id}[{split}]", split, f"hub:{dataset_id}", skip_bad_rows)
     _read_columns(data.column_names, data.to_dict(), f"{dataset_id}:{split}", collector)
     return collector.finish()
 
 
 def iter_texts(path: Path) -> Iterator[tuple[str, str]]:
-    """(row id, text) for prediction input: CSV/JSONL/Parquet with a 'text' column, or one review per line."""
+    """(row id, text) for prediction input, streamed in bounded memory whatever the file size.
+
+    CSV/JSONL/Parquet with a 'text' column, or any other file as one review per line.
+    """
     suffix = path.suffix.lower()
     if not path.is_file():
         raise DataError(f"input file not found: {path}")
     if suffix == ".parquet":
-        import pyarrow.parquet as pq
+        yield from _iter_parquet_texts(path)
+        return
+    # surrogateescape: undecodable bytes stay visible to the per-row check instead of failing the file.
+    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="" if suffix == ".csv" else None) as handle:
+        if suffix == ".csv":
+            yield from _iter_csv_texts(path, handle)
+            return
+        for line_no, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            if suffix not in (".jsonl", ".json"):
+                yield f"line {line_no}", line.rstrip("\r\n")
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}: line {line_no}: invalid JSON ({err.msg})") from None
+            if not isinstance(record, dict) or "text" not in record:
+                raise DataError(f"{path}: line {line_no}: expected an object with a 'text' field")
+            yield f"line {line_no}", record["text"]
 
-        table = pq.read_table(path, columns=None)
-        if "text" not in table.column_names:
-            raise DataError(f"{path}: no 'text' column (has {table.column_names})")
-        for index, text in enumerate(table.column("text").to_pylist()):
+
+def _iter_parquet_texts(path: Path) -> Iterator[tuple[str, str]]:
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+    except Exception as err:  # pyarrow raises several types for a broken file
+        raise DataError(f"{path}: not a readable Parquet file ({err})") from None
+    if "text" not in parquet.schema_arrow.names:
+        raise DataError(f"{path}: no 'text' column (has {parquet.schema_arrow.names})")
+    index = 0
+    for batch in parquet.iter_batches(batch_size=4096, columns=["text"]):
+        for text in batch.column(0).to_pylist():
             yield f"row {index}", text
-    elif suffix in (".jsonl", ".json"):
-        for line_no, line in enumerate(_decoded(path).splitlines(), start=1):
-            if line.strip():
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise DataError(f"{path}: line {line_no}: invalid JSON ({err.msg})") from None
-                if not isinstance(record, dict) or "text" not in record:
-                    raise DataError(f"{path}: line {line_no}: expected an object with a 'text' field")
-                yield f"line {line_no}", record["text"]
-    elif suffix == ".csv":
-        reader = csv.DictReader(io.StringIO(_decoded(path), newline=""), strict=True)
-        if reader.fieldnames is None or "text" not in [n.strip().lower() for n in reader.fieldnames]:
-            raise DataError(f"{path}: no 'text' column in the header {reader.fieldnames}")
-        column = next(n for n in reader.fieldnames if n.strip().lower() == "text")
-        try:
-            for record in reader:
-                yield f"line {reader.line_num}", record[column]
-        except csv.Error as err:
-            raise DataError(f"{path}: line {reader.line_num}: malformed CSV ({err})") from None
-    else:
-        for line_no, line in enumerate(_decoded(path).splitlines(), start=1):
-            if line.strip():
-                yield f"line {line_no}", line
+            index += 1
+
+
+def _iter_csv_texts(path: Path, handle) -> Iterator[tuple[str, str]]:
+    csv.field_size_limit(CSV_FIELD_LIMIT)
+    reader = csv.DictReader(handle, strict=True)
+    try:
+        names = reader.fieldnames
+        if names is None or "text" not in [n.strip().lower() for n in names]:
+            raise DataError(f"{path}: no 'text' column in the header {names}")
+        column = next(n for n in names if n.strip().lower() == "text")
+        for record in reader:
+            yield f"line {reader.line_num}", record[column]
+    except csv.Error as err:
+        raise DataError(f"{path}: line {reader.line_num}: malformed CSV ({err})") from None
 
 
 def check_input_text(where: str, text: object) -> str:
     """A prediction input's text, or a DataError naming where it is and what is wrong."""
-    problem = _check_text(text)
+    problem = text_problem(text)
     if problem:
         raise DataError(f"{where}: {problem}")
     return text  # type: ignore[return-value]

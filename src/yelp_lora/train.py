@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import sys
 import time
@@ -14,8 +15,8 @@ import torch
 
 from yelp_lora import data as data_stage
 from yelp_lora import model as model_stage
-from yelp_lora.atomic import atomic_dir, atomic_write_text
-from yelp_lora.config import LABEL_NAMES, RunConfig
+from yelp_lora.atomic import atomic_dir, atomic_write_text, publish_dir, save_errors
+from yelp_lora.config import LABEL_NAMES, ConfigError, RunConfig
 from yelp_lora.metrics import headline, predictions_of
 from yelp_lora.provenance import environment
 
@@ -24,6 +25,9 @@ log = logging.getLogger("yelp_lora.train")
 ADAPTER_DIRNAME = "adapter"
 CHECKPOINT_DIRNAME = "checkpoints"
 RUN_FILE = "run.json"
+# The config a checkpointed run started with, so --resume refuses to continue a different run.
+RESUME_CONFIG_FILE = "run_config.json"
+STAGING_PREFIX = ".staging-"
 ADAPTER_META_FILE = "yelp_lora.json"
 
 
@@ -77,6 +81,83 @@ def _keep_best_callback(output_dir: Path, tokenizer, meta: dict):
     return KeepBestAdapter()
 
 
+def _save_every_epoch_callback():
+    from transformers import TrainerCallback
+
+    class SaveEveryEpoch(TrainerCallback):
+        """With step checkpoints, also checkpoint at each epoch end (after its validation)."""
+
+        def on_epoch_end(self, args, state, control, **kwargs):
+            control.should_save = True
+
+    return SaveEveryEpoch()
+
+
+def _atomic_checkpoint_trainer_class():
+    from transformers import Trainer
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+
+    class AtomicCheckpointTrainer(Trainer):
+        """A Trainer whose checkpoints appear only complete.
+
+        Trainer writes checkpoint-N in place, so a kill mid-save would leave a partial
+        checkpoint-N that `resume_from_checkpoint=True` picks as the latest. Here it is written
+        under a hidden staging directory, fsynced, then renamed into place.
+        """
+
+        _staging_root: str | None = None
+
+        def _get_output_dir(self, trial):
+            return self._staging_root or super()._get_output_dir(trial)
+
+        def _save_checkpoint(self, model, trial):
+            root = Path(self.args.output_dir)
+            name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            staging = root / f"{STAGING_PREFIX}{name}"
+            if self.args.should_save:
+                shutil.rmtree(staging, ignore_errors=True)
+            self.accelerator.wait_for_everyone()  # every rank writes its own RNG state into staging
+            self._staging_root = str(staging)
+            try:
+                with save_errors(root / name):
+                    super()._save_checkpoint(model, trial)
+            finally:
+                self._staging_root = None
+            self.accelerator.wait_for_everyone()
+            if self.args.should_save:
+                with save_errors(root / name):
+                    publish_dir(staging / name, root / name)
+                shutil.rmtree(staging, ignore_errors=True)
+                rotate_checkpoints(output_dir=str(root), save_total_limit=self.args.save_total_limit, use_mtime=False)
+            self.accelerator.wait_for_everyone()
+
+    return AtomicCheckpointTrainer
+
+
+def _check_resume_config(config: RunConfig, checkpoints: Path, resume: bool, is_main: bool) -> None:
+    """Record the config of a checkpointed run; on --resume, refuse a config that differs from it."""
+    recorded = checkpoints / RESUME_CONFIG_FILE
+    current = config.model_dump()
+    if resume:
+        if not any(checkpoints.glob("checkpoint-*")):
+            raise ConfigError(f"--resume: no checkpoint to resume from in {checkpoints}")
+        if recorded.is_file():
+            before = json.loads(recorded.read_text(encoding="utf-8"))
+            changed = [
+                f"{section}.{key}: {before[section].get(key)!r} -> {value!r}"
+                for section, values in current.items()
+                for key, value in values.items()
+                if before.get(section, {}).get(key) != value
+            ]
+            if changed:
+                raise ConfigError(f"--resume: the settings differ from the interrupted run's: {'; '.join(changed)}")
+        if is_main:  # a kill mid-save leaves only a hidden staging directory behind
+            for stale in checkpoints.glob(f"{STAGING_PREFIX}*"):
+                shutil.rmtree(stale, ignore_errors=True)
+    elif is_main:
+        atomic_write_text(recorded, json.dumps(current, indent=2) + "\n")
+
+
 def training_arguments(config: RunConfig, output_dir: Path, device: torch.device, resume_possible: bool):
     from transformers import TrainingArguments
 
@@ -105,6 +186,11 @@ def training_arguments(config: RunConfig, output_dir: Path, device: torch.device
         logging_strategy="steps",
         logging_steps=train.logging_steps,
         train_sampling_strategy="group_by_length" if train.group_by_length else "random",
+        # Under torchrun/accelerate on CPUs: gloo (NCCL needs GPUs). Single-process runs name no backend.
+        ddp_backend="gloo" if not cuda and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
+        # The classifier's loss is already a per-example mean; left on, Trainer scales it by the
+        # number of processes (meant for token-summed LM losses), doubling loss and gradients under DDP.
+        average_tokens_across_devices=False,
         dataloader_pin_memory=cuda,
         dataloader_num_workers=2 if cuda else 0,
         report_to=[],
@@ -134,12 +220,11 @@ def _epoch_history(log_history: list[dict]) -> tuple[list[dict], list[dict]]:
 
 def train(config: RunConfig, output_dir: str | Path, *, resume: bool = False) -> dict:
     """Run one training job; returns the run record also written to OUTPUT_DIR/run.json."""
-    from transformers import DataCollatorWithPadding, Trainer
-
     output_dir = Path(output_dir)
     checkpoints = output_dir / CHECKPOINT_DIRNAME
-    if resume and not any(checkpoints.glob("checkpoint-*")):
-        raise data_stage.DataError(f"--resume: no checkpoint to resume from in {checkpoints}")
+    checkpointing = bool(config.train.save_steps) or resume
+    if checkpointing:
+        _check_resume_config(config, checkpoints, resume, is_main=int(os.environ.get("RANK", "0")) == 0)
     source = data_stage.resolve_source(config.data.source)
     full_train = data_stage.load_split(source, "train", skip_bad_rows=config.data.skip_bad_rows)
     train_split, val_split = data_stage.train_val_split(
@@ -151,6 +236,8 @@ def train(config: RunConfig, output_dir: str | Path, *, resume: bool = False) ->
     train_set = data_stage.tokenize(train_split, tokenizer, config.model.max_length, pad)
     val_set = data_stage.tokenize(val_split, tokenizer, config.model.max_length, pad)
 
+    from transformers import DataCollatorWithPadding  # after the data checks: bad data fails fast
+
     model = model_stage.apply_lora(
         model_stage.build_classifier(config.model.name_or_path, config.train.seed), config.lora
     )
@@ -159,11 +246,13 @@ def train(config: RunConfig, output_dir: str | Path, *, resume: bool = False) ->
     trainable, total = model.get_nb_trainable_parameters()
 
     device = model_stage.pick_device()
-    args = training_arguments(config, output_dir, device, resume_possible=bool(config.train.save_steps) or resume)
+    args = training_arguments(config, output_dir, device, resume_possible=checkpointing)
     meta = adapter_meta(config, base_path, source)
     # With disable_tqdm (output not a terminal) the Trainer prints plain log lines instead of bars.
     callbacks = [_keep_best_callback(output_dir, tokenizer, meta)]
-    trainer = Trainer(
+    if config.train.save_steps:
+        callbacks.append(_save_every_epoch_callback())
+    trainer = _atomic_checkpoint_trainer_class()(
         model=model,
         args=args,
         train_dataset=train_set,

@@ -1,0 +1,63 @@
+"""Issue 6.2: a save that fails half-way (here: a file-size limit, as a full disk would) leaves the
+previous good version in place, nothing half-written beside it, and one clear error line.
+
+Root ignores file permissions, so a read-only directory cannot fail a save here; RLIMIT_FSIZE
+fails writes with EFBIG (SIGXFSZ ignored) for root too.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from fault_helpers import PYTHON, REPO, build_tiny_bert, cli_env, run_cli, shared_data_dir, tiny_train_args
+
+LIMIT_BYTES = 100_000  # the adapter directory's tokenizer.json alone is ~700 kB
+
+
+def limit_file_size():
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (LIMIT_BYTES, LIMIT_BYTES))
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_atomic_write_text_keeps_the_old_file_when_the_disk_refuses(tmp_path):
+    target = tmp_path / "report.json"
+    target.write_text('{"previous": "good"}\n')
+    code = f"from yelp_lora.atomic import atomic_write_text; atomic_write_text({str(target)!r}, 'x' * {4 * LIMIT_BYTES})"
+    result = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, env=cli_env(), cwd=REPO,
+                            preexec_fn=limit_file_size, timeout=60)
+    assert result.returncode != 0
+    assert f"SaveError: cannot write {target}: File too large; any previous copy is unchanged" in result.stderr
+    assert target.read_text() == '{"previous": "good"}\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"], "no temporary file is left behind"
+
+
+@pytest.mark.slow
+def test_failed_adapter_save_keeps_previous_run_and_says_so(tmp_path):
+    base = build_tiny_bert(tmp_path / "tiny-bert")
+    run = tmp_path / "run"
+    args = tiny_train_args(base, shared_data_dir(), run, "--max-steps", "2")
+    first = run_cli(*args)
+    assert first.returncode == 0, first.stderr
+    before = snapshot(run)
+
+    second = run_cli(*args, "--seed", "3", preexec_fn=limit_file_size)
+    assert second.returncode == 2, second.stderr[-3000:]
+    assert "Traceback" not in second.stderr
+    error_lines = [line for line in second.stderr.splitlines() if "error:" in line]
+    assert error_lines == [
+        f"yelp-lora train: error: cannot write {run / 'adapter'}: File too large; any previous copy is unchanged"
+    ]
+    after = snapshot(run)
+    assert after == before, "the first run's adapter and run.json are untouched"
+    assert json.loads(after["run.json"])["config"]["train"]["seed"] == 42
+    assert not [p.name for p in run.iterdir() if p.name.startswith(".")], "no half-written staging directory"
