@@ -229,6 +229,7 @@ ERROR_RESPONSES = {
         400: "Malformed JSON",
         401: "Missing or wrong API key",
         413: "Too many texts, a text over the character limit, or a body over the size limit",
+        415: "A body that is not sent as JSON",
         422: "Empty, non-string or missing text",
         503: "Shutting down or not ready",
     }.items()
@@ -293,7 +294,7 @@ class _Guard:
             await send(message)
 
         try:
-            problem = self._check(scope)
+            problem = self._check(scope) or self._check_content_type(scope)
             if problem is None and method in ("POST", "PUT", "PATCH"):
                 problem, receive = await self._read_body(scope, receive)
             if problem is not None:
@@ -323,6 +324,16 @@ class _Guard:
         if not secrets.compare_digest(given.encode(), key.encode()):
             return ApiError(401, "unauthorized", "wrong API key", headers={"WWW-Authenticate": "Bearer"})
         return None
+
+    @staticmethod
+    def _check_content_type(scope) -> ApiError | None:
+        if scope["method"] != "POST" or not scope["path"].startswith(PROTECTED_PREFIX):
+            return None
+        declared = dict(scope["headers"]).get(b"content-type", b"application/json").decode("latin-1")
+        media_type = declared.split(";")[0].strip().lower()
+        if media_type == "application/json" or media_type.endswith("+json"):
+            return None
+        return ApiError(415, "unsupported_media_type", f"send the body as JSON with 'Content-Type: application/json' (got '{declared}')")
 
     async def _read_body(self, scope, receive):
         """(problem, replaying receive): the body read up to the limit, then handed on unchanged."""
@@ -379,6 +390,8 @@ def create_app(predictor: Predictor, settings: ServeSettings = ServeSettings()) 
         f"Limits: up to {settings.max_texts} texts per request, {settings.max_chars:,} characters per text.",
         lifespan=lifespan,
         responses=ERROR_RESPONSES,
+        strict_content_type=False,  # a body sent without any Content-Type is read as JSON too
+
     )
 
     def error_response(err: ApiError) -> JSONResponse:
@@ -398,8 +411,9 @@ def create_app(predictor: Predictor, settings: ServeSettings = ServeSettings()) 
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(request: Request, err: StarletteHTTPException):
-        code = {404: "not_found", 405: "method_not_allowed"}.get(err.status_code, "http_error")
-        message = f"{request.method} {request.url.path}: {err.detail}"
+        code = {400: "malformed_body", 404: "not_found", 405: "method_not_allowed"}.get(err.status_code, "http_error")
+        detail = "the body is not UTF-8 encoded JSON" if err.status_code == 400 else err.detail
+        message = f"{request.method} {request.url.path}: {detail}"
         return error_response(ApiError(err.status_code, code, message, headers=getattr(err, "headers", None)))
 
     @app.post("/v1/classify", response_model=Classification, summary="Star rating and probabilities per review")
