@@ -7,6 +7,8 @@ share one trained adapter without adding to the project's conftest.py.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import signal
@@ -23,6 +25,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download anything
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 TINY_RUN = ("--train-samples", "64", "--val-samples", "40", "--max-steps", "8")
 _cache: dict = {}
+# While iterating on these tests, point this at a run trained with TINY_RUN to skip training.
+REUSE_RUN_ENV = "YELP_LORA_TEST_RUN_DIR"
 
 
 def cli_env(extra: dict | None = None) -> dict:
@@ -40,6 +44,18 @@ def run_cli(*args: str, check: bool = True, timeout: float = 600) -> subprocess.
     return result
 
 
+def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """`yelp-lora ARGS` through the real CLI entry point, in this process (no interpreter start-up)."""
+    from yelp_lora.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    if check and code != 0:
+        raise AssertionError(f"yelp-lora {' '.join(args)} failed ({code}):\n{err.getvalue()[-4000:]}")
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
 def data_dir() -> Path:
     found = Path(os.environ.get("YELP_LORA_DATA") or REPO.parent / "shared" / "data" / "yelp_review_full")
     assert (found / "train.csv").is_file(), f"real data not found at {found}: set YELP_LORA_DATA or lay ../shared beside the repo"
@@ -48,6 +64,8 @@ def data_dir() -> Path:
 
 def tiny_run(tmp_path_factory) -> Path:
     """One tiny real MiniLM training run on real rows (~30-60 s), trained once per session."""
+    if "run" not in _cache and os.environ.get(REUSE_RUN_ENV):
+        _cache["run"] = Path(os.environ[REUSE_RUN_ENV])
     if "run" not in _cache:
         out = tmp_path_factory.mktemp("deploy-run")
         run_cli("train", "--config", "configs/demo.yaml", "--data", str(data_dir()), *TINY_RUN, "--output-dir", str(out))
@@ -59,8 +77,8 @@ def tiny_registry(tmp_path_factory) -> Path:
     """A registry with the tiny run as v1, aliased 'production'. Tests must not modify it."""
     if "registry" not in _cache:
         root = tmp_path_factory.mktemp("deploy-registry")
-        run_cli("registry", "add", str(tiny_run(tmp_path_factory)), "--name", "tiny", "--registry", str(root))
-        run_cli("registry", "promote", "v1", "--alias", "production", "--registry", str(root))
+        cli("registry", "add", str(tiny_run(tmp_path_factory)), "--name", "tiny", "--registry", str(root))
+        cli("registry", "promote", "v1", "--alias", "production", "--registry", str(root))
         _cache["registry"] = root
     return _cache["registry"]
 

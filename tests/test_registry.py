@@ -9,7 +9,7 @@ import threading
 
 import numpy as np
 import pytest
-from deploy_helpers import predict_cli, review_texts, run_cli, tiny_registry, tiny_run
+from deploy_helpers import cli, predict_cli, review_texts, run_cli, tiny_registry, tiny_run
 
 from yelp_lora.registry import Registry, RegistryError
 
@@ -72,17 +72,17 @@ def test_add_writes_a_complete_version(shared_registry, tiny_run_dir):
 
 def test_versions_aliases_list_show_verify(own_registry, tiny_run_dir):
     reg = ["--registry", str(own_registry)]
-    out = run_cli("registry", "add", str(tiny_run_dir / "adapter"), "--name", "second", *reg).stdout
+    out = cli("registry", "add", str(tiny_run_dir / "adapter"), "--name", "second", *reg).stdout
     assert "as v2" in out
-    run_cli("registry", "promote", "v2", "--alias", "staging", *reg)
+    cli("registry", "promote", "v2", "--alias", "staging", *reg)
 
-    listing = run_cli("registry", "list", *reg).stdout.splitlines()
+    listing = cli("registry", "list", *reg).stdout.splitlines()
     assert [line.split()[0] for line in listing] == ["v1", "v2"]
     assert "[production]" in listing[0] and "[staging]" in listing[1] and "name second" in listing[1]
-    shown = json.loads(run_cli("registry", "show", "production", *reg).stdout)
+    shown = json.loads(cli("registry", "show", "production", *reg).stdout)
     assert shown["version"] == "v1" and shown["aliases"] == ["production"]
-    assert json.loads(run_cli("registry", "show", "latest", *reg).stdout)["version"] == "v2"
-    assert run_cli("registry", "verify", *reg).stdout.splitlines() == [
+    assert json.loads(cli("registry", "show", "latest", *reg).stdout)["version"] == "v2"
+    assert cli("registry", "verify", *reg).stdout.splitlines() == [
         "v1: ok, every file matches its sha256", "v2: ok, every file matches its sha256"
     ]
     assert json.loads((own_registry / "aliases.json").read_text()) == {"production": "v1", "staging": "v2"}
@@ -93,7 +93,7 @@ def test_versions_aliases_list_show_verify(own_registry, tiny_run_dir):
         (("promote", "v1", "--alias", "v3"), "alias 'v3' is not allowed"),
         (("add", str(own_registry)), "holds no adapter"),
     ]:
-        result = run_cli("registry", *args, *reg, check=False)
+        result = cli("registry", *args, *reg, check=False)
         assert result.returncode == 2 and problem in result.stderr, result.stderr
         assert "Traceback" not in result.stderr
 
@@ -129,7 +129,7 @@ def test_tampered_file_is_refused(own_registry):
     data[-1] ^= 0x01  # one flipped bit in the last weight
     weights.write_bytes(bytes(data))
 
-    result = run_cli("registry", "verify", "v1", "--registry", str(own_registry), check=False)
+    result = cli("registry", "verify", "v1", "--registry", str(own_registry), check=False)
     assert result.returncode == 2
     assert "v1/adapter/adapter_model.safetensors: sha256 differs from the manifest" in result.stderr
     result = run_cli("predict", "--alias", "production", "--registry", str(own_registry), "great food", check=False)
@@ -146,13 +146,13 @@ def test_pickled_weights_are_refused(own_registry, tiny_run_dir, tmp_path):
     pickled_run = tmp_path / "pickled-run"
     shutil.copytree(tiny_run_dir, pickled_run)
     (pickled_run / "adapter" / "adapter_model.safetensors").rename(pickled_run / "adapter" / "adapter_model.bin")
-    result = run_cli("registry", "add", str(pickled_run), "--registry", str(own_registry), check=False)
+    result = cli("registry", "add", str(pickled_run), "--registry", str(own_registry), check=False)
     assert result.returncode == 2 and "holds pickled weights (adapter_model.bin); only safetensors" in result.stderr
 
 
 def test_predict_from_registry_equals_predict_from_adapter(shared_registry, tiny_run_dir):
-    texts = review_texts(4)
-    from_adapter = json.loads(run_cli("predict", "--adapter", str(tiny_run_dir), "--json", *texts).stdout)
+    texts = review_texts()
+    from_adapter = json.loads(cli("predict", "--adapter", str(tiny_run_dir), "--json", *texts).stdout)
     for by_version, by_adapter in zip(predict_cli(shared_registry, texts), from_adapter):
         assert by_version["label"] == by_adapter["label"]
         assert by_version["probabilities"] == pytest.approx(by_adapter["probabilities"], abs=1e-6)
@@ -165,7 +165,7 @@ def test_merged_export_loads_in_a_plain_pipeline_with_equal_logits(shared_regist
     from yelp_lora.model import encode, load_adapter, predict_logits
 
     target = tmp_path / "merged"
-    out = run_cli("export", "production", "--merged", str(target), "--registry", str(shared_registry)).stdout
+    out = cli("export", "production", "--merged", str(target), "--registry", str(shared_registry)).stdout
     assert "Merged model written" in out
     assert (target / "model.safetensors").is_file() and not list(target.glob("adapter_*"))
 
@@ -187,5 +187,5 @@ def test_merged_export_loads_in_a_plain_pipeline_with_equal_logits(shared_regist
         by_label = {s["label"]: s["score"] for s in scores}
         assert [by_label[name] for name in classifier.model.config.id2label.values()] == pytest.approx(probabilities, abs=1e-4)
 
-    result = run_cli("export", "v1", "--merged", str(tmp_path), "--registry", str(shared_registry), check=False)
+    result = cli("export", "v1", "--merged", str(tmp_path), "--registry", str(shared_registry), check=False)
     assert result.returncode == 2 and "is not an earlier yelp-lora export" in result.stderr

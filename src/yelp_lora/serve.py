@@ -411,9 +411,8 @@ def create_app(predictor: Predictor, settings: ServeSettings = ServeSettings()) 
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(request: Request, err: StarletteHTTPException):
-        code = {400: "malformed_body", 404: "not_found", 405: "method_not_allowed"}.get(err.status_code, "http_error")
-        detail = "the body is not UTF-8 encoded JSON" if err.status_code == 400 else err.detail
-        message = f"{request.method} {request.url.path}: {detail}"
+        code = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}.get(err.status_code, "http_error")
+        message = f"{request.method} {request.url.path}: {err.detail}"
         return error_response(ApiError(err.status_code, code, message, headers=getattr(err, "headers", None)))
 
     @app.post("/v1/classify", response_model=Classification, summary="Star rating and probabilities per review")
