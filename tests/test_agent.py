@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import subprocess
 import sys
+import time
 
 import pytest
-from deploy_helpers import REPO, cli, cli_env, predict_cli, review_texts, tiny_registry
+from deploy_helpers import REPO, cli, cli_env, free_port, predict_cli, review_texts, tiny_registry
 from mcp import Client, StdioServerParameters
 
 pytestmark = pytest.mark.slow
@@ -80,3 +83,35 @@ def test_tool_schema_is_the_mcp_tool_in_openai_form(mcp_answers):
         "function": {"name": tool.name, "description": tool.description, "parameters": tool.input_schema},
     }
     assert printed["function"]["parameters"]["properties"]["texts"]["maxItems"] == 64
+
+
+def test_mcp_over_streamable_http(agent_registry, tmp_path):
+    port = free_port()
+    log = open(tmp_path / "mcp.log", "w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "yelp_lora", "mcp", "--alias", "production", "--registry", str(agent_registry),
+         "--transport", "http", "--port", str(port)],
+        stdout=log, stderr=subprocess.STDOUT, env=cli_env(), cwd=REPO,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while True:  # until the port accepts connections
+            assert process.poll() is None, (tmp_path / "mcp.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "MCP HTTP server did not start"
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.3)
+
+        async def call():
+            async with Client(f"http://127.0.0.1:{port}/mcp", read_timeout_seconds=300) as client:
+                return await client.call_tool("classify_review_sentiment", {"texts": review_texts()[:2]})
+
+        result = asyncio.run(call())
+    finally:
+        process.terminate()
+        process.wait(60)
+        log.close()
+    assert not result.is_error and result.structured_content["model"]["version"] == "v1"
+    for got, predicted in zip(result.structured_content["results"], predict_cli(agent_registry, review_texts())):
+        assert got["probabilities"] == pytest.approx(predicted["probabilities"], abs=1e-4)
