@@ -73,7 +73,7 @@ def test_add_writes_a_complete_version(shared_registry, tiny_run_dir):
 def test_versions_aliases_list_show_verify(own_registry, tiny_run_dir):
     reg = ["--registry", str(own_registry)]
     out = cli("registry", "add", str(tiny_run_dir / "adapter"), "--name", "second", *reg).stdout
-    assert "as v2" in out
+    assert "as v2" in out and "note: same adapter weights as v1" in out
     cli("registry", "promote", "v2", "--alias", "staging", *reg)
 
     listing = cli("registry", "list", *reg).stdout.splitlines()

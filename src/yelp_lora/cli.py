@@ -123,6 +123,9 @@ def cmd_registry(args: argparse.Namespace) -> None:
     if args.action == "add":
         manifest = registry.add(args.run_dir, args.name)
         print(f"Registered {args.run_dir} as {manifest['version']} in {registry.root}/ (adapter sha256 {manifest['adapter_sha256']})")
+        same = [v for v in registry.versions()[:-1] if registry.manifest(v)["adapter_sha256"] == manifest["adapter_sha256"]]
+        if same:
+            print(f"note: same adapter weights as {', '.join(same)}")
     elif args.action == "list":
         versions = registry.versions()
         print("\n".join(format_version_line(registry, v) for v in versions) or f"registry {registry.root} is empty")
@@ -133,6 +136,8 @@ def cmd_registry(args: argparse.Namespace) -> None:
         print(f"{args.alias} -> {registry.promote(args.ref, args.alias)}")
     elif args.action == "verify":
         refs = [args.ref] if args.ref else registry.versions()
+        if not refs:
+            raise UserError(f"registry {registry.root} holds no versions to verify")
         for ref in refs:
             print(f"{registry.verify(ref)['version']}: ok, every file matches its sha256")
 
@@ -151,6 +156,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
     given = {"max_texts": args.max_texts, "max_chars": args.max_chars, "max_batch": args.max_batch,
              "max_wait_ms": args.max_wait_ms, "api_key": args.api_key or os.environ.get("YELP_LORA_API_KEY")}
     settings = ServeSettings(**{key: value for key, value in given.items() if value is not None})
+    if min(settings.max_texts, settings.max_chars, settings.max_batch) < 1 or settings.max_wait_ms < 0:
+        raise UserError("--max-texts, --max-chars and --max-batch must be positive, --max-wait-ms not negative")
     if settings.max_batch < settings.max_texts:
         raise UserError(f"--max-batch ({settings.max_batch}) must be at least --max-texts ({settings.max_texts})")
     predictor = _load_predictor(args, bf16=args.bf16, batch_size=settings.max_batch)

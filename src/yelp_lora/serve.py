@@ -51,7 +51,7 @@ INPUT_ERROR_STATUS = {"too_many_texts": 413, "text_too_long": 413}
 class ServeSettings:
     max_texts: int = MAX_TEXTS_PER_REQUEST
     max_chars: int = MAX_REQUEST_TEXT_CHARS
-    max_batch: int = 64
+    max_batch: int = MAX_TEXTS_PER_REQUEST  # a full request always fits one batch
     max_wait_ms: float = 10.0
     api_key: str | None = None
 
@@ -173,9 +173,12 @@ class MicroBatcher:
         started = time.perf_counter()
         try:
             predictions = self.predictor.predict([text for job in batch for text in job.texts])
-        except Exception as err:  # a model failure fails this batch's requests, not the worker
-            for job in batch:
-                job.future.set_exception(err)
+        except Exception as err:  # never let the worker die; one bad request must not fail its batch-mates
+            if len(batch) > 1:
+                for job in batch:
+                    self._process([job], len(job.texts))
+            else:
+                batch[0].future.set_exception(err)
             return
         finally:
             self.metrics.batch_seconds.observe(time.perf_counter() - started)
@@ -427,7 +430,10 @@ def create_app(predictor: Predictor, settings: ServeSettings = ServeSettings()) 
             raise ApiError(INPUT_ERROR_STATUS.get(err.code, 422), err.code, str(err)) from None
         except ServiceClosed as err:
             raise ApiError(503, "shutting_down", str(err)) from None
-        predictions: list[Prediction] = await asyncio.wrap_future(future)
+        try:
+            predictions: list[Prediction] = await asyncio.wrap_future(future)
+        except Exception as err:  # the model itself failed: say so, in the service's error format
+            raise ApiError(500, "model_error", f"the model failed on this request: {type(err).__name__}: {err}") from None
         return classification(predictor.info, predictions)
 
     @app.get("/v1/model", response_model=ModelResponse, summary="Which model answers: manifest, metrics, limits")
