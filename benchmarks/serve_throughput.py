@@ -1,6 +1,6 @@
 """Throughput of `yelp-lora serve` under concurrent single-review requests, against offline batch prediction.
 
-Usage: python benchmarks/serve_throughput.py --adapter RUN_DIR [--n 256] [--concurrency 64]
+Usage: python benchmarks/serve_throughput.py --adapter RUN_DIR [--n 256] [--concurrency 64] [--max-review-chars N]
 Prints texts/s for: offline Predictor.predict (batch 64); the service with micro-batching
 (defaults); and the service with batching off (--max-texts 1 --max-batch 1).
 Reviews are real rows of train.csv (never test.csv). Expect noise on a shared machine.
@@ -85,12 +85,14 @@ def main() -> None:
     parser.add_argument("--adapter", required=True)
     parser.add_argument("--n", type=int, default=256)
     parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--max-review-chars", type=int, help="only reviews up to this length (short texts: batching matters most)")
     args = parser.parse_args()
     from yelp_lora.data import load_split
 
     rows = load_split("auto", "train")
-    texts = rows.texts[: args.n]
-    print(f"{len(texts)} real reviews (train.csv), {os.cpu_count()} CPUs, concurrency {args.concurrency}")
+    texts = [t for t in rows.texts if args.max_review_chars is None or len(t) <= args.max_review_chars][: args.n]
+    mean_chars = sum(map(len, texts)) / len(texts)
+    print(f"{len(texts)} real reviews (train.csv, mean {mean_chars:.0f} chars), {os.cpu_count()} CPUs, concurrency {args.concurrency}")
     print(f"offline Predictor.predict, batch 64 : {offline(args.adapter, texts):7.1f} texts/s")
     rate, mean_batch = served(args.adapter, texts, args.concurrency, [])
     print(f"serve, micro-batching (defaults)   : {rate:7.1f} texts/s  (mean {mean_batch:.1f} texts per model batch)")

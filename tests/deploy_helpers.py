@@ -133,6 +133,7 @@ class Server:
             except httpx.TransportError:
                 pass
             time.sleep(0.3)
+        self.stop()
         raise AssertionError(f"server not ready after {timeout}s:\n{self.log_path.read_text()[-3000:]}")
 
     def stop(self, timeout: float = 60) -> int:

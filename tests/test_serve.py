@@ -202,12 +202,14 @@ def test_sigterm_lets_in_flight_requests_finish(tiny_run_dir_for_serve, tmp_path
 
     caller = threading.Thread(target=call)
     caller.start()
-    deadline = time.monotonic() + 120
-    while metric(httpx.get(f"{server.url}/metrics").text, "yelp_lora_batch_texts_count") < 1:  # the model is at work
-        assert time.monotonic() < deadline, "the request never reached the model"
-        time.sleep(0.05)
-    # uvicorn shuts down cleanly, then exits by re-raising the signal it caught.
-    assert server.stop() == -signal.SIGTERM, (tmp_path / "serve.log").read_text()[-3000:]
+    try:
+        deadline = time.monotonic() + 120
+        while metric(httpx.get(f"{server.url}/metrics").text, "yelp_lora_batch_texts_count") < 1:  # the model is at work
+            assert time.monotonic() < deadline, "the request never reached the model"
+            time.sleep(0.05)
+    finally:
+        # uvicorn shuts down cleanly, then exits by re-raising the signal it caught.
+        assert server.stop() == -signal.SIGTERM, (tmp_path / "serve.log").read_text()[-3000:]
     caller.join(60)
     response = answer["response"]
     assert response.status_code == 200 and len(response.json()["results"]) == 24
