@@ -151,18 +151,21 @@ class Registry:
         version = self.resolve(ref)
         file = self.root / version / MANIFEST_FILE
         try:
-            return json.loads(file.read_text(encoding="utf-8"))
+            manifest = json.loads(file.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise RegistryError(f"{file} is missing: version {version} is damaged") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise RegistryError(f"{file} is not valid JSON ({err}): version {version} is damaged") from None
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+            raise RegistryError(f"{file} is not a yelp-lora manifest (no 'files' map): version {version} is damaged")
+        return manifest
 
     def problems(self, ref: str, *, check_base: bool = True) -> list[str]:
         """Every way version `ref` differs from its manifest (empty when intact)."""
         version = self.resolve(ref)
         manifest = self.manifest(version)
         directory = self.root / version
-        expected: dict[str, str] = manifest.get("files", {})
+        expected: dict[str, str] = manifest["files"]
         actual_names = {p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file()}
         actual_names.discard(MANIFEST_FILE)
         found = [] if manifest.get("version") == version else [f"{version}/{MANIFEST_FILE}: names version {manifest.get('version')!r}"]
@@ -199,7 +202,10 @@ class Registry:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         """One writer at a time, so two concurrent `add`s never pick the same version number."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise RegistryError(f"cannot use {self.root} as a registry directory: {err.strerror}") from None
         with open(self.root / LOCK_FILE, "a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
