@@ -95,12 +95,12 @@ def _read_inputs(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from yelp_lora.predict import Predictor, format_prediction
+    from yelp_lora.predict import format_prediction
 
     if args.output:
         return _predict_file(args)
     texts = _read_inputs(args)
-    predictor = Predictor(args.adapter, bf16=args.bf16, batch_size=args.batch_size)
+    predictor = _load_predictor(args, bf16=args.bf16, batch_size=args.batch_size)
     predictions = predictor.predict(texts, progress=len(texts) > args.batch_size)
     if args.json:
         print(json.dumps([{"text": t, **p.as_dict()} for t, p in zip(texts, predictions)], indent=2, ensure_ascii=False))
@@ -114,14 +114,108 @@ def _predict_file(args: argparse.Namespace) -> None:
 
     if args.texts or not args.input:
         raise UserError("--output predicts a whole --input FILE; give no review texts as arguments")
+    if args.adapter:
+        adapter = args.adapter
+    else:
+        from yelp_lora.registry import Registry
+
+        adapter, _ = Registry(args.registry).open(args.version or args.alias)  # verified before use
     summary = predict_file(
-        args.adapter, args.input, args.output, chunk_rows=args.chunk_size, resume=args.resume,
+        adapter, args.input, args.output, chunk_rows=args.chunk_size, resume=args.resume,
         skip_bad_rows=args.skip_bad_rows, bf16=args.bf16, batch_size=args.batch_size,
     )
     print(format_summary(summary), file=sys.stderr)
     if summary["rank"] == 0:
         print(f"Predictions written to {args.output}", file=sys.stderr)
     _write_json(args.json_summary, summary)
+
+
+def _load_predictor(args: argparse.Namespace, **options):
+    """The Predictor named by --adapter DIR, or by --version / --alias from the registry (verified)."""
+    from yelp_lora.predict import Predictor
+
+    if args.adapter:
+        return Predictor(args.adapter, **options)
+    return Predictor.from_registry(args.version or args.alias, args.registry, **options)
+
+
+def cmd_registry(args: argparse.Namespace) -> None:
+    from yelp_lora.registry import Registry, format_version_line
+
+    registry = Registry(args.registry)
+    if args.action == "add":
+        manifest = registry.add(args.run_dir, args.name)
+        print(f"Registered {args.run_dir} as {manifest['version']} in {registry.root}/ (adapter sha256 {manifest['adapter_sha256']})")
+        same = [v for v in registry.versions()[:-1] if registry.manifest(v)["adapter_sha256"] == manifest["adapter_sha256"]]
+        if same:
+            print(f"note: same adapter weights as {', '.join(same)}")
+    elif args.action == "list":
+        versions = registry.versions()
+        print("\n".join(format_version_line(registry, v) for v in versions) or f"registry {registry.root} is empty")
+    elif args.action == "show":
+        manifest = registry.manifest(args.ref)
+        print(json.dumps({**manifest, "aliases": registry.aliases_of(manifest["version"])}, indent=2))
+    elif args.action == "promote":
+        print(f"{args.alias} -> {registry.promote(args.ref, args.alias)}")
+    elif args.action == "verify":
+        refs = [args.ref] if args.ref else registry.versions()
+        if not refs:
+            raise UserError(f"registry {registry.root} holds no versions to verify")
+        for ref in refs:
+            print(f"{registry.verify(ref)['version']}: ok, every file matches its sha256")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from yelp_lora.registry import Registry, export_merged
+
+    target = export_merged(Registry(args.registry), args.ref, args.merged)
+    print(f"Merged model written to {target}/; load it with "
+          f"transformers.pipeline('text-classification', model='{target}', top_k=None)")
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from yelp_lora.serve import ServeSettings, serve
+
+    given = {"max_texts": args.max_texts, "max_chars": args.max_chars, "max_batch": args.max_batch,
+             "max_wait_ms": args.max_wait_ms, "api_key": args.api_key or os.environ.get("YELP_LORA_API_KEY")}
+    settings = ServeSettings(**{key: value for key, value in given.items() if value is not None})
+    if min(settings.max_texts, settings.max_chars, settings.max_batch) < 1 or settings.max_wait_ms < 0:
+        raise UserError("--max-texts, --max-chars and --max-batch must be positive, --max-wait-ms not negative")
+    if settings.max_batch < settings.max_texts:
+        raise UserError(f"--max-batch ({settings.max_batch}) must be at least --max-texts ({settings.max_texts})")
+    predictor = _load_predictor(args, bf16=args.bf16, batch_size=settings.max_batch)
+    serve(predictor, host=args.host, port=args.port, settings=settings)
+
+
+def cmd_mcp(args: argparse.Namespace) -> None:
+    from yelp_lora.agent import build_server
+
+    build_server(_load_predictor(args, bf16=args.bf16)).run(**_mcp_transport(args))
+
+
+def _mcp_transport(args: argparse.Namespace) -> dict:
+    if args.transport == "stdio":
+        return {"transport": "stdio"}
+    return {"transport": "streamable-http", "host": args.host, "port": args.port}
+
+
+def cmd_tool_schema(args: argparse.Namespace) -> None:
+    from yelp_lora.agent import openai_tool_schema
+
+    print(json.dumps(openai_tool_schema(), indent=2))
+
+
+def _add_model_source(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--adapter", help="run directory or adapter directory")
+    source.add_argument("--version", help="registry version (v1, v2, ..., latest), verified before loading")
+    source.add_argument("--alias", help="registry alias, e.g. production")
+    _add_registry_option(parser)
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast where the hardware supports it")
+
+
+def _add_registry_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--registry", metavar="DIR", help="registry directory (default: $YELP_LORA_REGISTRY or ./registry)")
 
 
 # ---------------------------------------------------------------- parser
@@ -175,11 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_compare)
 
     p = sub.add_parser("predict", help="star rating and probabilities for review texts")
-    p.add_argument("--adapter", required=True, help="run directory or adapter directory")
+    _add_model_source(p)
     p.add_argument("texts", nargs="*", metavar="TEXT")
     p.add_argument("--input", help="CSV / JSONL / Parquet with a 'text' column, or one review per line")
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast where the hardware supports it")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--output", metavar="OUT", help="stream --input into OUT (.jsonl/.csv/.parquet) in bounded memory")
     p.add_argument("--chunk-size", type=int, default=2048, help="rows per chunk with --output (the resume unit)")
@@ -187,6 +280,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-bad-rows", action="store_true", help="with --output: write bad rows with an error, not stop")
     p.add_argument("--json-summary", metavar="FILE", help="with --output: write the run's figures as JSON")
     p.set_defaults(handler=cmd_predict)
+
+    p = sub.add_parser("registry", help="versioned adapter registry: add, list, show, promote, verify")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    a = actions.add_parser("add", help="register a run's best adapter as the next version")
+    a.add_argument("run_dir", metavar="RUN_DIR")
+    a.add_argument("--name", help="a human name for this version")
+    a = actions.add_parser("list", help="versions, their validation macro-F1 and aliases")
+    a = actions.add_parser("show", help="a version's manifest (JSON)")
+    a.add_argument("ref", metavar="VERSION", help="version or alias")
+    a = actions.add_parser("promote", help="point an alias (e.g. production) at a version")
+    a.add_argument("ref", metavar="VERSION")
+    a.add_argument("--alias", required=True)
+    a = actions.add_parser("verify", help="check every file's sha256 against the manifest (all versions by default)")
+    a.add_argument("ref", metavar="VERSION", nargs="?")
+    for a in actions.choices.values():
+        _add_registry_option(a)
+    p.set_defaults(handler=cmd_registry)
+
+    p = sub.add_parser("export", help="write a merged full model a plain transformers pipeline loads")
+    p.add_argument("ref", metavar="VERSION", help="registry version or alias")
+    p.add_argument("--merged", required=True, metavar="DIR", help="directory to write")
+    _add_registry_option(p)
+    p.set_defaults(handler=cmd_export)
+
+    p = sub.add_parser("serve", help="HTTP service: POST /v1/classify, /healthz, /readyz, /metrics, a web page at /")
+    _add_model_source(p)
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", help="require this key on /v1/* (or set YELP_LORA_API_KEY)")
+    p.add_argument("--max-texts", type=int, help="texts per request (default 64)")
+    p.add_argument("--max-chars", type=int, help="characters per text (default 20,000)")
+    p.add_argument("--max-batch", type=int, help="texts per model batch, >= --max-texts (default 64)")
+    p.add_argument("--max-wait-ms", type=float, help="how long a batch waits for more requests (default 10)")
+    p.set_defaults(handler=cmd_serve)
+
+    p = sub.add_parser("mcp", help="Model Context Protocol server with the classify_review_sentiment tool")
+    _add_model_source(p)
+    p.add_argument("--transport", choices=["stdio", "http"], default="stdio")
+    p.add_argument("--host", default="127.0.0.1", help="with --transport http")
+    p.add_argument("--port", type=int, default=8001, help="with --transport http (endpoint /mcp)")
+    p.set_defaults(handler=cmd_mcp)
+
+    p = sub.add_parser("tool-schema", help="print classify_review_sentiment as an OpenAI function-tool schema")
+    p.set_defaults(handler=cmd_tool_schema)
     return parser
 
 

@@ -1,0 +1,117 @@
+"""Agent tools: the MCP server driven over stdio by the official SDK's own client, and the OpenAI schema."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from deploy_helpers import REPO, cli, cli_env, free_port, predict_cli, review_texts, tiny_registry
+from mcp import Client, StdioServerParameters
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def agent_registry(tmp_path_factory):
+    return tiny_registry(tmp_path_factory)
+
+
+def mcp_session(registry, coroutine):
+    """Start `yelp-lora mcp --version v1` as a subprocess and run coroutine(client) against it over stdio."""
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "yelp_lora", "mcp", "--version", "v1", "--registry", str(registry)],
+        env=cli_env(),
+        cwd=REPO,
+    )
+
+    async def main():
+        async with Client(params, read_timeout_seconds=300) as client:
+            return await coroutine(client)
+
+    return asyncio.run(main())
+
+
+@pytest.fixture(scope="module")
+def mcp_answers(agent_registry):
+    """One stdio session: the tool listing, a real call, and two bad calls."""
+
+    async def session(client):
+        tools = (await client.list_tools()).tools
+        ok = await client.call_tool("classify_review_sentiment", {"texts": review_texts()})
+        empty_list = await client.call_tool("classify_review_sentiment", {"texts": []})
+        empty_text = await client.call_tool("classify_review_sentiment", {"texts": ["Great tacos.", "  "]})
+        return tools, ok, empty_list, empty_text
+
+    return mcp_session(agent_registry, session)
+
+
+def test_mcp_stdio_tool_matches_predict(agent_registry, mcp_answers):
+    tools, ok, empty_list, empty_text = mcp_answers
+
+    [tool] = tools
+    assert tool.name == "classify_review_sentiment"
+    assert "1-5 star" in tool.description and "up to 64 review texts" in tool.description
+    assert tool.input_schema["properties"]["texts"]["type"] == "array" and tool.input_schema["required"] == ["texts"]
+    assert tool.output_schema is not None and {"model", "results"} <= set(tool.output_schema["properties"])
+    assert tool.annotations.read_only_hint is True
+
+    assert not ok.is_error
+    structured = ok.structured_content
+    manifest = json.loads((agent_registry / "v1" / "manifest.json").read_text())
+    assert structured["model"] == {"version": "v1", "base_model": "minilm", "adapter_sha256": manifest["adapter_sha256"]}
+    assert json.loads(ok.content[0].text) == structured  # the same answer for clients that read text only
+    for result, predicted in zip(structured["results"], predict_cli(agent_registry, review_texts()), strict=True):
+        assert result["stars"] == predicted["stars"] and result["label"] == predicted["label"]
+        assert result["truncated"] == predicted["truncated"]
+        assert result["probabilities"] == pytest.approx(predicted["probabilities"], abs=1e-4)
+
+    assert empty_list.is_error  # rejected by the input schema (minItems 1)
+    assert empty_text.is_error and "texts[1]: whitespace-only text" in empty_text.content[0].text
+
+
+def test_tool_schema_is_the_mcp_tool_in_openai_form(mcp_answers):
+    printed = json.loads(cli("tool-schema").stdout)
+    tool = mcp_answers[0][0]
+    assert printed == {
+        "type": "function",
+        "function": {"name": tool.name, "description": tool.description, "parameters": tool.input_schema},
+    }
+    assert printed["function"]["parameters"]["properties"]["texts"]["maxItems"] == 64
+
+
+def test_mcp_over_streamable_http(agent_registry, tmp_path):
+    port = free_port()
+    log = open(tmp_path / "mcp.log", "w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "yelp_lora", "mcp", "--alias", "production", "--registry", str(agent_registry),
+         "--transport", "http", "--port", str(port)],
+        stdout=log, stderr=subprocess.STDOUT, env=cli_env(), cwd=REPO,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while True:  # until the port accepts connections
+            assert process.poll() is None, (tmp_path / "mcp.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "MCP HTTP server did not start"
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.3)
+
+        async def call():
+            async with Client(f"http://127.0.0.1:{port}/mcp", read_timeout_seconds=300) as client:
+                return await client.call_tool("classify_review_sentiment", {"texts": review_texts()[:2]})
+
+        result = asyncio.run(call())
+    finally:
+        process.terminate()
+        process.wait(60)
+        log.close()
+    assert not result.is_error and result.structured_content["model"]["version"] == "v1"
+    for got, predicted in zip(result.structured_content["results"], predict_cli(agent_registry, review_texts())):
+        assert got["probabilities"] == pytest.approx(predicted["probabilities"], abs=1e-4)

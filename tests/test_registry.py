@@ -1,0 +1,191 @@
+"""The adapter registry: versions, manifest, model card, aliases, verification, tamper refusal, merged export."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import threading
+
+import numpy as np
+import pytest
+from deploy_helpers import cli, predict_cli, review_texts, run_cli, tiny_registry, tiny_run
+
+from yelp_lora.registry import Registry, RegistryError
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tiny_run_dir(tmp_path_factory):
+    return tiny_run(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def shared_registry(tmp_path_factory):
+    return tiny_registry(tmp_path_factory)
+
+
+@pytest.fixture
+def own_registry(shared_registry, tmp_path):
+    """A private copy of the shared registry that a test may change or damage."""
+    root = tmp_path / "registry"
+    shutil.copytree(shared_registry, root)
+    return root
+
+
+def sha256(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_add_writes_a_complete_version(shared_registry, tiny_run_dir):
+    version_dir = shared_registry / "v1"
+    manifest = json.loads((version_dir / "manifest.json").read_text())
+    run = json.loads((tiny_run_dir / "run.json").read_text())
+
+    assert manifest["version"] == "v1" and manifest["name"] == "tiny"
+    assert manifest["source_run"] == str(tiny_run_dir.resolve())
+    assert manifest["created"].endswith("Z")
+    # The adapter is stored in standard PEFT format, every file hashed, nothing pickled.
+    for name in ("adapter_config.json", "adapter_model.safetensors", "config.json", "tokenizer.json"):
+        assert (version_dir / "adapter" / name).is_file()
+    listed = {p.relative_to(version_dir).as_posix() for p in version_dir.rglob("*") if p.is_file()} - {"manifest.json"}
+    assert set(manifest["files"]) == listed
+    assert all(manifest["files"][name] == sha256(version_dir / name) for name in listed)
+    assert manifest["adapter_sha256"] == sha256(tiny_run_dir / "adapter" / "adapter_model.safetensors")
+    assert not [p for p in version_dir.rglob("*") if p.suffix in (".bin", ".pt", ".pkl")]
+    # Base model identity, label map, config, data fingerprints and metrics come along.
+    base = manifest["base_model"]
+    assert base["id"] == "minilm" and len(base["sha256"]) == 64 and base["files"] == ["config.json", "model.safetensors"]
+    assert manifest["label_map"] == {"0": "strong_negative", "1": "negative", "2": "neutral", "3": "positive", "4": "strong_positive"}
+    assert manifest["training_config"] == run["config"]
+    assert manifest["data"]["train"]["fingerprint"] == run["data"]["train"]["fingerprint"]
+    assert manifest["data"]["validation"]["fingerprint"] == run["data"]["validation"]["fingerprint"]
+    assert manifest["metrics"]["validation_best"] == run["best_epoch"]
+
+    card = (version_dir / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: peft\nbase_model: sentence-transformers/all-MiniLM-L6-v2\n")
+    for section in ("## Intended use", "## Training data", "## Metrics", "## Limitations"):
+        assert section in card
+    assert manifest["adapter_sha256"] in card and run["data"]["train"]["fingerprint"] in card
+
+
+def test_versions_aliases_list_show_verify(own_registry, tiny_run_dir):
+    reg = ["--registry", str(own_registry)]
+    out = cli("registry", "add", str(tiny_run_dir / "adapter"), "--name", "second", *reg).stdout
+    assert "as v2" in out and "note: same adapter weights as v1" in out
+    cli("registry", "promote", "v2", "--alias", "staging", *reg)
+
+    listing = cli("registry", "list", *reg).stdout.splitlines()
+    assert [line.split()[0] for line in listing] == ["v1", "v2"]
+    assert "[production]" in listing[0] and "[staging]" in listing[1] and "name second" in listing[1]
+    shown = json.loads(cli("registry", "show", "production", *reg).stdout)
+    assert shown["version"] == "v1" and shown["aliases"] == ["production"]
+    assert json.loads(cli("registry", "show", "latest", *reg).stdout)["version"] == "v2"
+    assert cli("registry", "verify", *reg).stdout.splitlines() == [
+        "v1: ok, every file matches its sha256", "v2: ok, every file matches its sha256"
+    ]
+    assert json.loads((own_registry / "aliases.json").read_text()) == {"production": "v1", "staging": "v2"}
+
+    for args, problem in [
+        (("show", "v9"), "has no version or alias 'v9' (known: v1, v2, production, staging)"),
+        (("promote", "v9", "--alias", "x"), "has no version or alias 'v9'"),
+        (("promote", "v1", "--alias", "v3"), "alias 'v3' is not allowed"),
+        (("add", str(own_registry)), "holds no adapter"),
+    ]:
+        result = cli("registry", *args, *reg, check=False)
+        assert result.returncode == 2 and problem in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_concurrent_adds_get_distinct_versions(own_registry, tiny_run_dir):
+    registry = Registry(own_registry)
+    versions = []
+    threads = [threading.Thread(target=lambda: versions.append(registry.add(tiny_run_dir)["version"])) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(versions) == ["v2", "v3", "v4"]
+    assert [registry.verify(v)["version"] for v in registry.versions()] == ["v1", "v2", "v3", "v4"]
+
+
+def test_a_crash_while_adding_leaves_no_version(own_registry, tiny_run_dir, monkeypatch):
+    import yelp_lora.registry as registry_module
+
+    def crash(manifest):
+        raise KeyboardInterrupt  # as if the process died halfway through writing the version
+
+    monkeypatch.setattr(registry_module, "model_card", crash)
+    with pytest.raises(KeyboardInterrupt):
+        Registry(own_registry).add(tiny_run_dir)
+    assert sorted(p.name for p in own_registry.iterdir()) == [".lock", "aliases.json", "v1"]
+    assert Registry(own_registry).versions() == ["v1"]
+
+
+def test_tampered_file_is_refused(own_registry):
+    weights = own_registry / "v1" / "adapter" / "adapter_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01  # one flipped bit in the last weight
+    weights.write_bytes(bytes(data))
+
+    result = cli("registry", "verify", "v1", "--registry", str(own_registry), check=False)
+    assert result.returncode == 2
+    assert "v1/adapter/adapter_model.safetensors: sha256 differs from the manifest" in result.stderr
+    result = run_cli("predict", "--alias", "production", "--registry", str(own_registry), "great food", check=False)
+    assert result.returncode == 2 and "refusing to load" in result.stderr and "Traceback" not in result.stderr
+    with pytest.raises(RegistryError, match="adapter_model.safetensors: sha256 differs"):
+        Registry(own_registry).open("v1")
+
+
+def test_pickled_weights_are_refused(own_registry, tiny_run_dir, tmp_path):
+    (own_registry / "v1" / "adapter" / "adapter_model.bin").write_bytes(b"not really a pickle")
+    with pytest.raises(RegistryError, match=r"v1/adapter/adapter_model.bin: unexpected file \(pickled weights, refused\)"):
+        Registry(own_registry).open("v1")
+
+    pickled_run = tmp_path / "pickled-run"
+    shutil.copytree(tiny_run_dir, pickled_run)
+    (pickled_run / "adapter" / "adapter_model.safetensors").rename(pickled_run / "adapter" / "adapter_model.bin")
+    result = cli("registry", "add", str(pickled_run), "--registry", str(own_registry), check=False)
+    assert result.returncode == 2 and "holds pickled weights (adapter_model.bin); only safetensors" in result.stderr
+
+
+def test_predict_from_registry_equals_predict_from_adapter(shared_registry, tiny_run_dir):
+    texts = review_texts()
+    from_adapter = json.loads(cli("predict", "--adapter", str(tiny_run_dir), "--json", *texts).stdout)
+    for by_version, by_adapter in zip(predict_cli(shared_registry, texts), from_adapter):
+        assert by_version["label"] == by_adapter["label"]
+        assert by_version["probabilities"] == pytest.approx(by_adapter["probabilities"], abs=1e-6)
+
+
+def test_merged_export_loads_in_a_plain_pipeline_with_equal_logits(shared_registry, tmp_path):
+    import torch
+    from transformers import pipeline
+
+    from yelp_lora.model import encode, load_adapter, predict_logits
+
+    target = tmp_path / "merged"
+    out = cli("export", "production", "--merged", str(target), "--registry", str(shared_registry)).stdout
+    assert "Merged model written" in out
+    assert (target / "model.safetensors").is_file() and not list(target.glob("adapter_*"))
+
+    texts = review_texts(8)
+    classifier = pipeline("text-classification", model=str(target), top_k=None, truncation=True)
+    assert classifier.model.config.id2label == {0: "strong_negative", 1: "negative", 2: "neutral", 3: "positive", 4: "strong_positive"}
+    # The adapter itself, unmerged: base weights plus the LoRA delta at run time.
+    adapter, tokenizer = load_adapter(shared_registry / "v1" / "adapter", merge=False)
+    expected, truncated = predict_logits(adapter, tokenizer, texts, max_length=256, batch_size=4)
+    assert truncated.any(), "the longest review exercises truncation"
+    ids, _ = encode(classifier.tokenizer, texts, 256)
+    with torch.inference_mode():
+        for text_ids, want in zip(ids, expected):
+            got = classifier.model(input_ids=torch.tensor([text_ids])).logits[0].numpy()
+            np.testing.assert_allclose(got, want, atol=1e-4)
+    # And what the plain pipeline reports is the softmax of those logits.
+    for scores, want in zip(classifier(texts), expected):
+        probabilities = np.exp(want - want.max()) / np.exp(want - want.max()).sum()
+        by_label = {s["label"]: s["score"] for s in scores}
+        assert [by_label[name] for name in classifier.model.config.id2label.values()] == pytest.approx(probabilities, abs=1e-4)
+
+    result = cli("export", "v1", "--merged", str(tmp_path), "--registry", str(shared_registry), check=False)
+    assert result.returncode == 2 and "is not an earlier yelp-lora export" in result.stderr
