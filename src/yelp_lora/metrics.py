@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
@@ -75,7 +77,8 @@ def ordinal(labels, predictions) -> dict[str, float | None]:
     from sklearn.metrics import cohen_kappa_score, mean_absolute_error
 
     labels, predictions = np.asarray(labels), np.asarray(predictions)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with warnings.catch_warnings():  # undefined kappa (one label in common) is reported as null below
+        warnings.simplefilter("ignore")
         kappa = cohen_kappa_score(labels, predictions, labels=LABEL_IDS, weights="quadratic")
     return {
         "mae_stars": float(mean_absolute_error(labels, predictions)),

