@@ -15,8 +15,10 @@ import pytest
 
 from yelp_lora import cli
 from yelp_lora.classical import fit_classical, run_record, training_rows
+from yelp_lora.config import RunConfig
 from yelp_lora.data import DataError, load_split, sample_split, tokenize
 from yelp_lora.report import REPORT_HTML, REPORT_JSON, REPORT_MD, Block, render_html, render_markdown
+from yelp_lora.sweep import finished_run
 
 pytestmark = pytest.mark.slow
 
@@ -148,9 +150,13 @@ def test_classical_refuses_when_rows_differ(run_dir, tmp_path, capsys):
     assert "cannot rebuild the adapter's training rows" in capsys.readouterr().err
 
 
-def test_report_needs_a_run_directory(tmp_path, capsys):
+def test_bad_report_and_sweep_requests_are_one_line_errors(tmp_path, capsys):
     assert cli.main(["report", str(tmp_path)]) == 2
     assert "run.json not found" in capsys.readouterr().err
+    assert cli.main(["report", str(tmp_path), "--resamples", "0"]) == 2
+    assert "--resamples must be at least 1" in capsys.readouterr().err
+    assert cli.main(["train", "--config", CONFIG, "--seeds", "0", "--output-dir", str(tmp_path)]) == 2
+    assert "--seeds must be at least 1" in capsys.readouterr().err
 
 
 def test_compare_with_classical(run_dir, tmp_path, capsys):
@@ -177,7 +183,7 @@ def test_long_steps_print_plain_lines_off_a_terminal(run_dir, capsys):
 
 def test_seed_sweep(tmp_path, capsys):
     args = ["train", "--config", CONFIG, "--data", data_dir(), "--train-samples", "32", "--val-samples", "20",
-            "--max-steps", "2", "--seeds", "2", "--compare-n", "20", "--output-dir", str(tmp_path)]
+            "--max-steps", "2", "--seeds", "2", "--compare-n", "10", "--output-dir", str(tmp_path)]
     assert cli.main(args) == 0
     summary = json.loads((tmp_path / "sweep.json").read_text())
     assert summary["seeds"] == [42, 43]
@@ -187,6 +193,18 @@ def test_seed_sweep(tmp_path, capsys):
     assert accuracy["mean"] == pytest.approx(np.mean(accuracy["values"]))
     assert accuracy["std"] == pytest.approx(np.std(accuracy["values"], ddof=1))
     assert "lora_accuracy" in capsys.readouterr().out
-    # a rerun reuses finished seeds instead of training them again
-    assert cli.main(args) == 0
-    assert capsys.readouterr().out.count("reusing") == 2
+
+
+def test_sweep_reuses_only_a_seed_finished_with_the_same_config(run_dir):
+    record = json.loads((run_dir / "run.json").read_text())
+    config = RunConfig.model_validate(record["config"])
+    assert finished_run(run_dir, config) == record
+    other_seed = config.model_copy(update={"train": config.train.model_copy(update={"seed": 7})})
+    assert finished_run(run_dir, other_seed) is None
+
+
+def test_report_never_replaces_a_foreign_directory(run_dir, tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    assert cli.main(["report", str(run_dir), "--out", str(tmp_path)]) == 2
+    assert "is not a report directory" in capsys.readouterr().err
+    assert (tmp_path / "notes.txt").read_text() == "mine"

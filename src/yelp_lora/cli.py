@@ -60,9 +60,11 @@ def cmd_train(args: argparse.Namespace) -> None:
             "train.logging_steps": args.logging_steps,
         },
     )
-    if args.seeds:
+    if args.seeds is not None:
         from yelp_lora.sweep import SWEEP_FILE, format_sweep, sweep
 
+        if args.seeds < 1:
+            raise UserError(f"--seeds must be at least 1, not {args.seeds}")
         if args.resume:
             raise UserError("--seeds reruns only unfinished seeds by itself; drop --resume")
         summary = sweep(config, args.output_dir, args.seeds, n=args.compare_n)
@@ -98,6 +100,8 @@ def cmd_compare(args: argparse.Namespace) -> None:
 def cmd_report(args: argparse.Namespace) -> None:
     from yelp_lora.report import REPORT_HTML, REPORT_MD, build_report
 
+    if args.resamples < 1 or args.n < 1:
+        raise UserError(f"--n and --resamples must be at least 1 (got --n {args.n}, --resamples {args.resamples})")
     out = build_report(
         args.run_dir, args.out, args.data, args.n, args.seed, args.batch_size, not args.no_classical,
         args.resamples, args.skip_bad_rows,

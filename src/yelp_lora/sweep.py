@@ -33,7 +33,7 @@ METRICS = {
 }
 
 
-def _finished(run_dir: Path, config: RunConfig) -> dict | None:
+def finished_run(run_dir: Path, config: RunConfig) -> dict | None:
     """The run record of an earlier, complete run of exactly this config (so a sweep can be rerun to finish)."""
     try:
         record = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
@@ -61,7 +61,7 @@ def sweep(config: RunConfig, output_dir: str | Path, seeds: int, n: int = 500, t
         seed_config = config.model_copy(update={"train": config.train.model_copy(update={"seed": seed})})
         run_dir = output_dir / f"seed-{seed}"
         print(f"===== seed {seed} ({seed - first + 1}/{seeds}) → {run_dir} =====", flush=True)
-        record = _finished(run_dir, seed_config)
+        record = finished_run(run_dir, seed_config)
         if record:
             print(f"already trained with this config: reusing {run_dir / RUN_FILE}", flush=True)
         else:
