@@ -1,7 +1,8 @@
 """`yelp-lora report`: one HTML page and a Markdown twin, with PNG figures beside them, from a trained run.
 
 The page is built once as a list of blocks (heading, paragraph, table, figure, quoted review)
-and rendered twice, so the HTML and the Markdown always say the same thing. report.json holds
+and rendered twice, so the HTML and the Markdown always say the same thing; it carries no
+timestamp, so rerunning a report changes it only where the results change. report.json holds
 every number and no review text; only the two pages quote (shortened) reviews.
 """
 
@@ -11,7 +12,6 @@ import html
 import json
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -303,8 +303,7 @@ def build_blocks(record: dict, run_dir: Path, scored: ScoredSample, result: dict
                    f"(validation {record['data']['validation']['rows']}) for {record['global_step']} steps, seed "
                    f"{config['train']['seed']}, on {record['environment']['hardware']['cpu']} "
                    f"({record['resolved']['device']}). Test sample: {result['n']} reviews of {test['source']} "
-                   f"(stratified, seed {result['seed']}, fingerprint {test['fingerprint'][:12]}). "
-                   f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC."),
+                   f"(stratified, seed {result['seed']}, fingerprint {test['fingerprint'][:12]})."),
         Block("h2", "Scores on the test sample"),
         Block("p", "Accuracy and macro-F1 with 95% percentile-bootstrap intervals "
                    f"({intervals[names[0]]['resamples']} resamples of the reviews). Labels are ordered star ratings, so "
