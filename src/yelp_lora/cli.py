@@ -57,8 +57,20 @@ def cmd_train(args: argparse.Namespace) -> None:
             "train.pad_to_max_length": True if args.pad_to_max_length else None,
             "train.precision": args.precision,
             "train.save_steps": args.save_steps,
+            "train.logging_steps": args.logging_steps,
         },
     )
+    if args.seeds is not None:
+        from yelp_lora.sweep import SWEEP_FILE, format_sweep, sweep
+
+        if args.seeds < 1:
+            raise UserError(f"--seeds must be at least 1, not {args.seeds}")
+        if args.resume:
+            raise UserError("--seeds reruns only unfinished seeds by itself; drop --resume")
+        summary = sweep(config, args.output_dir, args.seeds, n=args.compare_n)
+        print(format_sweep(summary))
+        print(f"Sweep written to {Path(args.output_dir) / SWEEP_FILE} (one run per seed in seed-S/)")
+        return
     record = train(config, args.output_dir, resume=args.resume)
     if record:
         print(format_summary(record))
@@ -78,9 +90,23 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_compare(args: argparse.Namespace) -> None:
     from yelp_lora.evaluate import compare, format_compare
 
-    result = compare(args.adapter, args.data, args.n, args.seed, args.skip_bad_rows, args.batch_size)
+    result = compare(
+        args.adapter, args.data, args.n, args.seed, args.skip_bad_rows, args.batch_size, args.with_classical
+    )
     print(format_compare(result))
     _write_json(args.json, result)
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from yelp_lora.report import REPORT_HTML, REPORT_MD, build_report
+
+    if args.resamples < 1 or args.n < 1:
+        raise UserError(f"--n and --resamples must be at least 1 (got --n {args.n}, --resamples {args.resamples})")
+    out = build_report(
+        args.run_dir, args.out, args.data, args.n, args.seed, args.batch_size, not args.no_classical,
+        args.resamples, args.skip_bad_rows,
+    )
+    print(f"Report written to {out / REPORT_HTML} (and {REPORT_MD}, report.json, PNG figures beside them)")
 
 
 def _read_inputs(args: argparse.Namespace) -> list[str]:
@@ -246,6 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"])
     p.add_argument("--save-steps", type=int, help="checkpoint every N steps so --resume can continue")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in DIR")
+    p.add_argument("--logging-steps", type=int, help="log loss, learning rate and grad norm every N steps")
+    p.add_argument("--seeds", type=int, metavar="K", help="train seeds SEED..SEED+K-1 into DIR/seed-S/ and report "
+                   "mean ± std of the test metrics in DIR/sweep.json")
+    p.add_argument("--compare-n", type=int, default=500, help="with --seeds: test reviews each seed is compared on")
     p.add_argument("--output-dir", required=True, help="run directory to write")
     p.set_defaults(handler=cmd_train)
 
@@ -266,7 +296,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--json", metavar="FILE", help="also write the result as JSON")
+    p.add_argument("--with-classical", action="store_true",
+                   help="also TF-IDF + logistic regression, fitted on the adapter's training rows (needs the run dir)")
     p.set_defaults(handler=cmd_compare)
+
+    p = sub.add_parser("report", help="HTML + Markdown report with figures: curves, ordinal metrics, CIs, calibration")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="run directory written by train (adapter/ and run.json)")
+    _add_data_options(p)
+    p.add_argument("--n", type=int, default=500, help="test reviews (seeded stratified sample)")
+    p.add_argument("--seed", type=int, default=42, help="test sample and bootstrap seed")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
+    p.add_argument("--no-classical", action="store_true", help="leave out the TF-IDF + logistic regression baseline")
+    p.add_argument("--out", help="report directory (default RUN_DIR/report); replaced whole")
+    p.set_defaults(handler=cmd_report)
 
     p = sub.add_parser("predict", help="star rating and probabilities for review texts")
     _add_model_source(p)

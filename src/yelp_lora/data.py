@@ -21,6 +21,7 @@ from typing import Iterator
 import numpy as np
 
 from yelp_lora.config import NUM_LABELS
+from yelp_lora.progress import library_step
 
 DEFAULT_HUB_DATASET = "yelp_review_full"
 SHARED_DATA_DIR = Path("..") / "shared" / "data" / "yelp_review_full"
@@ -468,4 +469,6 @@ def tokenize(split: Split, tokenizer, max_length: int, pad_to_max_length: bool =
         encoded["length"] = [sum(mask) for mask in encoded["attention_mask"]]
         return encoded
 
-    return dataset.map(encode, batched=True, remove_columns=["text"], desc=f"Tokenising {split.name}")
+    desc = f"Tokenising {split.name}"
+    with library_step(desc, len(split), unit="examples"):
+        return dataset.map(encode, batched=True, remove_columns=["text"], desc=desc)

