@@ -22,7 +22,8 @@ install: $(STAMP)
 
 demo: install
 	$(BIN)/yelp-lora train --config $(CONFIG) --output-dir $(RUN_DIR)
-	$(BIN)/yelp-lora compare --adapter $(RUN_DIR) --json $(RUN_DIR)/compare.json
+	$(BIN)/yelp-lora compare --adapter $(RUN_DIR) --with-classical --json $(RUN_DIR)/compare.json
+	$(BIN)/yelp-lora report $(RUN_DIR) --out $(RUN_DIR)/report
 
 test: install
 	$(BIN)/python -m pytest -q
