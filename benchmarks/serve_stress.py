@@ -64,6 +64,7 @@ async def run_load(url: str, bodies: list[dict], *, concurrency: int, server_pid
     """Send every body once from `concurrency` clients; stop early at time_limit. Returns the figures."""
     latencies: list[float] = []
     errors: Counter[str] = Counter()
+    error_samples: list[str] = []  # the first few, with when and what, to tell a race from a bug
     rss: list[tuple[int, float]] = []  # (requests finished, MiB)
     next_body, finished, texts_ok = 0, 0, 0
     done = asyncio.Event()
@@ -85,23 +86,30 @@ async def run_load(url: str, bodies: list[dict], *, concurrency: int, server_pid
             try:
                 response = await http.post("/v1/classify", json=body)
             except httpx.HTTPError as err:
+                problem = f"{type(err).__name__}: {err!r} (cause {err.__cause__!r})"
                 errors[type(err).__name__] += 1
             else:
+                problem = None
                 if response.status_code != 200:
+                    problem = f"{response.status_code}: {response.text[:300]}"
                     errors[str(response.status_code)] += 1
                 elif len(response.json()["results"]) != texts_in(body):
-                    errors["200 with wrong result count"] += 1
+                    problem = "200 with wrong result count"
+                    errors[problem] += 1
                 else:
                     latencies.append(time.perf_counter() - started)
                     texts_ok += texts_in(body)
+            if problem and len(error_samples) < 10:
+                error_samples.append(f"request {finished} at {time.perf_counter() - run_started:.1f} s, "
+                                     f"after {time.perf_counter() - started:.2f} s: {problem}")
             finished += 1
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=request_timeout, limits=limits) as http:
         sampler = asyncio.create_task(sample_rss())
-        started = time.perf_counter()
+        run_started = time.perf_counter()
         await asyncio.gather(*(client(http) for _ in range(concurrency)))
-        elapsed = time.perf_counter() - started
+        elapsed = time.perf_counter() - run_started
         done.set()
         await sampler
     rss.append((finished, rss_mib(server_pid)))
@@ -114,6 +122,7 @@ async def run_load(url: str, bodies: list[dict], *, concurrency: int, server_pid
         "requests_ok": len(latencies),
         "stopped_by_time_limit": finished < len(bodies),
         "errors": dict(errors),
+        "error_samples": error_samples,
         "texts_classified": texts_ok,
         "concurrency": concurrency,
         "seconds": round(elapsed, 2),
@@ -186,10 +195,13 @@ def main() -> int:
                                           server_pid=server.process.pid, time_limit=args.time_limit, headers=headers))
         finally:
             server.stop()
+            server_log_tail = server.log_path.read_text()[-3000:]
     result.update(adapter=args.adapter or "tiny random BERT (2 layers, hidden 32), LoRA trained 1 step",
                   reviews=f"{len(texts)} train.csv reviews" + (f" up to {args.max_review_chars} chars" if args.max_review_chars else ""),
                   cpus=os.cpu_count(), load_average_after=[round(x, 1) for x in os.getloadavg()])
     print(format_table(result))
+    if result["errors"]:
+        print("first errors:", *result["error_samples"], "server log, last lines:", server_log_tail, sep="\n")
     print(f"machine: {os.cpu_count()} CPUs, load average after the run {result['load_average_after']}")
     if args.json:
         atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
