@@ -114,7 +114,7 @@ async def run_load(url: str, bodies: list[dict], *, concurrency: int, server_pid
         await sampler
     rss.append((finished, rss_mib(server_pid)))
 
-    tenth = next(mib for count, mib in rss if count >= max(1, finished // 10))
+    tenth, half = (next(mib for count, mib in rss if count >= max(1, finished * share // 10)) for share in (1, 5))
     quantiles = np.percentile(latencies, [50, 95, 99]) * 1000 if latencies else [float("nan")] * 3
     return {
         "requests_planned": len(bodies),
@@ -130,8 +130,9 @@ async def run_load(url: str, bodies: list[dict], *, concurrency: int, server_pid
         "texts_per_s": round(texts_ok / elapsed, 1),
         "latency_ms": dict(zip(("p50", "p95", "p99"), (round(float(q), 1) for q in quantiles))),
         "rss_mib": {
-            "start": round(rss[0][1], 1), "at_10pct": round(tenth, 1), "end": round(rss[-1][1], 1),
+            "start": round(rss[0][1], 1), "at_10pct": round(tenth, 1), "at_50pct": round(half, 1), "end": round(rss[-1][1], 1),
             "peak": round(max(mib for _, mib in rss), 1), "growth_10pct_to_end": round(rss[-1][1] - tenth, 1),
+            "growth_50pct_to_end": round(rss[-1][1] - half, 1),
             "samples": len(rss),
         },
     }
@@ -149,9 +150,9 @@ def format_table(result: dict) -> str:
         ("wall time", f"{result['seconds']} s"),
         ("throughput", f"{result['requests_per_s']} req/s, {result['texts_per_s']} texts/s"),
         ("latency p50 / p95 / p99", f"{latency['p50']} / {latency['p95']} / {latency['p99']} ms"),
-        ("server RSS start / at 10% / end", f"{rss['start']} / {rss['at_10pct']} / {rss['end']} MiB"),
+        ("server RSS start / 10% / 50% / end", f"{rss['start']} / {rss['at_10pct']} / {rss['at_50pct']} / {rss['end']} MiB"),
         ("server RSS peak", f"{rss['peak']} MiB ({rss['samples']} samples)"),
-        ("RSS growth, 10% -> end", f"{rss['growth_10pct_to_end']:+} MiB"),
+        ("RSS growth 10% -> end, 50% -> end", f"{rss['growth_10pct_to_end']:+} MiB, {rss['growth_50pct_to_end']:+} MiB"),
     ]
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
