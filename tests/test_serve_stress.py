@@ -60,7 +60,7 @@ def test_schemathesis_fuzzing_finds_no_5xx(server, key_header, tmp_path):
         [str(Path(sys.executable).with_name("schemathesis")), "run", f"{server.url}/openapi.json", *key_header,
          "--checks", "not_a_server_error", "--max-examples", "300", "--seed", "1", "--workers", "1",
          "--request-timeout", "60", "--report", "junit", "--report-dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,  # it keeps a .schemathesis/ cache in its cwd
     )
     assert fuzz.returncode == 0, fuzz.stdout[-6000:]
     cases = int(re.search(r"(\d+) generated", fuzz.stdout).group(1))
