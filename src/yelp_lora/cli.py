@@ -98,13 +98,27 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from yelp_lora.predict import Predictor, format_prediction
 
     texts = _read_inputs(args)
-    predictor = Predictor(args.adapter, bf16=args.bf16, batch_size=args.batch_size)
+    predictor = Predictor(args.adapter, bf16=args.bf16, batch_size=args.batch_size, backend=args.backend)
     predictions = predictor.predict(texts, progress=len(texts) > args.batch_size)
     if args.json:
         print(json.dumps([{"text": t, **p.as_dict()} for t, p in zip(texts, predictions)], indent=2, ensure_ascii=False))
     else:
         for text, prediction in zip(texts, predictions):
             print(format_prediction(text, prediction))
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from yelp_lora.bench import QUICK, BenchSettings, format_report, run_bench
+
+    settings = BenchSettings(model=args.model, adapter=args.adapter, service=not args.no_service, skip=args.skip)
+    explicit = {name: getattr(args, name) for name in ("samples", "predict_samples") if getattr(args, name) is not None}
+    for name, value in {**(QUICK if args.quick else {}), **explicit}.items():
+        setattr(settings, name, value)
+    if args.model not in ("minilm", "bert-base") and not Path(args.model).is_dir():
+        raise UserError(f"--model {args.model!r}: expected minilm, bert-base or a model directory")
+    result = run_bench(settings, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    print(format_report(result))
+    _write_json(args.json, result)
 
 
 # ---------------------------------------------------------------- parser
@@ -164,7 +178,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast where the hardware supports it")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--backend", default="torch", choices=["torch", "onnx", "onnx-int8"],
+                   help="torch, or ONNX Runtime on CPU in fp32 or int8 (exported once per adapter, cached)")
     p.set_defaults(handler=cmd_predict)
+
+    p = sub.add_parser("bench", help="training and prediction throughput: ours against the usual way, side by side")
+    p.add_argument("--model", default="minilm", help="minilm, bert-base (its shape, random weights) or a model directory")
+    p.add_argument("--adapter", help="adapter for the prediction and service bench (default: the one the bench trains)")
+    p.add_argument("--samples", type=int, help="training rows from train.csv, one pass (default 256)")
+    p.add_argument("--predict-samples", type=int, help="test.csv rows to predict (default 1000: all)")
+    p.add_argument("--quick", action="store_true", help="tiny sizes: checks the bench runs, figures mean little")
+    p.add_argument("--no-service", action="store_true", help="leave out the HTTP service bench")
+    p.add_argument("--skip", action="append", default=[], metavar="PATH",
+                   help="leave out a path: usual, ours-fp32, ours, pipeline, ours-fp32, ours-bf16, ours-onnx-int8")
+    p.add_argument("--json", metavar="FILE", help="also write the result as JSON")
+    p.set_defaults(handler=cmd_bench)
     return parser
 
 

@@ -142,7 +142,7 @@ def predict_logits(
     """
     from tqdm.auto import tqdm
 
-    device = next(model.parameters()).device
+    device = model.device  # a transformers model, or an onnx_backend.OnnxClassifier
     input_ids, truncated = encode(tokenizer, texts, max_length)
     lengths = np.array([len(ids) for ids in input_ids])
     order = np.argsort(-lengths, kind="stable")
