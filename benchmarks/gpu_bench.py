@@ -16,7 +16,6 @@ attention products and the trainable LoRA/head parameters.
 from __future__ import annotations
 
 import argparse
-import math
 import time
 
 import torch
@@ -109,7 +108,7 @@ def bench_training(config, device, batch: int, seq: int, bf16: bool, seconds: fl
     name = "bf16 autocast" if bf16 else ("fp32+TF32" if torch.backends.cuda.matmul.allow_tf32 else "fp32")
     say(
         f"train  {name:<13} batch {batch:>4} x {seq}: {steps * batch / wall:9.1f} samples/s "
-        f"{steps * batch * seq / wall:10.0f} tokens/s  {flops / 1e12:7.2f} TFLOP/s  MFU {100 * flops / peak:5.1f}%  "
+        f"{steps * batch * seq / wall:10.0f} tokens/s  {_rate(flops)}  MFU {100 * flops / peak:5.1f}%  "
         f"({steps} steps, peak mem {_memory(device)})"
     )
     del model, optimizer
@@ -129,10 +128,14 @@ def bench_prediction(config, device, batch: int, seq: int, seconds: float, peak:
     flops = forward_flops(config, steps * batch * seq, seq) / wall
     say(
         f"predict bf16 weights  batch {batch:>4} x {seq}: {steps * batch / wall:9.1f} samples/s "
-        f"{steps * batch * seq / wall:10.0f} tokens/s  {flops / 1e12:7.2f} TFLOP/s  MFU {100 * flops / peak:5.1f}%  "
+        f"{steps * batch * seq / wall:10.0f} tokens/s  {_rate(flops)}  MFU {100 * flops / peak:5.1f}%  "
         f"({steps} steps, peak mem {_memory(device)})"
     )
     del model
+
+
+def _rate(flops: float) -> str:
+    return f"{flops / 1e12:7.2f} TFLOP/s" if flops >= 1e12 else f"{flops / 1e9:7.1f} GFLOP/s"
 
 
 def _memory(device: torch.device) -> str:
@@ -165,7 +168,7 @@ def main() -> None:
     size = 512 if tiny else 8192
     peak_bf16 = matmul_peak(torch.bfloat16, size, device)
     peak_fp32 = matmul_peak(torch.float32, size, device)  # TF32 tensor cores on Ampere+ when allowed
-    say(f"matmul peak {size}^2: bf16 {peak_bf16 / 1e12:.1f} TFLOP/s, fp32/TF32 {peak_fp32 / 1e12:.1f} TFLOP/s")
+    say(f"matmul peak {size}^2: bf16 {_rate(peak_bf16)}, fp32/TF32 {_rate(peak_fp32)}")
     say(f"model: bert-base shape {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
         f"attention {config._attn_implementation}, LoRA r=8 on query/value")
 

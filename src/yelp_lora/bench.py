@@ -57,9 +57,9 @@ TRAIN_PATHS = {
 }
 PREDICT_PATHS = {
     "pipeline": "pipeline: unmerged PeftModel, defaults",
-    "ours-fp32": "ours fp32: merged, length-sorted",
-    "ours-bf16": "ours bf16",
-    "ours-onnx-int8": "ours onnx-int8 (ONNX Runtime)",
+    "merged-fp32": "ours fp32: merged, length-sorted",
+    "merged-bf16": "ours bf16 weights",
+    "onnx-int8": "ours onnx-int8 (ONNX Runtime)",
 }
 
 
@@ -119,7 +119,7 @@ def peak_memory() -> dict:
     return memory
 
 
-def matmul_peak(dtype: torch.dtype, size: int, device: torch.device, repeats: int = 5) -> float:
+def matmul_peak(dtype: torch.dtype, size: int, device: torch.device, repeats: int = 10) -> float:
     """Best FLOP/s of torch.matmul on two size x size matrices."""
     a = torch.randn(size, size, device=device).to(dtype)
     b = torch.randn(size, size, device=device).to(dtype)
@@ -133,6 +133,10 @@ def matmul_peak(dtype: torch.dtype, size: int, device: torch.device, repeats: in
             torch.cuda.synchronize()
         best = min(best, time.perf_counter() - started)
     return 2 * size**3 / best
+
+
+def measure_peak(size: int, device: torch.device) -> dict[str, float]:
+    return {"fp32": matmul_peak(torch.float32, size, device), "bf16": matmul_peak(torch.bfloat16, size, device)}
 
 
 # ---------------------------------------------------------------- the base model
@@ -258,8 +262,8 @@ def _predict_worker(path: str, adapter_dir: str, texts: list[str], settings: Ben
             return np.array([LABEL2ID[out["label"]] for out in classify(batch, truncation=True, max_length=settings.max_length)])
         precision = "fp32"
     else:
-        backend = "onnx-int8" if path == "ours-onnx-int8" else "torch"
-        predictor = Predictor(adapter_dir, bf16=path == "ours-bf16", batch_size=settings.predict_batch_size, backend=backend)
+        backend = "onnx-int8" if path == "onnx-int8" else "torch"
+        predictor = Predictor(adapter_dir, bf16=path == "merged-bf16", batch_size=settings.predict_batch_size, backend=backend)
 
         def run(batch):
             return predictor.probabilities(batch)[0].argmax(axis=1)
@@ -378,8 +382,7 @@ def run_bench(settings: BenchSettings, progress=print) -> dict:
     bf16_ok = model_stage.bf16_supported(device)
 
     progress(f"matmul peak ({settings.matmul_size}^2) ...")
-    peak = {"fp32": matmul_peak(torch.float32, settings.matmul_size, device)}
-    peak["bf16"] = matmul_peak(torch.bfloat16, settings.matmul_size, device)
+    peak = measure_peak(settings.matmul_size, device)
 
     training = []
     for path in TRAIN_PATHS:
@@ -388,7 +391,6 @@ def run_bench(settings: BenchSettings, progress=print) -> dict:
         progress(f"training: {TRAIN_PATHS[path]} ...")
         result = _isolated(_train_worker, path, base, train_split, val_split, settings, str(workdir))
         result["flops_per_s"] = result["model_flops"] / result["seconds"]
-        result["of_peak"] = result["flops_per_s"] / peak[result["precision"]]
         training.append(result)
         progress(f"  {result['samples_per_s']:.2f} samples/s, val macro-F1 {result['val_macro_f1']:.4f}")
 
@@ -405,14 +407,13 @@ def run_bench(settings: BenchSettings, progress=print) -> dict:
     base_config = AutoConfig.from_pretrained(model_stage.resolve_model_path(meta["base_model_path"]))
     prediction = []
     for path in PREDICT_PATHS:
-        if path in settings.skip or (path == "ours-bf16" and not bf16_ok):
+        if path in settings.skip or (path == "merged-bf16" and not bf16_ok):
             continue
         progress(f"prediction: {PREDICT_PATHS[path]} ...")
         result = _isolated(_predict_worker, path, str(adapter_dir), test_split.texts, settings)
         result.update(headline(test_split.labels, result.pop("predictions")))
         result["tokens_per_s"] = lengths.sum() / result["seconds"]
         result["flops_per_s"] = forward_flops(base_config, lengths) / result["seconds"]
-        result["of_peak"] = result["flops_per_s"] / peak["bf16" if result["precision"] != "fp32" else "fp32"]
         prediction.append(result)
         progress(f"  {result['samples_per_s']:.1f} samples/s, macro-F1 {result['macro_f1']:.4f}")
 
@@ -421,8 +422,12 @@ def run_bench(settings: BenchSettings, progress=print) -> dict:
         progress("service ...")
         service = bench_service(str(adapter_dir), test_split.texts, settings, workdir / "serve.log")
 
+    # Measured again at the end: on a shared machine the best of both is the closer to the hardware's peak.
+    peak = {name: max(flops, again) for (name, flops), again in zip(peak.items(), measure_peak(settings.matmul_size, device).values())}
+    for result in training + prediction:
+        result["of_peak"] = result["flops_per_s"] / peak["fp32" if result["precision"] == "fp32" else "bf16"]
     by_path = lambda rows, name: next((r for r in rows if r["path"] == name), None)  # noqa: E731
-    fp32 = by_path(prediction, "ours-fp32")
+    fp32 = by_path(prediction, "merged-fp32")
     return {
         "settings": asdict(settings),
         "machine": {**environment()["hardware"], "load_average_start": load_at_start, "load_average_end": os.getloadavg()},
@@ -455,7 +460,7 @@ def format_report(result: dict) -> str:
         f"{machine['load_average_end'][0]:.1f} at end",
         f"Model: {result['base_model']}; adapter for prediction: {result['adapter']}",
         f"Matmul peak: fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s "
-        "(of peak: model FLOP/s over the peak of the path's precision; int8 against bf16)",
+        "(best of start and end; of peak: model FLOP/s over the peak of the path's precision, int8 against bf16)",
         "",
     ]
     settings = result["settings"]

@@ -190,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="tiny sizes: checks the bench runs, figures mean little")
     p.add_argument("--no-service", action="store_true", help="leave out the HTTP service bench")
     p.add_argument("--skip", action="append", default=[], metavar="PATH",
-                   help="leave out a path: usual, ours-fp32, ours, pipeline, ours-fp32, ours-bf16, ours-onnx-int8")
+                   help="leave out a path: usual, ours-fp32, ours (training); pipeline, merged-fp32, merged-bf16, onnx-int8")
     p.add_argument("--json", metavar="FILE", help="also write the result as JSON")
     p.set_defaults(handler=cmd_bench)
     return parser
