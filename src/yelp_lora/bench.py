@@ -496,6 +496,7 @@ def format_report(result: dict) -> str:
     for name in ("training", "prediction"):
         if speed[name] is not None:
             lines.append(f"Speed-up, {name}: {speed[name]:.2f}x the usual way's samples/s")
+    lines.append(f"Work files (the bench's adapter, a bert-base base): {result['workdir']} (delete when done)")
     return "\n".join(lines)
 
 
