@@ -169,7 +169,7 @@ def main() -> None:
     peak_bf16 = matmul_peak(torch.bfloat16, size, device)
     peak_fp32 = matmul_peak(torch.float32, size, device)  # TF32 tensor cores on Ampere+ when allowed
     say(f"matmul peak {size}^2: bf16 {_rate(peak_bf16)}, fp32/TF32 {_rate(peak_fp32)}")
-    say(f"model: bert-base shape {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
+    say(f"model: {'tiny BERT' if tiny else 'bert-base shape'}, {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
         f"attention {config._attn_implementation}, LoRA r=8 on query/value")
 
     # (what, batch, seconds each); the reference batch of 16 first, to show it is launch-bound on a large GPU.

@@ -465,12 +465,13 @@ def format_report(result: dict) -> str:
     ]
     settings = result["settings"]
     header = f"{'':40} {'samples/s':>9} {'tokens/s':>9} {'GFLOP/s':>8} {'of peak':>7} {'peak RSS':>9}"
-    lines.append(f"Training: {settings['samples']} train rows, one pass, batch {settings['batch_size']}")
-    lines.append(header + f" {'val F1':>7} {'pad %':>6}")
-    for row in result["training"]:
-        padding = 100 * (1 - row["real_tokens"] / row["computed_tokens"])
-        lines.append(_row(row) + f" {row['val_macro_f1']:7.4f} {padding:6.1f}")
-    lines.append("")
+    if result["training"]:
+        lines.append(f"Training: {settings['samples']} train rows, one pass, batch {settings['batch_size']}")
+        lines.append(header + f" {'val F1':>7} {'pad %':>6}")
+        for row in result["training"]:
+            padding = 100 * (1 - row["real_tokens"] / row["computed_tokens"])
+            lines.append(_row(row) + f" {row['val_macro_f1']:7.4f} {padding:6.1f}")
+        lines.append("")
     rows = result["prediction"][0]["rows"] if result["prediction"] else 0
     lines.append(f"Prediction: {rows} test.csv rows, batch {settings['predict_batch_size']} (the pipeline: its default, 1)")
     lines.append(header + f" {'macro-F1':>8} {'ΔF1 pts':>7}")
