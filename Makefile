@@ -28,5 +28,8 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q
 
+bench: install
+	$(BIN)/yelp-lora bench --json runs/bench.json
+
 clean:
 	rm -rf $(VENV) runs

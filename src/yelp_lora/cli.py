@@ -126,7 +126,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     if args.output:
         return _predict_file(args)
     texts = _read_inputs(args)
-    predictor = _load_predictor(args, bf16=args.bf16, batch_size=args.batch_size)
+    predictor = _load_predictor(args, bf16=args.bf16, batch_size=args.batch_size, backend=args.backend)
     predictions = predictor.predict(texts, progress=len(texts) > args.batch_size)
     if args.json:
         print(json.dumps([{"text": t, **p.as_dict()} for t, p in zip(texts, predictions)], indent=2, ensure_ascii=False))
@@ -244,6 +244,20 @@ def _add_registry_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--registry", metavar="DIR", help="registry directory (default: $YELP_LORA_REGISTRY or ./registry)")
 
 
+def cmd_bench(args: argparse.Namespace) -> None:
+    from yelp_lora.bench import QUICK, BenchSettings, format_report, run_bench
+
+    settings = BenchSettings(model=args.model, adapter=args.adapter, service=not args.no_service, skip=args.skip)
+    explicit = {name: getattr(args, name) for name in ("samples", "predict_samples") if getattr(args, name) is not None}
+    for name, value in {**(QUICK if args.quick else {}), **explicit}.items():
+        setattr(settings, name, value)
+    if args.model not in ("minilm", "bert-base") and not Path(args.model).is_dir():
+        raise UserError(f"--model {args.model!r}: expected minilm, bert-base or a model directory")
+    result = run_bench(settings, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    print(format_report(result))
+    _write_json(args.json, result)
+
+
 # ---------------------------------------------------------------- parser
 
 
@@ -322,6 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="with --output: continue an interrupted run")
     p.add_argument("--skip-bad-rows", action="store_true", help="with --output: write bad rows with an error, not stop")
     p.add_argument("--json-summary", metavar="FILE", help="with --output: write the run's figures as JSON")
+    p.add_argument("--backend", default="torch", choices=["torch", "onnx", "onnx-int8"],
+                   help="torch, or ONNX Runtime on CPU in fp32 or int8 (exported once per adapter, cached)")
     p.set_defaults(handler=cmd_predict)
 
     p = sub.add_parser("registry", help="versioned adapter registry: add, list, show, promote, verify")
@@ -367,6 +383,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tool-schema", help="print classify_review_sentiment as an OpenAI function-tool schema")
     p.set_defaults(handler=cmd_tool_schema)
+
+    p = sub.add_parser("bench", help="training and prediction throughput: ours against the usual way, side by side")
+    p.add_argument("--model", default="minilm", help="minilm, bert-base (its shape, random weights) or a model directory")
+    p.add_argument("--adapter", help="adapter for the prediction and service bench (default: the one the bench trains)")
+    p.add_argument("--samples", type=int, help="training rows from train.csv, one pass (default 256)")
+    p.add_argument("--predict-samples", type=int, help="test.csv rows to predict (default 1000: all)")
+    p.add_argument("--quick", action="store_true", help="tiny sizes: checks the bench runs, figures mean little")
+    p.add_argument("--no-service", action="store_true", help="leave out the HTTP service bench")
+    p.add_argument("--skip", action="append", default=[], metavar="PATH",
+                   help="leave out a path: usual, ours-fp32, ours (training); pipeline, merged-fp32, merged-bf16, onnx-int8")
+    p.add_argument("--json", metavar="FILE", help="also write the result as JSON")
+    p.set_defaults(handler=cmd_bench)
     return parser
 
 

@@ -61,8 +61,10 @@ class TrainConfig(_Section):
     warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
     epochs: float = Field(3, gt=0)
     max_steps: int = Field(-1, description="Stop after this many optimizer steps; -1 = run all epochs.")
-    train_batch_size: int = Field(16, ge=1)
-    eval_batch_size: int = Field(16, ge=1)
+    train_batch_size: int | None = Field(
+        None, ge=1, description="null = auto: 16 on CPU, 64 on CUDA (16 leaves a large GPU launch-bound)."
+    )
+    eval_batch_size: int | None = Field(None, ge=1, description="null = auto: 16 on CPU, 128 on CUDA.")
     weight_decay: float = Field(0.01, ge=0.0)
     seed: int = 42
     pad_to_max_length: bool = Field(False, description="Pad every text to max_length (the tutorials' fixed form).")

@@ -143,7 +143,7 @@ def predict_logits(
     Texts are tokenised once and run in length-sorted batches, so each batch pads only to
     its own longest text.
     """
-    device = next(model.parameters()).device
+    device = model.device  # a transformers model, or an onnx_backend.OnnxClassifier
     input_ids, truncated = encode(tokenizer, texts, max_length)
     lengths = np.array([len(ids) for ids in input_ids])
     order = np.argsort(-lengths, kind="stable")

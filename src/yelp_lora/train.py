@@ -158,21 +158,27 @@ def _check_resume_config(config: RunConfig, checkpoints: Path, resume: bool, is_
         atomic_write_text(recorded, json.dumps(current, indent=2) + "\n")
 
 
-def training_arguments(config: RunConfig, output_dir: Path, device: torch.device, resume_possible: bool):
+# Per-device batches when the config leaves them to the device (null).
+AUTO_BATCH = {"cpu": (16, 16), "cuda": (64, 128)}
+
+
+def training_arguments(config: RunConfig, output_dir: Path, device: torch.device, resume_possible: bool, **overrides):
+    """The Trainer's arguments for this config on this device; `overrides` replace any of them (the bench's short runs)."""
     from transformers import TrainingArguments
 
     train = config.train
     use_bf16 = train.precision == "bf16" or (train.precision == "auto" and model_stage.bf16_supported(device))
     cuda = device.type == "cuda"
-    return TrainingArguments(
+    auto_train_batch, auto_eval_batch = AUTO_BATCH["cuda" if cuda else "cpu"]
+    arguments = dict(
         output_dir=str(output_dir / CHECKPOINT_DIRNAME),
         learning_rate=train.learning_rate,
         lr_scheduler_type=train.lr_scheduler,
         warmup_steps=train.warmup_ratio,
         num_train_epochs=train.epochs,
         max_steps=train.max_steps,
-        per_device_train_batch_size=train.train_batch_size,
-        per_device_eval_batch_size=train.eval_batch_size,
+        per_device_train_batch_size=train.train_batch_size or auto_train_batch,
+        per_device_eval_batch_size=train.eval_batch_size or auto_eval_batch,
         weight_decay=train.weight_decay,
         seed=train.seed,
         data_seed=train.seed,
@@ -191,11 +197,14 @@ def training_arguments(config: RunConfig, output_dir: Path, device: torch.device
         # The classifier's loss is already a per-example mean; left on, Trainer scales it by the
         # number of processes (meant for token-summed LM losses), doubling loss and gradients under DDP.
         average_tokens_across_devices=False,
+        # On CUDA, tokenised batches are collated by workers into pinned memory while the GPU works.
         dataloader_pin_memory=cuda,
         dataloader_num_workers=2 if cuda else 0,
         report_to=[],
         disable_tqdm=not sys.stderr.isatty(),
     )
+    arguments.update(overrides)
+    return TrainingArguments(**arguments)
 
 
 def _epoch_history(log_history: list[dict]) -> tuple[list[dict], list[dict]]:

@@ -1,0 +1,508 @@
+"""`yelp-lora bench`: our training and prediction paths against the usual way, side by side, in one run.
+
+Every path runs on the same real rows, model and machine, each in a fresh process so its peak
+memory is its own:
+
+- training: transformers' Trainer the way the tutorials run it (every text padded to 256 tokens,
+  fp32, random order) against our `train` path (`train.training_arguments`: dynamic padding,
+  length-grouped batches, bf16 autocast where supported), plus our path in fp32 to show what
+  bf16 adds. One pass over the same rows; validation macro-F1 after it, scored identically.
+- prediction: `transformers.pipeline("text-classification")` on the unmerged PeftModel with its
+  defaults (batch 1, fp32) against our `Predictor` (merged, length-sorted batches, inference
+  mode) in fp32, bf16 and ONNX Runtime int8; macro-F1 of each on the same rows.
+- the HTTP service (when `yelp_lora.serve` exists) at 1, 8 and 32 concurrent clients.
+- the machine's matmul peak (fp32, bf16) and each path's achieved model FLOP/s as a fraction of it.
+
+Model FLOPs are counted per real (unpadded) token, so work spent on padding earns nothing:
+    forward, per layer and token: 2*(4h^2 + 2hi) for the Q/K/V/output and FFN matmuls, plus 4nh
+    for the attention scores and the weighted sum over a text of n tokens, plus 4rh per LoRA
+    projection (training only; merged away at inference); per text, 2h^2 + 10h for the pooler
+    and the 5-way head.
+    training: the frozen matmuls run forward and once more for the input gradient (2x); the
+    attention products need gradients for both operands (3x); LoRA and the head also need
+    weight gradients (3x). Layer 0 needs no gradient into its frozen inputs, so this overcounts
+    by at most 1/layers of the frozen backward.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import resource
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from yelp_lora import data as data_stage
+from yelp_lora import model as model_stage
+from yelp_lora.config import ID2LABEL, LABEL2ID, NUM_LABELS, LoraSettings
+from yelp_lora.metrics import headline, predictions_of
+from yelp_lora.provenance import environment
+
+BERT_BASE = "bert-base"
+TRAIN_PATHS = {
+    "usual": "usual: Trainer, pad to 256, fp32",
+    "ours-fp32": "ours fp32: dynamic pad, length groups",
+    "ours": "ours: + bf16 autocast",
+}
+PREDICT_PATHS = {
+    "pipeline": "pipeline: unmerged PeftModel, defaults",
+    "merged-fp32": "ours fp32: merged, length-sorted",
+    "merged-bf16": "ours bf16 weights",
+    "onnx-int8": "ours onnx-int8 (ONNX Runtime)",
+}
+
+
+@dataclass
+class BenchSettings:
+    model: str = "minilm"
+    adapter: str | None = None  # prediction/service adapter; default: the one our training pass writes
+    data: str = "auto"
+    samples: int = 256  # training rows: one pass of samples/batch_size steps
+    val_samples: int = 200
+    predict_samples: int = 1000  # test.csv rows (all of it by default)
+    batch_size: int = 16
+    predict_batch_size: int = 64
+    max_length: int = 256
+    clients: tuple[int, ...] = (1, 8, 32)
+    requests: int = 96  # per client level, one review per request
+    matmul_size: int = 2048
+    seed: int = 42
+    service: bool = True
+    skip: list[str] = field(default_factory=list)  # path ids to leave out, e.g. "pipeline"
+
+
+QUICK = dict(samples=16, val_samples=8, predict_samples=16, requests=4, matmul_size=512)
+
+
+# ---------------------------------------------------------------- counting
+
+
+def _dims(model_config) -> tuple[int, int, int]:
+    return model_config.hidden_size, model_config.intermediate_size, model_config.num_hidden_layers
+
+
+def forward_flops(model_config, lengths: np.ndarray) -> float:
+    """Model FLOPs of one inference pass over texts of these real lengths (see the module notes)."""
+    h, i, layers = _dims(model_config)
+    n = np.asarray(lengths, dtype=np.float64)
+    per_text = layers * (n * 2 * (4 * h * h + 2 * h * i) + 4 * n * n * h) + 2 * h * h + 2 * h * NUM_LABELS
+    return float(per_text.sum())
+
+
+def training_flops(model_config, lengths: np.ndarray, lora: LoraSettings) -> float:
+    """Model FLOPs of one training step over texts of these real lengths (forward and backward)."""
+    h, i, layers = _dims(model_config)
+    n = np.asarray(lengths, dtype=np.float64)
+    frozen = 2 * (4 * h * h + 2 * h * i)
+    attention = 4 * n * h
+    adapters = 4 * lora.r * h * len(lora.target_modules)
+    per_text = layers * n * (2 * frozen + 3 * attention + 3 * adapters) + 2 * 2 * h * h + 3 * 2 * h * NUM_LABELS
+    return float(per_text.sum())
+
+
+def peak_memory() -> dict:
+    """This process's peak resident memory (and the GPU's peak allocation), in MiB."""
+    memory = {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if torch.cuda.is_available():
+        memory["cuda_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    return memory
+
+
+def matmul_peak(dtype: torch.dtype, size: int, device: torch.device, repeats: int = 10) -> float:
+    """Best FLOP/s of torch.matmul on two size x size matrices."""
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    best = math.inf
+    for _ in range(repeats + 1):  # the first call pays for allocation and kernel choice
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        torch.matmul(a, b)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - started)
+    return 2 * size**3 / best
+
+
+def measure_peak(size: int, device: torch.device) -> dict[str, float]:
+    return {"fp32": matmul_peak(torch.float32, size, device), "bf16": matmul_peak(torch.bfloat16, size, device)}
+
+
+# ---------------------------------------------------------------- the base model
+
+
+def prepare_base(model: str, workdir: Path, seed: int) -> str:
+    """'minilm', a directory or hub id as given; 'bert-base' = BertConfig() with seeded random weights."""
+    if model != BERT_BASE:
+        return model
+    from transformers import BertConfig, BertForSequenceClassification
+
+    target = workdir / "bert-base-random"
+    if not (target / "config.json").is_file():
+        torch.manual_seed(seed)
+        config = BertConfig(num_labels=NUM_LABELS, id2label=ID2LABEL, label2id=LABEL2ID)
+        BertForSequenceClassification(config).save_pretrained(target)
+        # MiniLM ships bert-base-uncased's 30,522-token WordPiece vocabulary: identical token counts.
+        model_stage.load_tokenizer(model_stage.MINILM_ALIAS).save_pretrained(target)
+    return str(target)
+
+
+# ---------------------------------------------------------------- workers (each in its own process)
+
+
+def _train_worker(path: str, base: str, train_split, val_split, settings: BenchSettings, workdir: str) -> dict:
+    from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments, default_data_collator
+
+    from yelp_lora import train as train_stage
+    from yelp_lora.config import load_config
+
+    usual = path == "usual"
+    config = load_config(
+        None,
+        {
+            "model.name_or_path": base,
+            "model.max_length": settings.max_length,
+            "train.train_batch_size": settings.batch_size,
+            "train.seed": settings.seed,
+            "train.precision": "fp32" if path == "ours-fp32" else "auto",
+        },
+    )
+    tokenizer = model_stage.load_tokenizer(base)
+    dataset = data_stage.tokenize(train_split, tokenizer, settings.max_length, pad_to_max_length=usual)
+    model = model_stage.apply_lora(model_stage.build_classifier(base, settings.seed), config.lora)
+    device = model_stage.pick_device()
+    short_run = dict(
+        max_steps=math.ceil(len(train_split) / settings.batch_size),  # exactly one pass over the rows
+        eval_strategy="no", save_strategy="no", logging_strategy="no", disable_tqdm=True,
+    )
+    output = Path(workdir) / f"train-{path}"
+    if usual:
+        # The tutorials' form: fixed 256-token rows, fp32, random order, the Trainer's defaults otherwise.
+        args = TrainingArguments(
+            output_dir=str(output), per_device_train_batch_size=settings.batch_size,
+            learning_rate=config.train.learning_rate, seed=settings.seed, use_cpu=device.type != "cuda",
+            report_to=[], **short_run,
+        )
+        collate = default_data_collator
+    else:
+        args = train_stage.training_arguments(config, output, device, resume_possible=False, **short_run)
+        collate = DataCollatorWithPadding(tokenizer)
+    batches: list[tuple[int, int]] = []  # (real tokens, computed tokens) of each batch
+
+    def counting_collator(features):
+        batch = collate(features)
+        batches.append((int(batch["attention_mask"].sum()), int(batch["attention_mask"].numel())))
+        return batch
+
+    class StepClock(TrainerCallback):
+        """From the first step's start to the last step's end: set-up and tear-down excluded."""
+
+        first = last = None
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if self.first is None:
+                self.first = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.last = time.perf_counter()
+
+    clock = StepClock()
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=counting_collator, callbacks=[clock])
+    trainer.train()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = clock.last - clock.first
+    model.eval()
+    logits, _ = model_stage.predict_logits(model, tokenizer, val_split.texts, max_length=settings.max_length, batch_size=64)
+    if path == "ours":  # the adapter the prediction bench uses when none is given
+        meta = train_stage.adapter_meta(config, model_stage.resolve_model_path(base), settings.data)
+        train_stage.save_adapter(model, tokenizer, Path(workdir) / "adapter", meta)
+    real_tokens = sum(real for real, _ in batches)
+    return {
+        "path": path,
+        "label": TRAIN_PATHS[path],
+        "precision": "bf16" if args.bf16 else "fp32",
+        "rows": len(train_split),
+        "steps": trainer.state.global_step,
+        "seconds": seconds,
+        "samples_per_s": len(train_split) / seconds,
+        "tokens_per_s": real_tokens / seconds,
+        "real_tokens": real_tokens,
+        "computed_tokens": sum(computed for _, computed in batches),
+        "model_flops": training_flops(model.get_base_model().config, np.asarray(dataset["length"]), config.lora),
+        "val_macro_f1": headline(val_split.labels, predictions_of(logits))["macro_f1"],
+        "attention": model.get_base_model().config._attn_implementation,
+        **peak_memory(),
+    }
+
+
+def _predict_worker(path: str, adapter_dir: str, texts: list[str], settings: BenchSettings) -> dict:
+    from yelp_lora.predict import Predictor
+
+    device = model_stage.pick_device()
+    started = time.perf_counter()
+    if path == "pipeline":
+        from transformers import pipeline
+
+        model, tokenizer = model_stage.load_adapter(adapter_dir, merge=False)
+        classify = pipeline("text-classification", model=model, tokenizer=tokenizer, device=device)
+        # Its only non-default: texts are cut at the model's max_length, as ours are (longer ones would fail).
+        def run(batch):
+            return np.array([LABEL2ID[out["label"]] for out in classify(batch, truncation=True, max_length=settings.max_length)])
+        precision = "fp32"
+    else:
+        backend = "onnx-int8" if path == "onnx-int8" else "torch"
+        predictor = Predictor(adapter_dir, bf16=path == "merged-bf16", batch_size=settings.predict_batch_size, backend=backend)
+
+        def run(batch):
+            return predictor.probabilities(batch)[0].argmax(axis=1)
+        precision = "int8" if backend == "onnx-int8" else ("bf16" if predictor.bf16 else "fp32")
+    load_seconds = time.perf_counter() - started
+    run(texts[:8])  # warm-up: lazy initialisation and first-call allocations
+    started = time.perf_counter()
+    labels = run(texts)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - started
+    return {
+        "path": path,
+        "label": PREDICT_PATHS[path],
+        "precision": precision,
+        "rows": len(texts),
+        "load_seconds": load_seconds,
+        "seconds": seconds,
+        "samples_per_s": len(texts) / seconds,
+        "predictions": labels.tolist(),
+        **peak_memory(),
+    }
+
+
+def _isolated(function, *args):
+    """Run one path in a fresh process: its peak memory is its own and nothing leaks between paths."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+        return pool.submit(function, *args).result()
+
+
+# ---------------------------------------------------------------- the service
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def bench_service(adapter_dir: str, texts: list[str], settings: BenchSettings, log_file: Path) -> dict:
+    """Throughput and latency of `yelp-lora serve` under 1, 8, 32 concurrent clients (one review per request)."""
+    if importlib.util.find_spec("yelp_lora.serve") is None:
+        return {"available": False, "reason": "yelp_lora.serve is not installed in this build"}
+    import httpx
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/v1/classify"
+    command = [sys.executable, "-m", "yelp_lora", "serve", "--adapter", adapter_dir, "--port", str(port)]
+    with open(log_file, "wb") as log:
+        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        with httpx.Client(timeout=120, limits=httpx.Limits(max_connections=max(settings.clients))) as client:
+            deadline = time.monotonic() + 300
+            while True:  # ready once it answers a real request
+                if server.poll() is not None:
+                    return {"available": False, "reason": f"server exited with {server.returncode}; see {log_file}"}
+                try:
+                    if client.post(url, json={"texts": texts[:1]}).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    return {"available": False, "reason": f"server not ready after 300 s; see {log_file}"}
+                time.sleep(0.5)
+
+            def one(index: int) -> tuple[float, int]:
+                started = time.perf_counter()
+                status = client.post(url, json={"texts": [texts[index % len(texts)]]}).status_code
+                return time.perf_counter() - started, status
+
+            levels = []
+            for clients in settings.clients:
+                with ThreadPoolExecutor(clients) as pool:
+                    started = time.perf_counter()
+                    results = list(pool.map(one, range(settings.requests)))
+                    seconds = time.perf_counter() - started
+                latencies = np.array([latency for latency, _ in results]) * 1000
+                levels.append(
+                    {
+                        "clients": clients,
+                        "requests": settings.requests,
+                        "errors": sum(status != 200 for _, status in results),
+                        "samples_per_s": settings.requests / seconds,
+                        "p50_ms": float(np.percentile(latencies, 50)),
+                        "p99_ms": float(np.percentile(latencies, 99)),
+                    }
+                )
+        status = Path(f"/proc/{server.pid}/status")
+        peak = next((int(l.split()[1]) / 1024 for l in status.read_text().splitlines() if l.startswith("VmHWM")), None)
+        return {"available": True, "levels": levels, "server_peak_rss_mib": peak}
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+# ---------------------------------------------------------------- the run
+
+
+def run_bench(settings: BenchSettings, progress=print) -> dict:
+    from transformers import AutoConfig
+
+    load_at_start = os.getloadavg()
+    device = model_stage.pick_device()
+    workdir = Path(tempfile.mkdtemp(prefix="yelp-lora-bench-"))
+    base = prepare_base(settings.model, workdir, settings.seed)
+    source = data_stage.resolve_source(settings.data)
+    settings.data = source
+    train_split, val_split = data_stage.train_val_split(
+        data_stage.load_split(source, "train"), settings.val_samples, settings.samples, settings.seed
+    )
+    test_split = data_stage.sample_split(data_stage.load_split(source, "test"), settings.predict_samples, settings.seed)
+    bf16_ok = model_stage.bf16_supported(device)
+
+    progress(f"matmul peak ({settings.matmul_size}^2) ...")
+    peak = measure_peak(settings.matmul_size, device)
+
+    training = []
+    for path in TRAIN_PATHS:
+        if path in settings.skip or (path == "ours-fp32" and not bf16_ok):  # without bf16, "ours" is fp32
+            continue
+        progress(f"training: {TRAIN_PATHS[path]} ...")
+        result = _isolated(_train_worker, path, base, train_split, val_split, settings, str(workdir))
+        result["flops_per_s"] = result["model_flops"] / result["seconds"]
+        training.append(result)
+        progress(f"  {result['samples_per_s']:.2f} samples/s, val macro-F1 {result['val_macro_f1']:.4f}")
+
+    adapter = settings.adapter or str(workdir / "adapter")
+    if not Path(adapter).exists():
+        raise model_stage.ModelError("no adapter to predict with: pass --adapter or keep the 'ours' training path")
+    from yelp_lora.evaluate import read_adapter_meta, resolve_adapter_dir
+
+    adapter_dir = resolve_adapter_dir(adapter)
+    meta = read_adapter_meta(adapter_dir)
+    tokenizer = model_stage.load_tokenizer(str(adapter_dir))
+    input_ids, _ = model_stage.encode(tokenizer, test_split.texts, settings.max_length)
+    lengths = np.array([len(ids) for ids in input_ids])
+    base_config = AutoConfig.from_pretrained(model_stage.resolve_model_path(meta["base_model_path"]))
+    prediction = []
+    for path in PREDICT_PATHS:
+        if path in settings.skip or (path == "merged-bf16" and not bf16_ok):
+            continue
+        progress(f"prediction: {PREDICT_PATHS[path]} ...")
+        result = _isolated(_predict_worker, path, str(adapter_dir), test_split.texts, settings)
+        result.update(headline(test_split.labels, result.pop("predictions")))
+        result["tokens_per_s"] = lengths.sum() / result["seconds"]
+        result["flops_per_s"] = forward_flops(base_config, lengths) / result["seconds"]
+        prediction.append(result)
+        progress(f"  {result['samples_per_s']:.1f} samples/s, macro-F1 {result['macro_f1']:.4f}")
+
+    service = {"available": False, "reason": "--no-service"}
+    if settings.service:
+        progress("service ...")
+        service = bench_service(str(adapter_dir), test_split.texts, settings, workdir / "serve.log")
+
+    # Measured again at the end: on a shared machine the best of both is the closer to the hardware's peak.
+    peak = {name: max(flops, again) for (name, flops), again in zip(peak.items(), measure_peak(settings.matmul_size, device).values())}
+    for result in training + prediction:
+        result["of_peak"] = result["flops_per_s"] / peak["fp32" if result["precision"] == "fp32" else "bf16"]
+    by_path = lambda rows, name: next((r for r in rows if r["path"] == name), None)  # noqa: E731
+    fp32 = by_path(prediction, "merged-fp32")
+    return {
+        "settings": asdict(settings),
+        "machine": {**environment()["hardware"], "load_average_start": load_at_start, "load_average_end": os.getloadavg()},
+        "libraries": environment()["libraries"],
+        "base_model": base if settings.model != BERT_BASE else "bert-base shape (BertConfig(), random weights)",
+        "adapter": str(adapter_dir),
+        "peak_flops": peak,
+        "training": training,
+        "prediction": prediction,
+        "service": service,
+        "speedup": {
+            "training": _ratio(by_path(training, "ours"), by_path(training, "usual")),
+            "prediction": _ratio(max(prediction, key=lambda r: r["samples_per_s"], default=None), by_path(prediction, "pipeline")),
+        },
+        "macro_f1_vs_fp32": {r["path"]: r["macro_f1"] - fp32["macro_f1"] for r in prediction} if fp32 else {},
+        "workdir": str(workdir),
+    }
+
+
+def _ratio(ours: dict | None, usual: dict | None) -> float | None:
+    return ours["samples_per_s"] / usual["samples_per_s"] if ours and usual else None
+
+
+def format_report(result: dict) -> str:
+    machine = result["machine"]
+    device = machine.get("gpu") or f"{machine['cpu']} ({machine['cpu_count']} cores, {machine['torch_threads']} torch threads)"
+    peak = result["peak_flops"]
+    lines = [
+        f"Machine: {device}; load average {machine['load_average_start'][0]:.1f} at start, "
+        f"{machine['load_average_end'][0]:.1f} at end",
+        f"Model: {result['base_model']}; adapter for prediction: {result['adapter']}",
+        f"Matmul peak: fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s "
+        "(best of start and end; of peak: model FLOP/s over the peak of the path's precision, int8 against bf16)",
+        "",
+    ]
+    settings = result["settings"]
+    header = f"{'':40} {'samples/s':>9} {'tokens/s':>9} {'GFLOP/s':>8} {'of peak':>7} {'peak RSS':>9}"
+    if result["training"]:
+        lines.append(f"Training: {settings['samples']} train rows, one pass, batch {settings['batch_size']}")
+        lines.append(header + f" {'val F1':>7} {'pad %':>6}")
+        for row in result["training"]:
+            padding = 100 * (1 - row["real_tokens"] / row["computed_tokens"])
+            lines.append(_row(row) + f" {row['val_macro_f1']:7.4f} {padding:6.1f}")
+        lines.append("")
+    rows = result["prediction"][0]["rows"] if result["prediction"] else 0
+    lines.append(f"Prediction: {rows} test.csv rows, batch {settings['predict_batch_size']} (the pipeline: its default, 1)")
+    lines.append(header + f" {'macro-F1':>8} {'ΔF1 pts':>7}")
+    for row in result["prediction"]:
+        delta = result["macro_f1_vs_fp32"].get(row["path"])
+        lines.append(_row(row) + f" {row['macro_f1']:8.4f} {100 * delta if delta is not None else float('nan'):7.2f}")
+    lines.append("")
+    service = result["service"]
+    if service.get("available"):
+        lines.append(f"Service (one review per request; server peak RSS {service['server_peak_rss_mib']:.0f} MiB)")
+        lines.append(f"{'':40} {'samples/s':>9} {'p50 ms':>9} {'p99 ms':>8} {'errors':>7}")
+        for level in service["levels"]:
+            lines.append(
+                f"  {level['clients']:>3} concurrent clients{'':16} {level['samples_per_s']:9.1f} "
+                f"{level['p50_ms']:9.1f} {level['p99_ms']:8.1f} {level['errors']:7d}"
+            )
+        offline = max((r["samples_per_s"] for r in result["prediction"]), default=float("nan"))
+        lines.append(f"  offline batch (best path above){'':9} {offline:9.1f}")
+    else:
+        lines.append(f"service: not available ({service.get('reason')})")
+    lines.append("")
+    speed = result["speedup"]
+    for name in ("training", "prediction"):
+        if speed[name] is not None:
+            lines.append(f"Speed-up, {name}: {speed[name]:.2f}x the usual way's samples/s")
+    lines.append(f"Work files (the bench's adapter, a bert-base base): {result['workdir']} (delete when done)")
+    return "\n".join(lines)
+
+
+def _row(row: dict) -> str:
+    return (
+        f"  {row['label']:<38} {row['samples_per_s']:9.2f} {row['tokens_per_s']:9.0f} {row['flops_per_s'] / 1e9:8.1f} "
+        f"{100 * row['of_peak']:6.1f}% {row['peak_rss_mib']:6.0f} MiB"
+    )

@@ -1,0 +1,110 @@
+"""The bench command and the ONNX Runtime backend, on the real MiniLM and real rows from ../shared.
+
+Correctness only: speed figures live in `yelp-lora bench` output, never in assertions here.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from yelp_lora import bench
+from yelp_lora import data as data_stage
+from yelp_lora import model as model_stage
+from yelp_lora.cli import main
+from yelp_lora.config import LoraSettings
+from yelp_lora.model import ModelError
+from yelp_lora.predict import Predictor
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def quick_bench(tmp_path_factory):
+    """One `bench --quick` run (its own training pass writes the adapter the other tests use)."""
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    cache = tmp_path_factory.mktemp("onnx-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("YELP_LORA_CACHE", str(cache))
+        code = main(["bench", "--quick", "--skip", "ours-fp32", "--skip", "merged-bf16", "--json", str(out)])
+    assert code == 0
+    return json.loads(out.read_text()), cache
+
+
+@pytest.fixture(scope="module")
+def real_texts():
+    rows = data_stage.load_split("auto", "test")
+    return data_stage.sample_split(rows, 24, seed=7).texts
+
+
+def test_quick_bench_reports_every_path(quick_bench):
+    result, _ = quick_bench
+    for key in ("settings", "machine", "peak_flops", "training", "prediction", "service", "speedup", "macro_f1_vs_fp32"):
+        assert key in result
+    assert result["peak_flops"]["fp32"] > 0 and result["peak_flops"]["bf16"] > 0
+    assert [row["path"] for row in result["training"]] == ["usual", "ours"]
+    assert [row["path"] for row in result["prediction"]] == ["pipeline", "merged-fp32", "onnx-int8"]
+    for row in result["training"] + result["prediction"]:
+        for key in ("samples_per_s", "tokens_per_s", "flops_per_s", "of_peak", "peak_rss_mib"):
+            assert row[key] > 0, (row["path"], key)
+    usual, ours = result["training"]
+    # Same rows for both; only the usual way pads every text to 256 tokens.
+    assert usual["real_tokens"] == ours["real_tokens"]
+    assert usual["computed_tokens"] == usual["rows"] * 256
+    assert ours["computed_tokens"] <= usual["computed_tokens"]  # quick mode: one batch, padded to its longest
+    # Every prediction path scored the same rows with the same adapter.
+    assert len({row["rows"] for row in result["prediction"]}) == 1
+    service = result["service"]
+    assert isinstance(service["available"], bool)
+    if service["available"]:
+        assert [level["clients"] for level in service["levels"]] == [1, 8, 32]
+        assert all(level["errors"] == 0 for level in service["levels"])
+
+
+def test_onnx_backends_agree_with_torch_on_real_rows(quick_bench, real_texts, monkeypatch):
+    result, cache = quick_bench
+    monkeypatch.setenv("YELP_LORA_CACHE", str(cache))
+    reference, cut = Predictor(result["adapter"]).probabilities(real_texts)
+    onnx_fp32, onnx_cut = Predictor(result["adapter"], backend="onnx").probabilities(real_texts)
+    np.testing.assert_allclose(onnx_fp32, reference, atol=1e-4)
+    assert (onnx_cut == cut).all()
+    int8 = Predictor(result["adapter"], backend="onnx-int8").probabilities(real_texts)[0]
+    assert np.abs(int8 - reference).max() < 0.02
+    top2 = np.sort(reference, axis=1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 0.02  # rows the fp32 model does not call a near tie
+    assert (int8.argmax(1)[clear] == reference.argmax(1)[clear]).all()
+
+
+def test_predict_cli_onnx_int8(quick_bench, real_texts, monkeypatch, capsys):
+    result, cache = quick_bench
+    monkeypatch.setenv("YELP_LORA_CACHE", str(cache))
+    assert main(["predict", "--adapter", result["adapter"], "--backend", "onnx-int8", "--json", real_texts[0]]) == 0
+    (prediction,) = json.loads(capsys.readouterr().out)
+    assert prediction["stars"] in range(1, 6)
+    assert abs(sum(prediction["probabilities"].values()) - 1) < 1e-4
+
+
+def test_unknown_backend_is_a_clear_error(quick_bench):
+    result, _ = quick_bench
+    with pytest.raises(ModelError, match="unknown ONNX backend 'tensorrt'"):
+        Predictor(result["adapter"], backend="tensorrt")
+
+
+def test_flop_count_matches_the_models_matmul_parameters():
+    model = model_stage.apply_lora(model_stage.build_classifier("minilm", 42), LoraSettings())
+    base = model.get_base_model()
+    config = base.config
+    h, n = config.hidden_size, np.array([100])
+    # The frozen projections (LoRA's own A/B matrices are trainable, so not counted here).
+    frozen = sum(m.weight.numel() for m in base.bert.encoder.modules()
+                 if isinstance(m, torch.nn.Linear) and not m.weight.requires_grad)
+    lora = sum(p.numel() for name, p in model.named_parameters() if "lora_" in name)
+    attention = config.num_hidden_layers * 4 * n[0] ** 2 * h
+    forward = bench.forward_flops(config, n)
+    assert forward == pytest.approx(2 * frozen * n[0] + attention + 2 * h * h + 2 * h * 5)
+    # Training: frozen matmuls twice (forward, input gradient), attention products and LoRA three times.
+    training = bench.training_flops(config, n, LoraSettings())
+    assert training == pytest.approx(2 * 2 * frozen * n[0] + 3 * attention + 3 * 2 * lora * n[0] + 2 * 2 * h * h + 3 * 2 * h * 5)
