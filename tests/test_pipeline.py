@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import REPO, SMALL_RUN, read_json, run_cli
+from conftest import SMALL_RUN, read_json, run_cli
 
 pytestmark = pytest.mark.slow
 
