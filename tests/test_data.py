@@ -76,6 +76,13 @@ def test_undecodable_bytes_are_reported_per_row(tmp_path):
         data.load_split(str(path), "train")
 
 
+def test_unpaired_surrogates_are_reported_not_crashed_on(tmp_path):
+    path = tmp_path / "surrogate.jsonl"
+    path.write_text('{"label": 1, "text": "fine"}\n{"label": 2, "text": "a\\ud800b"}\n')
+    with pytest.raises(DataError, match=r"line 2: character 1 is an unpaired surrogate \('\\ud800'\)"):
+        data.load_split(str(path), "train")
+
+
 def test_skip_bad_rows_counts_and_keeps_the_good_ones(tmp_path):
     path = tmp_path / "mixed.csv"
     path.write_text("label,text\n1,good one\n9,bad label\n3,\n4,another good one\n4,another good one\n")

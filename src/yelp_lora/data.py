@@ -217,6 +217,10 @@ def text_problem(text: object) -> str | None:
         return "text contains NUL bytes"
     if _UNDECODED_BYTE.search(text):
         return "text has bytes that are not valid UTF-8"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:  # a lone surrogate (JSON allows "\ud800"): no tokenizer can read it
+        return f"character {err.start} is an unpaired surrogate ({text[err.start]!a}), not valid Unicode"
     if len(text) > MAX_TEXT_CHARS:
         return f"text is {len(text):,} characters long, over the {MAX_TEXT_CHARS:,} limit"
     return None

@@ -134,12 +134,6 @@ def check_texts(texts: list, *, max_texts: int = MAX_TEXTS_PER_REQUEST, max_char
             check_input_text(f"texts[{index}]", text)
         except DataError as err:
             raise InputError("invalid_text", str(err)) from None
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as err:  # a lone surrogate (JSON allows "\ud800"): not text the tokenizer can read
-            raise InputError(
-                "invalid_text", f"texts[{index}]: character {err.start} is an unpaired surrogate ({text[err.start]!a}), not valid Unicode"
-            ) from None
         if len(text) > max_chars:
             raise InputError(
                 "text_too_long", f"texts[{index}] is {len(text):,} characters long, over the limit of {max_chars:,}"
