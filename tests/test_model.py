@@ -37,6 +37,30 @@ def test_the_baseline_head_is_the_training_start(tiny_bert_dir):
     np.testing.assert_allclose(base_logits, lora_logits, atol=1e-6)
 
 
+def test_the_attention_kernel_changes_speed_not_results(tiny_bert_dir):
+    """'auto' trains with eager attention on CPU, SDPA on CUDA; both compute the same model."""
+    assert model_stage.attention_implementation("auto", torch.device("cpu")) == "eager"
+    assert model_stage.attention_implementation("auto", torch.device("cuda")) == "sdpa"
+    assert model_stage.attention_implementation("sdpa", torch.device("cpu")) == "sdpa"
+    tokenizer = model_stage.load_tokenizer(str(tiny_bert_dir))
+    texts = ["The food was great.", "Never again, the waiter ignored us for an hour and the soup was cold."]
+    logits = {}
+    for kernel in ("sdpa", "eager"):
+        classifier = model_stage.build_classifier(str(tiny_bert_dir), seed=5, attention=kernel).eval()
+        assert classifier.config._attn_implementation == kernel
+        logits[kernel], _ = model_stage.predict_logits(classifier, tokenizer, texts)
+    np.testing.assert_allclose(logits["sdpa"], logits["eager"], atol=1e-5)
+
+
+def test_attention_dropout_overrides_the_base_models_own(tiny_bert_dir):
+    kept = model_stage.build_classifier(str(tiny_bert_dir), seed=5)
+    off = model_stage.build_classifier(str(tiny_bert_dir), seed=5, attention="eager", attention_dropout=0.0)
+    assert kept.config.attention_probs_dropout_prob == 0.1
+    assert off.config.attention_probs_dropout_prob == 0.0
+    assert off.bert.encoder.layer[0].attention.self.dropout.p == 0.0
+    assert torch.equal(kept.classifier.weight, off.classifier.weight)  # same weights and head
+
+
 def test_encode_cuts_long_texts_and_keeps_the_closing_token(tiny_bert_dir):
     tokenizer = model_stage.load_tokenizer(str(tiny_bert_dir))
     texts = ["short one", "word " * 600]

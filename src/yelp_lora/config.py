@@ -34,6 +34,14 @@ class ModelConfig(_Section):
         "minilm", description="Hub id, local directory, or the alias 'minilm' (the packaged all-MiniLM-L6-v2)."
     )
     max_length: int = Field(256, ge=8, le=512)
+    attention: Literal["auto", "sdpa", "eager"] = Field(
+        "auto",
+        description="Attention kernel for training. auto = eager on CPU, sdpa on CUDA: with attention dropout on, "
+        "CPU SDPA falls back to a slower math path (docs/performance.md).",
+    )
+    attention_dropout: float | None = Field(
+        None, ge=0.0, lt=1.0, description="Dropout on attention probabilities; null keeps the base model's own (0.1 in BERT)."
+    )
 
 
 class LoraSettings(_Section):

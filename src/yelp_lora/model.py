@@ -55,21 +55,31 @@ def load_tokenizer(base: str):
         raise ModelError(f"cannot load the tokenizer of '{base}': {err}") from None
 
 
-def build_classifier(base: str, seed: int):
+def attention_implementation(setting: str, device: torch.device) -> str:
+    """'auto' -> the kernel measured fastest for training on `device`: sdpa on CUDA, eager on CPU."""
+    if setting != "auto":
+        return setting
+    return "sdpa" if device.type == "cuda" else "eager"
+
+
+def build_classifier(base: str, seed: int, *, attention: str = "sdpa", attention_dropout: float | None = None):
     """The untuned model: the frozen base with a 5-way head initialised from `seed`.
 
     This is both the baseline of `compare` and the starting point of training, so the
-    same (base, seed) must give the same head in both places.
+    same (base, seed) must give the same head in both places. `attention` and
+    `attention_dropout` change how it computes, never its weights.
     """
     from transformers import AutoModelForSequenceClassification, logging as hf_logging, set_seed
 
     set_seed(seed)
+    dropout = {} if attention_dropout is None else {"attention_probs_dropout_prob": attention_dropout}
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the "newly initialised head" report is expected here
     try:
         with quiet_library_bars():
             return AutoModelForSequenceClassification.from_pretrained(
-                resolve_model_path(base), num_labels=NUM_LABELS, id2label=ID2LABEL, label2id=LABEL2ID
+                resolve_model_path(base), num_labels=NUM_LABELS, id2label=ID2LABEL, label2id=LABEL2ID,
+                attn_implementation=attention, **dropout,
             )
     except OSError as err:
         raise ModelError(f"cannot load base model '{base}': {err}") from None

@@ -162,6 +162,15 @@ def _check_resume_config(config: RunConfig, checkpoints: Path, resume: bool, is_
 AUTO_BATCH = {"cpu": (16, 16), "cuda": (64, 128)}
 
 
+def build_training_classifier(config: RunConfig, device: torch.device):
+    """The untuned classifier, set up to train with the config's attention kernel and dropout."""
+    return model_stage.build_classifier(
+        config.model.name_or_path, config.train.seed,
+        attention=model_stage.attention_implementation(config.model.attention, device),
+        attention_dropout=config.model.attention_dropout,
+    )
+
+
 def training_arguments(config: RunConfig, output_dir: Path, device: torch.device, resume_possible: bool, **overrides):
     """The Trainer's arguments for this config on this device; `overrides` replace any of them (the bench's short runs)."""
     from transformers import TrainingArguments
@@ -247,14 +256,12 @@ def train(config: RunConfig, output_dir: str | Path, *, resume: bool = False) ->
 
     from transformers import DataCollatorWithPadding  # after the data checks: bad data fails fast
 
-    model = model_stage.apply_lora(
-        model_stage.build_classifier(config.model.name_or_path, config.train.seed), config.lora
-    )
+    device = model_stage.pick_device()
+    model = model_stage.apply_lora(build_training_classifier(config, device), config.lora)
     parameter_line = model_stage.parameter_line(model)
     print(parameter_line, flush=True)
     trainable, total = model.get_nb_trainable_parameters()
 
-    device = model_stage.pick_device()
     args = training_arguments(config, output_dir, device, resume_possible=checkpointing)
     meta = adapter_meta(config, base_path, source)
     # With disable_tqdm (output not a terminal) the Trainer prints plain log lines instead of bars.
@@ -283,7 +290,10 @@ def train(config: RunConfig, output_dir: str | Path, *, resume: bool = False) ->
     mean_tokens = float(np.mean(train_set["length"]))
     record = {
         "config": config.model_dump(),
-        "resolved": {"data_source": source, "base_model_path": base_path, "device": str(device), "bf16": args.bf16},
+        "resolved": {
+            "data_source": source, "base_model_path": base_path, "device": str(device), "bf16": args.bf16,
+            "attention": model.get_base_model().config._attn_implementation,
+        },
         "data": {
             "train_file_rows": len(full_train),
             "skipped_bad_rows": len(full_train.skipped),
