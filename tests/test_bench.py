@@ -6,6 +6,7 @@ Correctness only: speed figures live in `yelp-lora bench` output, never in asser
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -46,7 +47,8 @@ def test_quick_bench_reports_every_path(quick_bench):
         assert key in result
     assert result["peak_flops"]["fp32"] > 0 and result["peak_flops"]["bf16"] > 0
     assert [row["path"] for row in result["training"]] == ["usual", "ours"]
-    assert [row["path"] for row in result["prediction"]] == ["pipeline", "merged-fp32", "onnx-int8"]
+    assert [row["path"] for row in result["prediction"]] == ["pipeline", "merged-fp32", "onnx-fp32", "onnx-int8"]
+    assert [row["batch_size"] for row in result["prediction"]] == [1, 16, 2, 2]  # the pipeline's 1, then AUTO_BATCH
     for row in result["training"] + result["prediction"]:
         for key in ("samples_per_s", "tokens_per_s", "flops_per_s", "of_peak", "peak_rss_mib"):
             assert row[key] > 0, (row["path"], key)
@@ -60,6 +62,8 @@ def test_quick_bench_reports_every_path(quick_bench):
     service = result["service"]
     assert isinstance(service["available"], bool)
     if service["available"]:
+        fastest = max(result["prediction"][1:], key=lambda row: row["samples_per_s"])
+        assert service["path"] == fastest["path"]  # served the way it ran fastest offline
         assert [level["clients"] for level in service["levels"]] == [1, 8, 32]
         assert all(level["errors"] == 0 for level in service["levels"])
 
@@ -76,6 +80,24 @@ def test_onnx_backends_agree_with_torch_on_real_rows(quick_bench, real_texts, mo
     top2 = np.sort(reference, axis=1)[:, -2:]
     clear = top2[:, 1] - top2[:, 0] > 0.02  # rows the fp32 model does not call a near tie
     assert (int8.argmax(1)[clear] == reference.argmax(1)[clear]).all()
+
+
+def test_exported_graph_uses_onnx_runtimes_fused_bert_kernels(quick_bench, monkeypatch):
+    import collections
+
+    import onnx
+
+    from yelp_lora.onnx_backend import exported_model
+
+    result, cache = quick_bench
+    monkeypatch.setenv("YELP_LORA_CACHE", str(cache))
+    layers = 6  # MiniLM
+    fp32 = collections.Counter(node.op_type for node in onnx.load(exported_model(Path(result["adapter"]), "onnx")).graph.node)
+    assert fp32["Attention"] == layers and fp32["SkipLayerNormalization"] == 2 * layers and fp32["BiasGelu"] == layers
+    assert fp32["EmbedLayerNormalization"] == 1 and fp32["Softmax"] == 0
+    int8 = collections.Counter(node.op_type for node in onnx.load(exported_model(Path(result["adapter"]), "onnx-int8")).graph.node)
+    # Per layer: attention output, FFN in and out; then the pooler and the head.
+    assert int8["QAttention"] == layers and int8["MatMulInteger"] == 3 * layers + 2
 
 
 def test_predict_cli_onnx_int8(quick_bench, real_texts, monkeypatch, capsys):

@@ -190,7 +190,8 @@ def predict_file(
     resume: bool = False,
     skip_bad_rows: bool = False,
     bf16: bool = False,
-    batch_size: int = 64,
+    batch_size: int | None = None,
+    backend: str = "torch",
     progress: bool = True,
 ) -> dict:
     """Predict every row of INPUT into OUTPUT; returns a summary (rows, chunks, speed, memory)."""
@@ -209,7 +210,7 @@ def predict_file(
     if rank == 0:  # before loading the model, so a refused resume is refused at once
         _prepare_parts(parts, _manifest(input_path, resolve_adapter_dir(adapter), chunk_rows), resume)
     _barrier(world)
-    predictor = Predictor(adapter, bf16=bf16, batch_size=batch_size)
+    predictor = Predictor(adapter, bf16=bf16, batch_size=batch_size, backend=backend)
 
     started = time.time()
     done_rows = resumed_chunks = predicted_chunks = chunks = 0

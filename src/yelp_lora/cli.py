@@ -48,6 +48,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         {
             "model.name_or_path": args.model,
             "model.max_length": args.max_length,
+            "model.attention": args.attention,
+            "model.attention_dropout": args.attention_dropout,
             "data.source": args.data,
             "data.train_samples": args.train_samples,
             "data.val_samples": args.val_samples,
@@ -130,7 +132,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         return _predict_file(args)
     texts = _read_inputs(args)
     predictor = _load_predictor(args, bf16=args.bf16, batch_size=args.batch_size, backend=args.backend)
-    predictions = predictor.predict(texts, progress=len(texts) > args.batch_size)
+    predictions = predictor.predict(texts, progress=len(texts) > predictor.batch_size)
     if args.json:
         print(json.dumps([{"text": t, **p.as_dict()} for t, p in zip(texts, predictions)], indent=2, ensure_ascii=False))
     else:
@@ -151,7 +153,7 @@ def _predict_file(args: argparse.Namespace) -> None:
         adapter, _ = Registry(args.registry).open(args.version or args.alias)  # verified before use
     summary = predict_file(
         adapter, args.input, args.output, chunk_rows=args.chunk_size, resume=args.resume,
-        skip_bad_rows=args.skip_bad_rows, bf16=args.bf16, batch_size=args.batch_size,
+        skip_bad_rows=args.skip_bad_rows, bf16=args.bf16, batch_size=args.batch_size, backend=args.backend,
     )
     print(format_summary(summary), file=sys.stderr)
     if summary["rank"] == 0:
@@ -212,14 +214,15 @@ def cmd_serve(args: argparse.Namespace) -> None:
         raise UserError("--max-texts, --max-chars and --max-batch must be positive, --max-wait-ms not negative")
     if settings.max_batch < settings.max_texts:
         raise UserError(f"--max-batch ({settings.max_batch}) must be at least --max-texts ({settings.max_texts})")
-    predictor = _load_predictor(args, bf16=args.bf16, batch_size=settings.max_batch)
+    # The worker gathers up to --max-batch texts; the predictor runs them in its own length-sorted batches.
+    predictor = _load_predictor(args, bf16=args.bf16, backend=args.backend)
     serve(predictor, host=args.host, port=args.port, settings=settings)
 
 
 def cmd_mcp(args: argparse.Namespace) -> None:
     from yelp_lora.agent import build_server
 
-    build_server(_load_predictor(args, bf16=args.bf16)).run(**_mcp_transport(args))
+    build_server(_load_predictor(args, bf16=args.bf16, backend=args.backend)).run(**_mcp_transport(args))
 
 
 def _mcp_transport(args: argparse.Namespace) -> dict:
@@ -240,7 +243,9 @@ def _add_model_source(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--version", help="registry version (v1, v2, ..., latest), verified before loading")
     source.add_argument("--alias", help="registry alias, e.g. production")
     _add_registry_option(parser)
-    parser.add_argument("--bf16", action="store_true", help="bf16 autocast where the hardware supports it")
+    parser.add_argument("--bf16", action="store_true", help="bf16 weights where the hardware supports it (torch backend)")
+    parser.add_argument("--backend", default="torch", choices=["torch", "onnx", "onnx-int8"],
+                        help="torch, or ONNX Runtime on CPU in fp32 or int8 (exported once per adapter, cached)")
 
 
 def _add_registry_option(parser: argparse.ArgumentParser) -> None:
@@ -287,6 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=int, help="tokens per review (longer ones are cut)")
     p.add_argument("--pad-to-max-length", action="store_true", help="pad every text to max length (fixed shapes)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"])
+    p.add_argument("--attention", choices=["auto", "sdpa", "eager"], help="attention kernel (auto: eager on CPU, sdpa on CUDA)")
+    p.add_argument("--attention-dropout", type=float, help="dropout on attention probabilities (default: the base model's)")
     p.add_argument("--save-steps", type=int, help="checkpoint every N steps so --resume can continue")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in DIR")
     p.add_argument("--logging-steps", type=int, help="log loss, learning rate and grad norm every N steps")
@@ -333,14 +340,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("texts", nargs="*", metavar="TEXT")
     p.add_argument("--input", help="CSV / JSONL / Parquet with a 'text' column, or one review per line")
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, help="texts per forward pass (default: 16 on CPU, 128 on CUDA, 2 with ONNX)")
     p.add_argument("--output", metavar="OUT", help="stream --input into OUT (.jsonl/.csv/.parquet) in bounded memory")
     p.add_argument("--chunk-size", type=int, default=2048, help="rows per chunk with --output (the resume unit)")
     p.add_argument("--resume", action="store_true", help="with --output: continue an interrupted run")
     p.add_argument("--skip-bad-rows", action="store_true", help="with --output: write bad rows with an error, not stop")
     p.add_argument("--json-summary", metavar="FILE", help="with --output: write the run's figures as JSON")
-    p.add_argument("--backend", default="torch", choices=["torch", "onnx", "onnx-int8"],
-                   help="torch, or ONNX Runtime on CPU in fp32 or int8 (exported once per adapter, cached)")
     p.set_defaults(handler=cmd_predict)
 
     p = sub.add_parser("registry", help="versioned adapter registry: add, list, show, promote, verify")
@@ -395,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="tiny sizes: checks the bench runs, figures mean little")
     p.add_argument("--no-service", action="store_true", help="leave out the HTTP service bench")
     p.add_argument("--skip", action="append", default=[], metavar="PATH",
-                   help="leave out a path: usual, ours-fp32, ours (training); pipeline, merged-fp32, merged-bf16, onnx-int8")
+                   help="leave out a path: usual, ours-fp32, ours (training); pipeline, merged-fp32, merged-bf16, onnx-fp32, onnx-int8")
     p.add_argument("--json", metavar="FILE", help="also write the result as JSON")
     p.set_defaults(handler=cmd_bench)
     return parser

@@ -1,8 +1,10 @@
 """ONNX Runtime inference for a merged adapter: fp32, or int8 with dynamic quantization.
 
 The merged model is exported once per adapter (and library versions) into a cache directory,
-then served by an `OnnxClassifier` that `model.predict_logits` drives like a transformers
-model, so batching, length sorting and truncation stay in one place.
+its BERT blocks fused into ONNX Runtime's kernels (Attention, EmbedLayerNormalization,
+SkipLayerNormalization, BiasGelu), then served by an `OnnxClassifier` that
+`model.predict_logits` drives like a transformers model, so batching, length sorting and
+truncation stay in one place.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ CACHE_ENV = "YELP_LORA_CACHE"
 FP32_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
 OPSET = 17
+GRAPH_FORMAT = "fused-v2"  # bump when export() changes, so cached files are rebuilt
 
 
 def cache_root() -> Path:
@@ -37,7 +40,7 @@ def _cache_key(adapter_dir: Path) -> str:
     """The adapter's own files plus the versions that shape the exported graph."""
     import onnxruntime
 
-    digest = hashlib.sha256(f"{torch.__version__}|{onnxruntime.__version__}|opset{OPSET}".encode())
+    digest = hashlib.sha256(f"{torch.__version__}|{onnxruntime.__version__}|opset{OPSET}|{GRAPH_FORMAT}".encode())
     for name in ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin", "config.json"):
         path = adapter_dir / name
         if path.is_file():
@@ -46,10 +49,15 @@ def _cache_key(adapter_dir: Path) -> str:
 
 
 def export(adapter_dir: Path, target: Path) -> None:
-    """Write TARGET/model.onnx (merged fp32) and TARGET/model.int8.onnx (int8 weights, dynamic activations)."""
+    """Write TARGET/model.onnx (merged, fused fp32) and TARGET/model.int8.onnx (int8 weights, dynamic activations)."""
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.transformers.optimizer import optimize_model
 
     model, tokenizer = model_stage.load_adapter(adapter_dir, merge=True)
+    # Eager attention traces to the MatMul/Softmax pattern ONNX Runtime fuses into one Attention
+    # kernel; SDPA's traced form is not recognised (measured 2x slower in int8).
+    model.set_attn_implementation("eager")
     # Two rows of unequal length, so the traced graph keeps the padding-mask path.
     dummy = tokenizer(["a padded example row", "a"], padding=True, return_tensors="pt")
     inputs = (dummy["input_ids"], dummy["attention_mask"])
@@ -57,15 +65,26 @@ def export(adapter_dir: Path, target: Path) -> None:
     with atomic_dir(target) as staging, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer notes on shape-dependent Python branches, checked by tests
         # The TorchScript exporter needs no onnxscript and handles dynamic sequence lengths well.
+        traced = staging / "traced.onnx"
         torch.onnx.export(
-            model, inputs, str(staging / FP32_FILE), dynamo=False, opset_version=OPSET,
+            model, inputs, str(traced), dynamo=False, opset_version=OPSET,
             input_names=["input_ids", "attention_mask"], output_names=["logits"], dynamic_axes=dynamic,
         )
         quiet = logging.getLogger().level
-        logging.getLogger().setLevel(logging.ERROR)  # the "consider pre-processing" hint
+        logging.getLogger().setLevel(logging.ERROR)  # the fusion report and the "consider pre-processing" hint
         try:
-            # Per-channel weight scales keep macro-F1 within a fraction of a point of fp32.
-            quantize_dynamic(staging / FP32_FILE, staging / INT8_FILE, weight_type=QuantType.QInt8, per_channel=True)
+            fused = optimize_model(
+                str(traced), model_type="bert",
+                num_heads=model.config.num_attention_heads, hidden_size=model.config.hidden_size,
+            )
+            fused.save_model_to_file(str(staging / FP32_FILE))
+            traced.unlink()
+            # Per-channel weight scales keep macro-F1 close to fp32. The fused kernels carry no
+            # inferable output types, hence the default tensor type (float).
+            quantize_dynamic(
+                staging / FP32_FILE, staging / INT8_FILE, weight_type=QuantType.QInt8, per_channel=True,
+                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+            )
         finally:
             logging.getLogger().setLevel(quiet)
 

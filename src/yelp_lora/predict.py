@@ -29,11 +29,16 @@ class Prediction:
         return asdict(self)
 
 
+# Texts per forward pass when none is given, measured on 1,000 length-sorted test.csv reviews
+# (docs/performance.md): on CPUs small batches keep activations in cache and padding near zero.
+AUTO_BATCH = {"cuda": 128, "cpu": 16, "onnx": 2}
+
+
 class Predictor:
     """An adapter merged into its base for inference; thread-safe for sequential calls."""
 
     def __init__(
-        self, adapter: str | Path, *, bf16: bool = False, batch_size: int = 64, backend: str = "torch",
+        self, adapter: str | Path, *, bf16: bool = False, batch_size: int | None = None, backend: str = "torch",
         manifest: dict | None = None,
     ):
         self.adapter_dir = resolve_adapter_dir(adapter)
@@ -50,6 +55,7 @@ class Predictor:
         if backend == "torch":
             self.model, self.tokenizer = model_stage.load_adapter(self.adapter_dir, merge=True)
             device = model_stage.pick_device()
+            auto_batch = AUTO_BATCH[device.type]
             self.model.to(device)
             self.bf16 = bf16 and model_stage.bf16_supported(device)
             if self.bf16:
@@ -60,7 +66,8 @@ class Predictor:
 
             self.model, self.tokenizer = load_onnx_classifier(self.adapter_dir, backend)
             self.bf16 = False
-        self.batch_size = batch_size
+            auto_batch = AUTO_BATCH["onnx"]
+        self.batch_size = batch_size or auto_batch
         self.max_length = int(self.meta["max_length"])
 
     @classmethod
