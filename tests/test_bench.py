@@ -16,7 +16,7 @@ from yelp_lora import bench
 from yelp_lora import data as data_stage
 from yelp_lora import model as model_stage
 from yelp_lora.cli import main
-from yelp_lora.config import LoraSettings
+from yelp_lora.config import LABEL_NAMES, LoraSettings
 from yelp_lora.model import ModelError
 from yelp_lora.predict import Predictor
 
@@ -107,6 +107,32 @@ def test_predict_cli_onnx_int8(quick_bench, real_texts, monkeypatch, capsys):
     (prediction,) = json.loads(capsys.readouterr().out)
     assert prediction["stars"] in range(1, 6)
     assert abs(sum(prediction["probabilities"].values()) - 1) < 1e-4
+
+
+def test_streaming_prediction_on_onnx_int8_and_resume_keeps_the_backend(
+    quick_bench, real_texts, monkeypatch, tmp_path, capsys
+):
+    from yelp_lora import batch
+    from yelp_lora.evaluate import resolve_adapter_dir
+
+    result, cache = quick_bench
+    monkeypatch.setenv("YELP_LORA_CACHE", str(cache))
+    source = tmp_path / "reviews.jsonl"
+    source.write_text("".join(json.dumps({"text": text}) + "\n" for text in real_texts), encoding="utf-8")
+    output = tmp_path / "out.jsonl"
+    command = ["predict", "--adapter", result["adapter"], "--input", str(source), "--output", str(output), "--chunk-size", "8"]
+    assert main([*command, "--backend", "onnx-int8"]) == 0
+    rows = [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()]
+    expected = Predictor(result["adapter"], backend="onnx-int8").probabilities(real_texts)[0]
+    assert [row["label"] for row in rows] == [LABEL_NAMES[i] for i in expected.argmax(1)]
+    # An interrupted int8 run may not be finished by another backend: the parts would mix numerics.
+    parts = batch.parts_dir(output)
+    parts.mkdir()
+    interrupted = batch._manifest(source, resolve_adapter_dir(result["adapter"]), 8, "onnx-int8", False)
+    (parts / batch.MANIFEST_FILE).write_text(json.dumps(interrupted), encoding="utf-8")
+    capsys.readouterr()
+    assert main([*command, "--resume"]) == 2
+    assert "belongs to a different job (backend: 'onnx-int8' -> 'torch')" in capsys.readouterr().err
 
 
 def test_unknown_backend_is_a_clear_error(quick_bench):

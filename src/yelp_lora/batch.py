@@ -72,7 +72,8 @@ def _barrier(world: int) -> None:
         dist.barrier()
 
 
-def _manifest(input_path: Path, adapter_dir: Path, chunk_rows: int) -> dict:
+def _manifest(input_path: Path, adapter_dir: Path, chunk_rows: int, backend: str, bf16: bool) -> dict:
+    """What a resumed run must share with the interrupted one: the same input, model and numerics."""
     stat = input_path.stat()
     return {
         "input": str(input_path.resolve()),
@@ -80,6 +81,8 @@ def _manifest(input_path: Path, adapter_dir: Path, chunk_rows: int) -> dict:
         "input_mtime_ns": stat.st_mtime_ns,
         "adapter": str(adapter_dir.resolve()),
         "chunk_rows": chunk_rows,
+        "backend": backend,
+        "bf16": bf16,
     }
 
 
@@ -208,7 +211,7 @@ def predict_file(
     rank, world = _distributed()
     parts = parts_dir(output)
     if rank == 0:  # before loading the model, so a refused resume is refused at once
-        _prepare_parts(parts, _manifest(input_path, resolve_adapter_dir(adapter), chunk_rows), resume)
+        _prepare_parts(parts, _manifest(input_path, resolve_adapter_dir(adapter), chunk_rows, backend, bf16), resume)
     _barrier(world)
     predictor = Predictor(adapter, bf16=bf16, batch_size=batch_size, backend=backend)
 
