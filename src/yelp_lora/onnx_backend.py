@@ -1,8 +1,8 @@
 """ONNX Runtime inference for a merged adapter: fp32, or int8 with dynamic quantization.
 
 The merged model is exported once per adapter (and library versions) into a cache directory,
-its BERT blocks fused into ONNX Runtime's kernels (Attention, EmbedLayerNormalization,
-SkipLayerNormalization, BiasGelu), then served by an `OnnxClassifier` that
+its BERT blocks fused into ONNX Runtime's kernels (Attention, EmbedLayerNormalization, BiasGelu;
+residual + LayerNorm stay plain ops, measured faster), then served by an `OnnxClassifier` that
 `model.predict_logits` drives like a transformers model, so batching, length sorting and
 truncation stay in one place.
 """
@@ -153,7 +153,6 @@ class OnnxClassifier:
 
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.path = path
         self.session = ort.InferenceSession(
             str(path), options, providers=["CPUExecutionProvider"], disabled_optimizers=UNFUSED_AT_LOAD
         )

@@ -29,7 +29,7 @@ class Prediction:
         return asdict(self)
 
 
-# Texts per forward pass when none is given, measured on 1,000 length-sorted test.csv reviews
+# Texts per forward pass when none is given, measured on 500 length-sorted train.csv reviews
 # (docs/performance.md): on CPUs small batches keep activations in cache and padding near zero.
 AUTO_BATCH = {"cuda": 128, "cpu": 16, "onnx": 2}
 
