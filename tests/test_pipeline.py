@@ -9,6 +9,8 @@ import pytest
 import torch
 from conftest import SMALL_RUN, read_json, run_cli
 
+from yelp_lora import dropout
+
 pytestmark = pytest.mark.slow
 
 
@@ -38,8 +40,13 @@ def test_train_writes_a_complete_run(minilm_run):
     learning_rates = [h["learning_rate"] for h in run["history"]]
     assert learning_rates == sorted(learning_rates, reverse=True), "linear decay"
     assert run["train_samples_per_second"] > 0 and run["train_runtime"] > 0
-    # config 'auto': eager attention on CPU, where SDPA with attention dropout takes a slow path.
-    assert run["resolved"]["attention"] == ("sdpa" if torch.cuda.is_available() else "eager")
+    # config 'auto': on CPU eager attention (SDPA with attention dropout takes a slow path there)
+    # with fast dropout masks, and each step of 16 rows sorted into micro-batches of 4.
+    cuda = torch.cuda.is_available()
+    assert run["resolved"]["attention"] == ("sdpa" if cuda else dropout.ATTENTION)
+    assert (run["resolved"]["micro_batch_size"], run["resolved"]["gradient_accumulation_steps"]) == (
+        (16, 1) if cuda else (4, 4)
+    )
 
 
 def test_the_kept_adapter_is_the_best_epoch(minilm_run, data_dir):
@@ -161,6 +168,8 @@ def test_user_mistakes_get_one_clear_line(tmp_path, minilm_run):
         (("train", "--data", "./missing-dir", "--output-dir", str(tmp_path / "x")), "data path not found: ./missing-dir"),
         (("train", "--config", "nope.yaml", "--output-dir", str(tmp_path / "x")), "config file not found"),
         (("train", "--model", "./no-model", "--max-steps", "1", "--output-dir", str(tmp_path / "x")), "model directory not found"),
+        (("train", "--batch-size", "16", "--micro-batch-size", "5", "--output-dir", str(tmp_path / "x")),
+         "train.micro_batch_size 5 must divide the training batch size 16"),
         (("compare", "--adapter", str(tmp_path / "none")), "adapter not found"),
         (("predict", "--adapter", str(minilm_run)), "nothing to predict"),
         (("predict", "--adapter", str(minilm_run), "   "), "argument 1: whitespace-only text"),

@@ -4,9 +4,10 @@ Every path runs on the same real rows, model and machine, each in a fresh proces
 memory is its own:
 
 - training: transformers' Trainer the way the tutorials run it (every text padded to 256 tokens,
-  fp32, random order) against our `train` path (`train.training_arguments`: dynamic padding,
-  length-grouped batches, bf16 autocast where supported), plus our path in fp32 to show what
-  bf16 adds. One pass over the same rows; validation macro-F1 after it, scored identically.
+  fp32, random order) against our `train` path (`train.training_arguments` and its Trainer: each
+  random step sorted by length into dynamically padded micro-batches, dropout masks drawn 16 bits
+  at a time on CPU, bf16 autocast where supported), plus our path in fp32 to show what bf16 adds.
+  One pass over the same rows; validation macro-F1 after it, scored identically.
 - prediction: `transformers.pipeline("text-classification")` on the unmerged PeftModel with its
   defaults (batch 1, fp32) against our `Predictor` (merged, length-sorted batches, inference
   mode) in fp32, bf16 and ONNX Runtime int8; macro-F1 of each on the same rows.
@@ -52,7 +53,7 @@ from yelp_lora.provenance import environment
 BERT_BASE = "bert-base"
 TRAIN_PATHS = {
     "usual": "usual: Trainer, pad to 256, fp32",
-    "ours-fp32": "ours fp32: dynamic pad, length groups",
+    "ours-fp32": "ours fp32: sorted micro-batches",
     "ours": "ours: + bf16 autocast",
 }
 PREDICT_PATHS = {
@@ -220,7 +221,7 @@ def _train_worker(path: str, base: str, train_split, val_split, settings: BenchS
     if usual:  # the tutorials' model: the library's default attention kernel
         model = model_stage.apply_lora(model_stage.build_classifier(base, settings.seed), config.lora)
     else:
-        model = model_stage.apply_lora(train_stage.build_training_classifier(config, device), config.lora)
+        model = train_stage.build_training_model(config, device)
     short_run = dict(
         max_steps=math.ceil(len(train_split) / settings.batch_size),  # exactly one pass over the rows
         eval_strategy="no", save_strategy="no", logging_strategy="no", disable_tqdm=True,
@@ -257,7 +258,8 @@ def _train_worker(path: str, base: str, train_split, val_split, settings: BenchS
             self.last = time.perf_counter()
 
     clock = StepClock()
-    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=counting_collator, callbacks=[clock])
+    trainer_class = Trainer if usual else train_stage.lora_trainer_class()
+    trainer = trainer_class(model=model, args=args, train_dataset=dataset, data_collator=counting_collator, callbacks=[clock])
     trainer.train()
     if device.type == "cuda":
         torch.cuda.synchronize()

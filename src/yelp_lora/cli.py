@@ -59,6 +59,7 @@ def cmd_train(args: argparse.Namespace) -> None:
             "train.learning_rate": args.lr,
             "train.seed": args.seed,
             "train.train_batch_size": args.batch_size,
+            "train.micro_batch_size": args.micro_batch_size,
             "train.pad_to_max_length": True if args.pad_to_max_length else None,
             "train.precision": args.precision,
             "train.save_steps": args.save_steps,
@@ -288,7 +289,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, help="stop after N optimizer steps")
     p.add_argument("--lr", type=float, help="peak learning rate (linear decay)")
     p.add_argument("--seed", type=int)
-    p.add_argument("--batch-size", type=int, help="training batch size")
+    p.add_argument("--batch-size", type=int, help="training batch size (rows per optimizer step)")
+    p.add_argument(
+        "--micro-batch-size", type=int,
+        help="rows per forward pass of a length-sorted step (divides --batch-size; default: 4 on CPU, 16 on CUDA)",
+    )
     p.add_argument("--max-length", type=int, help="tokens per review (longer ones are cut)")
     p.add_argument("--pad-to-max-length", action="store_true", help="pad every text to max length (fixed shapes)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"])

@@ -42,6 +42,11 @@ class ModelConfig(_Section):
     attention_dropout: float | None = Field(
         None, ge=0.0, lt=1.0, description="Dropout on attention probabilities; null keeps the base model's own (0.1 in BERT)."
     )
+    dropout_kernel: Literal["auto", "torch", "fast"] = Field(
+        "auto",
+        description="How training draws dropout masks. fast = 16-bit draws (yelp_lora.dropout), measured ~3x cheaper "
+        "than torch's per-element ones on CPU; auto = fast on CPU, torch on CUDA (its fused kernels).",
+    )
 
 
 class LoraSettings(_Section):
@@ -76,7 +81,16 @@ class TrainConfig(_Section):
     weight_decay: float = Field(0.01, ge=0.0)
     seed: int = 42
     pad_to_max_length: bool = Field(False, description="Pad every text to max_length (the tutorials' fixed form).")
-    group_by_length: bool = True
+    group_by_length: bool = Field(
+        True,
+        description="Draw each optimizer step's batch at random, as usual, then sort it by length and run it "
+        "as micro-batches of micro_batch_size with accumulated gradients: padding falls, the step's "
+        "examples and gradient stay those of a random batch.",
+    )
+    micro_batch_size: int | None = Field(
+        None, ge=1, description="Rows per forward pass under group_by_length; must divide the training batch. "
+        "null = auto: 4 on CPU, 16 on CUDA.",
+    )
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="auto = bf16 autocast where the CPU or GPU supports it, else fp32."
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import sys
@@ -14,9 +15,10 @@ import numpy as np
 import torch
 
 from yelp_lora import data as data_stage
+from yelp_lora import dropout as dropout_stage
 from yelp_lora import model as model_stage
 from yelp_lora.atomic import atomic_dir, atomic_write_text, publish_dir, save_errors
-from yelp_lora.config import LABEL_NAMES, ConfigError, RunConfig
+from yelp_lora.config import LABEL_NAMES, ConfigError, RunConfig, TrainConfig
 from yelp_lora.metrics import headline, predictions_of
 from yelp_lora.provenance import environment
 
@@ -93,19 +95,70 @@ def _save_every_epoch_callback():
     return SaveEveryEpoch()
 
 
-def _atomic_checkpoint_trainer_class():
+class StepSortedSampler(torch.utils.data.Sampler):
+    """Every optimizer step's rows drawn at random, then sorted longest first within the step.
+
+    The Trainer cuts the order into micro-batches and accumulates their gradients, so each
+    micro-batch pads only to similar lengths while each step still learns from a random batch,
+    as the usual way's does. (transformers' LengthGroupedSampler sorts mega-batches of 50 steps
+    instead: its steps run from long reviews to short ones, which measured lower validation
+    macro-F1; docs/performance.md.) The longest row of the epoch is moved into the first
+    micro-batch, so running out of memory shows at once.
+    """
+
+    def __init__(self, lengths: list[int], micro_batch_size: int, micro_batches_per_step: int):
+        self.lengths = list(lengths)
+        self.micro_batch_size = micro_batch_size
+        self.micro_batches_per_step = micro_batches_per_step
+
+    def __len__(self):
+        return len(self.lengths)
+
+    def __iter__(self):
+        from transformers.trainer_pt_utils import get_length_grouped_indices
+
+        # Drawn from torch's global generator, which the Trainer seeds with train.seed.
+        return iter(get_length_grouped_indices(self.lengths, self.micro_batch_size, self.micro_batches_per_step))
+
+
+def step_mean_cross_entropy(outputs, labels, num_items_in_batch=None):
+    """Cross-entropy summed over a micro-batch, divided by the rows of its whole optimizer step.
+
+    The Trainer counts the step's rows across its micro-batches. The model's own loss, a mean
+    per micro-batch, would instead be summed over them, scaling the gradient by their number.
+    """
+    total = torch.nn.functional.cross_entropy(outputs.logits.float(), labels, reduction="sum")
+    return total / (num_items_in_batch if num_items_in_batch is not None else labels.numel())
+
+
+def lora_trainer_class():
+    """transformers' Trainer with step-sorted batches under group_by_length and atomic checkpoints."""
     from transformers import Trainer
     from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
-    class AtomicCheckpointTrainer(Trainer):
-        """A Trainer whose checkpoints appear only complete.
+    class LoraTrainer(Trainer):
+        """A Trainer whose checkpoints appear only complete, and whose length grouping stays within a step.
 
+        Its loss is `step_mean_cross_entropy`, so accumulated micro-batches give the step's mean.
         Trainer writes checkpoint-N in place, so a kill mid-save would leave a partial
         checkpoint-N that `resume_from_checkpoint=True` picks as the latest. Here it is written
         under a hidden staging directory, fsynced, then renamed into place.
         """
 
         _staging_root: str | None = None
+
+        def __init__(self, *args, **kwargs):
+            kwargs.setdefault("compute_loss_func", step_mean_cross_entropy)
+            super().__init__(*args, **kwargs)
+
+        def _get_train_sampler(self, train_dataset=None):
+            if self.args.train_sampling_strategy != "group_by_length":
+                return super()._get_train_sampler(train_dataset)
+            # Under DDP the sharded loader deals consecutive micro-batches to the ranks in turn.
+            per_step = self.args.gradient_accumulation_steps * max(1, self.args.world_size)
+            # data.tokenize's length column; the loader's copy of the set has had it removed.
+            lengths = self.train_dataset["length"]
+            return StepSortedSampler(lengths, self.args.per_device_train_batch_size, per_step)
 
         def _get_output_dir(self, trial):
             return self._staging_root or super()._get_output_dir(trial)
@@ -131,7 +184,7 @@ def _atomic_checkpoint_trainer_class():
                 rotate_checkpoints(output_dir=str(root), save_total_limit=self.args.save_total_limit, use_mtime=False)
             self.accelerator.wait_for_everyone()
 
-    return AtomicCheckpointTrainer
+    return LoraTrainer
 
 
 def _check_resume_config(config: RunConfig, checkpoints: Path, resume: bool, is_main: bool) -> None:
@@ -160,15 +213,44 @@ def _check_resume_config(config: RunConfig, checkpoints: Path, resume: bool, is_
 
 # Per-device batches when the config leaves them to the device (null).
 AUTO_BATCH = {"cpu": (16, 16), "cuda": (64, 128)}
+# Rows per forward pass under group_by_length when micro_batch_size is null. CPU: measured
+# (docs/performance.md); CUDA: the same quarter of its step, not yet measured on a GPU.
+AUTO_MICRO_BATCH = {"cpu": 4, "cuda": 16}
 
 
-def build_training_classifier(config: RunConfig, device: torch.device):
-    """The untuned classifier, set up to train with the config's attention kernel and dropout."""
-    return model_stage.build_classifier(
-        config.model.name_or_path, config.train.seed,
-        attention=model_stage.attention_implementation(config.model.attention, device),
+def step_batches(train: TrainConfig, device: torch.device) -> tuple[int, int]:
+    """(rows per forward pass, forward passes per optimizer step) for this config on this device."""
+    kind = "cuda" if device.type == "cuda" else "cpu"
+    batch = train.train_batch_size or AUTO_BATCH[kind][0]
+    if not train.group_by_length or train.pad_to_max_length:
+        return batch, 1  # nothing to sort: one random batch per step, as the usual way runs it
+    if train.micro_batch_size is None:
+        micro = math.gcd(batch, AUTO_MICRO_BATCH[kind])
+    elif batch % train.micro_batch_size:
+        raise ConfigError(
+            f"train.micro_batch_size {train.micro_batch_size} must divide the training batch size {batch} "
+            f"(train.train_batch_size{'' if train.train_batch_size else ', auto on ' + kind})"
+        )
+    else:
+        micro = train.micro_batch_size
+    return micro, batch // micro
+
+
+def build_training_model(config: RunConfig, device: torch.device):
+    """The untuned classifier wrapped in LoRA, set up to train with the config's attention and dropout kernels."""
+    attention = model_stage.attention_implementation(config.model.attention, device)
+    fast = config.model.dropout_kernel == "fast" or (config.model.dropout_kernel == "auto" and device.type != "cuda")
+    if fast and attention == "eager":
+        dropout_stage.register_attention()
+        attention = dropout_stage.ATTENTION
+    classifier = model_stage.build_classifier(
+        config.model.name_or_path, config.train.seed, attention=attention,
         attention_dropout=config.model.attention_dropout,
     )
+    model = model_stage.apply_lora(classifier, config.lora)
+    if fast:
+        dropout_stage.use_fast_dropout(model)
+    return model
 
 
 def training_arguments(config: RunConfig, output_dir: Path, device: torch.device, resume_possible: bool, **overrides):
@@ -178,7 +260,8 @@ def training_arguments(config: RunConfig, output_dir: Path, device: torch.device
     train = config.train
     use_bf16 = train.precision == "bf16" or (train.precision == "auto" and model_stage.bf16_supported(device))
     cuda = device.type == "cuda"
-    auto_train_batch, auto_eval_batch = AUTO_BATCH["cuda" if cuda else "cpu"]
+    auto_eval_batch = AUTO_BATCH["cuda" if cuda else "cpu"][1]
+    micro_batch, accumulation = step_batches(train, device)
     arguments = dict(
         output_dir=str(output_dir / CHECKPOINT_DIRNAME),
         learning_rate=train.learning_rate,
@@ -186,7 +269,8 @@ def training_arguments(config: RunConfig, output_dir: Path, device: torch.device
         warmup_steps=train.warmup_ratio,
         num_train_epochs=train.epochs,
         max_steps=train.max_steps,
-        per_device_train_batch_size=train.train_batch_size or auto_train_batch,
+        per_device_train_batch_size=micro_batch,
+        gradient_accumulation_steps=accumulation,
         per_device_eval_batch_size=train.eval_batch_size or auto_eval_batch,
         weight_decay=train.weight_decay,
         seed=train.seed,
@@ -243,6 +327,8 @@ def train(config: RunConfig, output_dir: str | Path, *, resume: bool = False) ->
     checkpointing = bool(config.train.save_steps) or resume
     if checkpointing:
         _check_resume_config(config, checkpoints, resume, is_main=int(os.environ.get("RANK", "0")) == 0)
+    device = model_stage.pick_device()
+    args = training_arguments(config, output_dir, device, resume_possible=checkpointing)  # bad settings fail here
     source = data_stage.resolve_source(config.data.source)
     full_train = data_stage.load_split(source, "train", skip_bad_rows=config.data.skip_bad_rows)
     train_split, val_split = data_stage.train_val_split(
@@ -256,19 +342,17 @@ def train(config: RunConfig, output_dir: str | Path, *, resume: bool = False) ->
 
     from transformers import DataCollatorWithPadding  # after the data checks: bad data fails fast
 
-    device = model_stage.pick_device()
-    model = model_stage.apply_lora(build_training_classifier(config, device), config.lora)
+    model = build_training_model(config, device)
     parameter_line = model_stage.parameter_line(model)
     print(parameter_line, flush=True)
     trainable, total = model.get_nb_trainable_parameters()
 
-    args = training_arguments(config, output_dir, device, resume_possible=checkpointing)
     meta = adapter_meta(config, base_path, source)
     # With disable_tqdm (output not a terminal) the Trainer prints plain log lines instead of bars.
     callbacks = [_keep_best_callback(output_dir, tokenizer, meta)]
     if config.train.save_steps:
         callbacks.append(_save_every_epoch_callback())
-    trainer = _atomic_checkpoint_trainer_class()(
+    trainer = lora_trainer_class()(
         model=model,
         args=args,
         train_dataset=train_set,
@@ -293,6 +377,8 @@ def train(config: RunConfig, output_dir: str | Path, *, resume: bool = False) ->
         "resolved": {
             "data_source": source, "base_model_path": base_path, "device": str(device), "bf16": args.bf16,
             "attention": model.get_base_model().config._attn_implementation,
+            "micro_batch_size": args.per_device_train_batch_size,
+            "gradient_accumulation_steps": args.gradient_accumulation_steps,
         },
         "data": {
             "train_file_rows": len(full_train),

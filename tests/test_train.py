@@ -1,0 +1,88 @@
+"""The training path's batching: each optimizer step is a random batch, sorted by length and run as
+micro-batches whose accumulated gradient is the step's mean, as one unsorted batch would give."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from yelp_lora import data as data_stage
+from yelp_lora import model as model_stage
+from yelp_lora import train as train_stage
+from yelp_lora.config import ConfigError, load_config
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+
+
+def test_each_step_holds_the_rows_a_random_order_would_give_it_sorted_by_length():
+    generator = torch.Generator().manual_seed(0)
+    lengths = torch.randint(5, 257, (203,), generator=generator).tolist()
+    micro, per_step = 4, 4
+    step = micro * per_step
+    torch.manual_seed(11)
+    order = list(train_stage.StepSortedSampler(lengths, micro, per_step))
+    torch.manual_seed(11)
+    random_order = torch.randperm(len(lengths)).tolist()  # what the sampler draws from the same seed
+    assert sorted(order) == list(range(len(lengths)))
+    assert lengths[order[0]] == max(lengths)  # the epoch's longest row first: out-of-memory shows at once
+    differing = 0
+    for start in range(0, len(order), step):
+        ours, theirs = order[start : start + step], random_order[start : start + step]
+        # Only the longest row's swap into the first step moves one row between two steps.
+        differing += set(ours) != set(theirs)
+        assert len(set(ours) ^ set(theirs)) in (0, 2)
+        tail = [lengths[i] for i in ours[1:]]
+        assert tail == sorted(tail, reverse=True)
+    assert differing <= 2
+
+
+@pytest.mark.parametrize(
+    "overrides, device, expected",
+    [
+        ({}, CPU, (4, 4)),  # auto: batch 16, micro-batches of 4
+        ({}, CUDA, (16, 4)),  # auto: batch 64
+        ({"train.train_batch_size": 10}, CPU, (2, 5)),  # the largest auto size that divides the batch
+        ({"train.micro_batch_size": 8}, CPU, (8, 2)),
+        ({"train.group_by_length": False}, CPU, (16, 1)),
+        ({"train.pad_to_max_length": True}, CPU, (16, 1)),  # fixed shapes: nothing to sort
+    ],
+)
+def test_step_batches(overrides, device, expected):
+    assert train_stage.step_batches(load_config(None, overrides).train, device) == expected
+
+
+def test_a_micro_batch_that_does_not_divide_the_step_is_refused():
+    config = load_config(None, {"train.micro_batch_size": 5})
+    with pytest.raises(ConfigError, match=r"train.micro_batch_size 5 must divide the training batch size 16"):
+        train_stage.step_batches(config.train, CPU)
+
+
+def test_micro_batches_accumulate_to_the_steps_mean_loss_and_gradient(tiny_bert_dir, data_dir, tmp_path):
+    """One step over the same 16 rows: 4 micro-batches of 4 against one batch of 16, dropout off."""
+    rows = data_stage.sample_split(data_stage.load_split(str(data_dir), "train"), 16, seed=3)
+    tokenizer = model_stage.load_tokenizer(str(tiny_bert_dir))
+    dataset = data_stage.tokenize(rows, tokenizer, 64)
+    from transformers import DataCollatorWithPadding
+
+    logged = {}
+    for micro in (4, 16):
+        config = load_config(None, {
+            "model.name_or_path": str(tiny_bert_dir), "model.attention_dropout": 0.0,
+            "train.precision": "fp32", "train.micro_batch_size": micro, "train.max_steps": 1,
+            "train.logging_steps": 1,
+        })
+        model = train_stage.build_training_model(config, CPU)
+        for module in model.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = 0.0
+        args = train_stage.training_arguments(config, tmp_path / str(micro), CPU, resume_possible=False,
+                                              eval_strategy="no", disable_tqdm=True)
+        trainer = train_stage.lora_trainer_class()(
+            model=model, args=args, train_dataset=dataset, data_collator=DataCollatorWithPadding(tokenizer),
+        )
+        trainer.train()
+        assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (micro, 16 // micro)
+        logged[micro] = trainer.state.log_history[0]
+    assert logged[4]["loss"] == pytest.approx(logged[16]["loss"], rel=1e-5)
+    assert logged[4]["grad_norm"] == pytest.approx(logged[16]["grad_norm"], rel=1e-4)
