@@ -31,7 +31,9 @@ class Prediction:
 
 # Texts per forward pass when none is given, measured on 500 length-sorted train.csv reviews
 # (docs/performance.md): on CPUs small batches keep activations in cache and padding near zero.
-AUTO_BATCH = {"cuda": 128, "cpu": 16, "onnx": 2}
+# ONNX runs one text at a time: int8's dynamic quantization scales activations per batch, so in
+# a larger batch a review's prediction would depend on the reviews sent with it.
+AUTO_BATCH = {"cuda": 128, "cpu": 16, "onnx": 1}
 
 
 class Predictor:
