@@ -25,6 +25,20 @@ def test_demo_preset_uses_the_packaged_model_and_local_data():
     assert config.data.source == "auto"
 
 
+def test_usual_way_preset_differs_from_the_demo_only_in_how_it_computes():
+    demo, usual = (load_config(REPO / "configs" / name).model_dump() for name in ("demo.yaml", "usual-way.yaml"))
+    changed = {
+        f"{section}.{key}": value
+        for section, values in usual.items()
+        for key, value in values.items()
+        if demo[section][key] != value
+    }
+    assert changed == {
+        "model.attention": "sdpa", "model.dropout_kernel": "torch", "train.precision": "fp32",
+        "train.pad_to_max_length": True, "train.group_by_length": False,
+    }
+
+
 def test_overrides_apply_and_none_means_keep():
     config = load_config(REPO / "configs" / "seed.yaml", {"train.seed": 7, "train.epochs": None})
     assert config.train.seed == 7 and config.train.epochs == 3
