@@ -100,10 +100,10 @@ class StepSortedSampler(torch.utils.data.Sampler):
 
     The Trainer cuts the order into micro-batches and accumulates their gradients, so each
     micro-batch pads only to similar lengths while each step still learns from a random batch,
-    as the usual way's does. (transformers' LengthGroupedSampler sorts mega-batches of 50 steps
-    instead: its steps run from long reviews to short ones, which measured lower validation
-    macro-F1; docs/performance.md.) The longest row of the epoch is moved into the first
-    micro-batch, so running out of memory shows at once.
+    as the usual way's does. (transformers' LengthGroupedSampler sorts mega-batches of up to 50
+    steps instead, so its steps run from long reviews to short ones; with one seed that read
+    lower validation macro-F1 than the usual way, docs/performance.md.) The longest row of the
+    epoch is moved into the first micro-batch, so running out of memory shows at once.
     """
 
     def __init__(self, lengths: list[int], micro_batch_size: int, micro_batches_per_step: int):
