@@ -345,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("texts", nargs="*", metavar="TEXT")
     p.add_argument("--input", help="CSV / JSONL / Parquet with a 'text' column, or one review per line")
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument("--batch-size", type=int, help="texts per forward pass (default: 16 on CPU, 128 on CUDA, 2 with ONNX)")
+    p.add_argument("--batch-size", type=int, help="texts per forward pass (default: 16 on CPU, 128 on CUDA, 1 with ONNX: int8 results then never depend on the other texts)")
     p.add_argument("--output", metavar="OUT", help="stream --input into OUT (.jsonl/.csv/.parquet) in bounded memory")
     p.add_argument("--chunk-size", type=int, default=2048, help="rows per chunk with --output (the resume unit)")
     p.add_argument("--resume", action="store_true", help="with --output: continue an interrupted run")
