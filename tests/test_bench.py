@@ -75,11 +75,16 @@ def test_onnx_backends_agree_with_torch_on_real_rows(quick_bench, real_texts, mo
     onnx_fp32, onnx_cut = Predictor(result["adapter"], backend="onnx").probabilities(real_texts)
     np.testing.assert_allclose(onnx_fp32, reference, atol=1e-4)
     assert (onnx_cut == cut).all()
+    # Padded batches too: the graph's last layer reads only the first token, which padding never moves.
+    padded = Predictor(result["adapter"], backend="onnx", batch_size=8).probabilities(real_texts)[0]
+    np.testing.assert_allclose(padded, reference, atol=1e-4)
     int8_predictor = Predictor(result["adapter"], backend="onnx-int8")
     int8 = int8_predictor.probabilities(real_texts)[0]
     assert np.abs(int8 - reference).max() < 0.02
     # A review's int8 prediction does not depend on the reviews sent with it (activation scales
-    # are set per batch, and the default batch is one text).
+    # are set per batch, and the default batch is one text), nor on which session ran it: alone,
+    # on the all-cores session; among others, on the one-thread session, several at once.
+    assert int8_predictor.model.concurrent_workers == torch.get_num_threads()
     for index in (0, len(real_texts) - 1):
         alone = int8_predictor.probabilities([real_texts[index]])[0][0]
         assert np.array_equal(alone, int8[index])
@@ -103,6 +108,13 @@ def test_exported_graph_uses_onnx_runtimes_fused_bert_kernels(quick_bench, monke
     assert fp32["Softmax"] == 0
     # Residual + LayerNorm, twice per layer, as plain ops (mean and variance: two ReduceMean each).
     assert fp32["SkipLayerNormalization"] == 0 and fp32["ReduceMean"] == 2 * 2 * layers
+    # The last layer carries only the first token after its attention: the attention output and the residual, cut.
+    graph = onnx.load(exported_model(Path(result["adapter"]), "onnx")).graph
+    last_attention = max(index for index, node in enumerate(graph.node) if node.op_type == "Attention")
+    slices = [node for node in graph.node[last_attention + 1 :] if node.op_type == "Slice"]
+    assert sorted(node.input[0] for node in slices) == sorted(
+        [graph.node[last_attention].output[0], graph.node[last_attention].input[0]]
+    )
     int8 = collections.Counter(node.op_type for node in onnx.load(exported_model(Path(result["adapter"]), "onnx-int8")).graph.node)
     # Per layer: attention output, FFN in and out; then the pooler and the head.
     assert int8["QAttention"] == layers and int8["MatMulInteger"] == 3 * layers + 2

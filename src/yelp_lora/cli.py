@@ -6,13 +6,10 @@ import argparse
 import json
 import os
 import sys
-import warnings
 from pathlib import Path
 
 # Tokenisers run inside our own batching; a second thread pool per process only oversubscribes the CPU.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# peft 0.21 still calls a transformers 5 API deprecated for v6: upstream noise, not the user's concern.
-warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
 class UserError(Exception):
