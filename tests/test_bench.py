@@ -57,8 +57,13 @@ def test_quick_bench_reports_every_path(quick_bench):
     assert usual["real_tokens"] == ours["real_tokens"]
     assert usual["computed_tokens"] == usual["rows"] * 256
     assert ours["computed_tokens"] <= usual["computed_tokens"]  # quick mode: one batch, padded to its longest
-    # Every prediction path scored the same rows with the same adapter.
+    # Every prediction path scored the same rows with the same adapter, in the same interleaved rounds.
     assert len({row["rows"] for row in result["prediction"]}) == 1
+    assert all(len(row["round_samples_per_s"]) == result["settings"]["rounds"] == 2 for row in result["prediction"])
+    # The peak is the best of the start, one measurement per round and the end.
+    measured = result["peak_flops_measured"]
+    assert len(measured) == 4 and result["peak_flops"]["bf16"] == max(m["bf16"] for m in measured)
+    assert [row["first_token_last_layer"] for row in result["prediction"]] == [False, False, True, True]
     service = result["service"]
     assert isinstance(service["available"], bool)
     if service["available"]:
@@ -176,3 +181,7 @@ def test_flop_count_matches_the_models_matmul_parameters():
     # Training: frozen matmuls twice (forward, input gradient), attention products and LoRA three times.
     training = bench.training_flops(config, n, LoraSettings())
     assert training == pytest.approx(2 * 2 * frozen * n[0] + 3 * attention + 3 * 2 * lora * n[0] + 2 * 2 * h * h + 3 * 2 * h * 5)
+    # Our ONNX graphs run the last layer's attention output projection and FFN on the first token only.
+    last = base.bert.encoder.layer[-1]
+    skipped = sum(m.weight.numel() for m in (last.attention.output.dense, last.intermediate.dense, last.output.dense))
+    assert forward - bench.forward_flops(config, n, first_token_last_layer=True) == pytest.approx(2 * skipped * (n[0] - 1))

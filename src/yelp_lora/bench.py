@@ -1,6 +1,6 @@
 """`yelp-lora bench`: our training and prediction paths against the usual way, side by side, in one run.
 
-Every path runs on the same real rows, model and machine, each in a fresh process so its peak
+Every path runs on the same real rows, model and machine, each in its own process so its peak
 memory is its own:
 
 - training: transformers' Trainer the way the tutorials run it (every text padded to 256 tokens,
@@ -10,7 +10,8 @@ memory is its own:
   One pass over the same rows; validation macro-F1 after it, scored identically.
 - prediction: `transformers.pipeline("text-classification")` on the unmerged PeftModel with its
   defaults (batch 1, fp32) against our `Predictor` (merged, length-sorted batches, inference
-  mode) in fp32, bf16 and ONNX Runtime int8; macro-F1 of each on the same rows.
+  mode) in fp32, bf16 and ONNX Runtime int8; macro-F1 of each on the same rows. The paths take
+  turns in rounds, one chunk of the rows each, so a shared machine's slow spells fall on all alike.
 - the HTTP service (when `yelp_lora.serve` exists) at 1, 8 and 32 concurrent clients.
 - the machine's matmul peak (fp32, bf16) and each path's achieved model FLOP/s as a fraction of it.
 
@@ -86,12 +87,13 @@ class BenchSettings:
     clients: tuple[int, ...] = (1, 8, 32)
     requests: int = 96  # per client level, one review per request
     matmul_size: int = 2048
+    rounds: int = 5  # prediction paths take turns, one chunk of the texts each per round
     seed: int = 42
     service: bool = True
     skip: list[str] = field(default_factory=list)  # path ids to leave out, e.g. "pipeline"
 
 
-QUICK = dict(samples=16, val_samples=8, predict_samples=16, requests=4, matmul_size=512)
+QUICK = dict(samples=16, val_samples=8, predict_samples=16, requests=4, matmul_size=512, rounds=2)
 
 
 # ---------------------------------------------------------------- counting
@@ -101,11 +103,17 @@ def _dims(model_config) -> tuple[int, int, int]:
     return model_config.hidden_size, model_config.intermediate_size, model_config.num_hidden_layers
 
 
-def forward_flops(model_config, lengths: np.ndarray) -> float:
-    """Model FLOPs of one inference pass over texts of these real lengths (see the module notes)."""
+def forward_flops(model_config, lengths: np.ndarray, first_token_last_layer: bool = False) -> float:
+    """Model FLOPs of one inference pass over texts of these real lengths (see the module notes).
+
+    `first_token_last_layer`: the last layer's attention output projection and FFN run on the
+    first token only (our ONNX graphs); the FLOPs they skip are not counted.
+    """
     h, i, layers = _dims(model_config)
     n = np.asarray(lengths, dtype=np.float64)
-    per_text = layers * (n * 2 * (4 * h * h + 2 * h * i) + 4 * n * n * h) + 2 * h * h + 2 * h * NUM_LABELS
+    per_layer = n * 2 * (4 * h * h + 2 * h * i) + 4 * n * n * h
+    last_layer = n * 2 * 3 * h * h + 4 * n * n * h + 2 * (h * h + 2 * h * i) if first_token_last_layer else per_layer
+    per_text = (layers - 1) * per_layer + last_layer + 2 * h * h + 2 * h * NUM_LABELS
     return float(per_text.sum())
 
 
@@ -288,50 +296,118 @@ def _train_worker(path: str, base: str, train_split, val_split, settings: BenchS
     }
 
 
-def _predict_worker(path: str, adapter_dir: str, texts: list[str], settings: BenchSettings) -> dict:
-    from yelp_lora.predict import Predictor
+def _predict_worker(connection, path: str, adapter_dir: str, settings: BenchSettings) -> None:
+    """One prediction path in its own process: load, warm up, then predict each chunk of texts the
+    parent sends (timing only the prediction) until it sends None; then report peak memory."""
+    try:
+        from yelp_lora.predict import Predictor
 
-    device = model_stage.pick_device()
-    started = time.perf_counter()
-    if path == "pipeline":
-        from transformers import pipeline
+        device = model_stage.pick_device()
+        started = time.perf_counter()
+        if path == "pipeline":
+            from transformers import pipeline
 
-        model, tokenizer = model_stage.load_adapter(adapter_dir, merge=False)
-        classify = pipeline("text-classification", model=model, tokenizer=tokenizer, device=device)
-        # Its only non-default: texts are cut at the model's max_length, as ours are (longer ones would fail).
-        def run(batch):
-            return np.array([LABEL2ID[out["label"]] for out in classify(batch, truncation=True, max_length=settings.max_length)])
-        precision, batch_size = "fp32", 1
-    else:
-        predictor = Predictor(adapter_dir, batch_size=settings.predict_batch_size, **PATH_OPTIONS[path])
+            model, tokenizer = model_stage.load_adapter(adapter_dir, merge=False)
+            classify = pipeline("text-classification", model=model, tokenizer=tokenizer, device=device)
+            # Its only non-default: texts are cut at the model's max_length, as ours are (longer ones would fail).
+            def run(batch):
+                return np.array([LABEL2ID[out["label"]] for out in classify(batch, truncation=True, max_length=settings.max_length)])
+            precision, batch_size, first_token = "fp32", 1, False
+        else:
+            predictor = Predictor(adapter_dir, batch_size=settings.predict_batch_size, **PATH_OPTIONS[path])
 
-        def run(batch):
-            return predictor.probabilities(batch)[0].argmax(axis=1)
-        precision = "int8" if predictor.backend == "onnx-int8" else ("bf16" if predictor.bf16 else "fp32")
-        batch_size = predictor.batch_size
-    load_seconds = time.perf_counter() - started
-    run(texts[:8])  # warm-up: lazy initialisation and first-call allocations
-    started = time.perf_counter()
-    labels = run(texts)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - started
-    return {
-        "path": path,
-        "label": PREDICT_PATHS[path],
-        "precision": precision,
-        "batch_size": batch_size,
-        "rows": len(texts),
-        "load_seconds": load_seconds,
-        "seconds": seconds,
-        "samples_per_s": len(texts) / seconds,
-        "predictions": labels.tolist(),
-        **peak_memory(),
-    }
+            def run(batch):
+                return predictor.probabilities(batch)[0].argmax(axis=1)
+            precision = "int8" if predictor.backend == "onnx-int8" else ("bf16" if predictor.bf16 else "fp32")
+            batch_size, first_token = predictor.batch_size, predictor.backend != "torch"
+        load_seconds = time.perf_counter() - started
+        connection.send(dict(precision=precision, batch_size=batch_size, load_seconds=load_seconds, first_token_last_layer=first_token))
+        warm_up = True  # the first chunk's first texts once more: lazy initialisation and first-call allocations
+        while (texts := connection.recv()) is not None:
+            if warm_up:
+                run(texts[:8])
+                warm_up = False
+            started = time.perf_counter()
+            labels = run(texts)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            connection.send((time.perf_counter() - started, labels.tolist()))
+        connection.send(peak_memory())
+    except Exception as err:  # reported to the parent, which raises it
+        connection.send(err)
+
+
+class _PredictPath:
+    """The parent's handle on one `_predict_worker` process."""
+
+    def __init__(self, path: str, adapter_dir: str, settings: BenchSettings):
+        context = get_context("spawn")
+        self.path, (self.connection, child) = path, context.Pipe()
+        self.process = context.Process(target=_predict_worker, args=(child, path, adapter_dir, settings), daemon=True)
+        self.process.start()
+        self.info = self.receive()
+        self.seconds: list[float] = []
+        self.labels: list[int] = []
+
+    def receive(self):
+        message = self.connection.recv()
+        if isinstance(message, Exception):
+            self.process.join()
+            raise message
+        return message
+
+    def predict(self, texts: list[str]) -> None:
+        self.connection.send(texts)
+        seconds, labels = self.receive()
+        self.seconds.append(seconds)
+        self.labels += labels
+
+    def close(self) -> dict:
+        self.connection.send(None)
+        memory = self.receive()
+        self.process.join()
+        return memory
+
+
+def bench_prediction(
+    paths: list[str], adapter_dir: str, chunks: list[list[str]], settings: BenchSettings, measure_round_peak, progress
+) -> list[dict]:
+    """Every path predicts the same texts, one chunk per round, the paths taking turns.
+
+    A shared machine has slow and fast spells lasting minutes (measured: the same int8 pass at 150
+    and at 215 samples/s); paths run one after another would each catch a different spell. In
+    rounds, each path predicts one chunk of the texts in turn (the order rotating every round), so
+    all of them share the same spells. Each path keeps its own process, so its peak memory is its own.
+    """
+    handles = []
+    try:
+        for path in paths:
+            progress(f"prediction: loading {PREDICT_PATHS[path]} ...")
+            handles.append(_PredictPath(path, adapter_dir, settings))
+        for number, chunk in enumerate(chunks):
+            measure_round_peak()
+            progress(f"prediction round {number + 1}/{len(chunks)}: {len(chunk)} texts on each path ...")
+            for offset in range(len(handles)):
+                handles[(number + offset) % len(handles)].predict(chunk)
+        results = []
+        for handle in handles:
+            seconds = sum(handle.seconds)
+            rows = sum(len(chunk) for chunk in chunks)
+            results.append({
+                "path": handle.path, "label": PREDICT_PATHS[handle.path], **handle.info, "rows": rows,
+                "seconds": seconds, "samples_per_s": rows / seconds,
+                "round_samples_per_s": [len(chunk) / spent for chunk, spent in zip(chunks, handle.seconds)],
+                "predictions": handle.labels, **handle.close(),
+            })
+        return results
+    finally:
+        for handle in handles:
+            if handle.process.is_alive():
+                handle.process.kill()
 
 
 def _isolated(function, *args):
-    """Run one path in a fresh process: its peak memory is its own and nothing leaks between paths."""
+    """Run one training path in a fresh process: its peak memory is its own and nothing leaks between paths."""
     with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
         return pool.submit(function, *args).result()
 
@@ -428,7 +504,7 @@ def run_bench(settings: BenchSettings, progress=print) -> dict:
     onnx_ok = importlib.util.find_spec("onnxruntime") is not None
 
     progress(f"matmul peak ({settings.matmul_size}^2) ...")
-    peak = measure_peak(settings.matmul_size, device)
+    peaks = [measure_peak(settings.matmul_size, device)]
 
     training = []
     for path in TRAIN_PATHS:
@@ -451,18 +527,22 @@ def run_bench(settings: BenchSettings, progress=print) -> dict:
     input_ids, _ = model_stage.encode(tokenizer, test_split.texts, settings.max_length)
     lengths = np.array([len(ids) for ids in input_ids])
     base_config = AutoConfig.from_pretrained(model_stage.resolve_model_path(meta["base_model_path"]))
-    prediction = []
-    for path in PREDICT_PATHS:
-        onnx_missing = PATH_OPTIONS.get(path, {}).get("backend", "torch") != "torch" and not onnx_ok
-        if path in settings.skip or (path == "merged-bf16" and not bf16_ok) or onnx_missing:
-            continue
-        progress(f"prediction: {PREDICT_PATHS[path]} ...")
-        result = _isolated(_predict_worker, path, str(adapter_dir), test_split.texts, settings)
+    paths = [
+        path for path in PREDICT_PATHS
+        if path not in settings.skip and not (path == "merged-bf16" and not bf16_ok)
+        and not (PATH_OPTIONS.get(path, {}).get("backend", "torch") != "torch" and not onnx_ok)
+    ]
+    rounds = [index for index in np.array_split(np.arange(len(test_split.texts)), settings.rounds) if len(index)]
+    prediction = bench_prediction(
+        paths, str(adapter_dir), [[test_split.texts[i] for i in index] for index in rounds], settings,
+        lambda: peaks.append(measure_peak(settings.matmul_size, device)), progress,
+    )
+    for result in prediction:
         result.update(headline(test_split.labels, result.pop("predictions")))
         result["tokens_per_s"] = lengths.sum() / result["seconds"]
-        result["flops_per_s"] = forward_flops(base_config, lengths) / result["seconds"]
-        prediction.append(result)
-        progress(f"  {result['samples_per_s']:.1f} samples/s, macro-F1 {result['macro_f1']:.4f}")
+        flops = forward_flops(base_config, lengths, first_token_last_layer=result["first_token_last_layer"])
+        result["flops_per_s"] = flops / result["seconds"]
+        progress(f"  {result['label']}: {result['samples_per_s']:.1f} samples/s, macro-F1 {result['macro_f1']:.4f}")
 
     service = {"available": False, "reason": "--no-service"}
     ours = [r for r in prediction if r["path"] in PATH_OPTIONS]
@@ -471,8 +551,10 @@ def run_bench(settings: BenchSettings, progress=print) -> dict:
         progress(f"service ({PREDICT_PATHS[fastest]}) ...")
         service = bench_service(str(adapter_dir), test_split.texts, settings, workdir / "serve.log", fastest)
 
-    # Measured again at the end: on a shared machine the best of both is the closer to the hardware's peak.
-    peak = {name: max(flops, again) for (name, flops), again in zip(peak.items(), measure_peak(settings.matmul_size, device).values())}
+    # Measured at the start, before each prediction round and at the end: on a shared machine the
+    # best is the closest to what the hardware can do, and the fraction of it the most conservative.
+    peaks.append(measure_peak(settings.matmul_size, device))
+    peak = {name: max(measured[name] for measured in peaks) for name in peaks[0]}
     for result in training + prediction:
         result["of_peak"] = result["flops_per_s"] / peak["fp32" if result["precision"] == "fp32" else "bf16"]
     by_path = lambda rows, name: next((r for r in rows if r["path"] == name), None)  # noqa: E731
@@ -484,6 +566,7 @@ def run_bench(settings: BenchSettings, progress=print) -> dict:
         "base_model": base if settings.model != BERT_BASE else "bert-base shape (BertConfig(), random weights)",
         "adapter": str(adapter_dir),
         "peak_flops": peak,
+        "peak_flops_measured": peaks,
         "training": training,
         "prediction": prediction,
         "service": service,
@@ -509,7 +592,8 @@ def format_report(result: dict) -> str:
         f"{machine['load_average_end'][0]:.1f} at end",
         f"Model: {result['base_model']}; adapter for prediction: {result['adapter']}",
         f"Matmul peak: fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s "
-        "(best of start and end; of peak: model FLOP/s over the peak of the path's precision, int8 against bf16)",
+        f"(best of {len(result['peak_flops_measured'])} measurements: start, each prediction round, end; "
+        "of peak: model FLOP/s over the peak of the path's precision, int8 against bf16)",
         "",
     ]
     settings = result["settings"]
@@ -522,12 +606,17 @@ def format_report(result: dict) -> str:
             lines.append(_row(row) + f" {row['val_macro_f1']:7.4f} {padding:6.1f}")
         lines.append("")
     rows = result["prediction"][0]["rows"] if result["prediction"] else 0
-    lines.append(f"Prediction: {rows} test.csv rows, length-sorted batches of the given size (the pipeline: one text at a time)")
-    lines.append(header + f" {'macro-F1':>8} {'ΔF1 pts':>7} {'batch':>5}")
+    lines.append(
+        f"Prediction: {rows} test.csv rows in {settings['rounds']} rounds, the paths taking turns on each round's chunk; "
+        "length-sorted batches of the given size (the pipeline: one text at a time)"
+    )
+    lines.append(header + f" {'macro-F1':>8} {'ΔF1 pts':>7} {'batch':>5} {'rounds: samples/s':>17}")
     for row in result["prediction"]:
         delta = result["macro_f1_vs_fp32"].get(row["path"])
+        spread = " ".join(f"{rate:.0f}" for rate in row["round_samples_per_s"])
         lines.append(
-            _row(row) + f" {row['macro_f1']:8.4f} {100 * delta if delta is not None else float('nan'):7.2f} {row['batch_size']:5d}"
+            _row(row) + f" {row['macro_f1']:8.4f} {100 * delta if delta is not None else float('nan'):7.2f}"
+            f" {row['batch_size']:5d}  {spread}"
         )
     lines.append("")
     service = result["service"]
