@@ -60,9 +60,11 @@ def test_quick_bench_reports_every_path(quick_bench):
     # Every prediction path scored the same rows with the same adapter, in the same interleaved rounds.
     assert len({row["rows"] for row in result["prediction"]}) == 1
     assert all(len(row["round_samples_per_s"]) == result["settings"]["rounds"] == 2 for row in result["prediction"])
+    # Quick mode trains one step: one round, whatever the setting.
+    assert all(len(row["round_samples_per_s"]) == 1 for row in result["training"])
     # The peak is the best of the start, one measurement per round and the end.
     measured = result["peak_flops_measured"]
-    assert len(measured) == 4 and result["peak_flops"]["bf16"] == max(m["bf16"] for m in measured)
+    assert len(measured) == 1 + 1 + 2 + 1 and result["peak_flops"]["bf16"] == max(m["bf16"] for m in measured)
     assert [row["first_token_last_layer"] for row in result["prediction"]] == [False, False, True, True]
     service = result["service"]
     assert isinstance(service["available"], bool)

@@ -1,7 +1,8 @@
 """`yelp-lora bench`: our training and prediction paths against the usual way, side by side, in one run.
 
 Every path runs on the same real rows, model and machine, each in its own process so its peak
-memory is its own:
+memory is its own. The paths of each kind take turns in rounds (`PathProcess`, `take_turns`), so a
+shared machine's slow spells fall on all of them alike:
 
 - training: transformers' Trainer the way the tutorials run it (every text padded to 256 tokens,
   fp32, random order) against our `train` path (`train.training_arguments` and its Trainer: each
@@ -10,8 +11,7 @@ memory is its own:
   One pass over the same rows; validation macro-F1 after it, scored identically.
 - prediction: `transformers.pipeline("text-classification")` on the unmerged PeftModel with its
   defaults (batch 1, fp32) against our `Predictor` (merged, length-sorted batches, inference
-  mode) in fp32, bf16 and ONNX Runtime int8; macro-F1 of each on the same rows. The paths take
-  turns in rounds, one chunk of the rows each, so a shared machine's slow spells fall on all alike.
+  mode) in fp32, bf16 and ONNX Runtime int8; macro-F1 of each on the same rows.
 - the HTTP service (when `yelp_lora.serve` exists) at 1, 8 and 32 concurrent clients.
 - the machine's matmul peak (fp32, bf16) and each path's achieved model FLOP/s as a fraction of it.
 
@@ -28,6 +28,7 @@ Model FLOPs are counted per real (unpadded) token, so work spent on padding earn
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import math
 import os
@@ -37,7 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -154,7 +155,6 @@ def matmul_peak(dtype: torch.dtype, size: int, device: torch.device, repeats: in
 
 def onnx_matmul_peak(size: int, repeats: int = 10) -> float:
     """Best FLOP/s of ONNX Runtime's fp32 MatMul (its own MLAS kernels) on two size x size matrices."""
-    import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
@@ -206,7 +206,9 @@ def prepare_base(model: str, workdir: Path, seed: int) -> str:
 # ---------------------------------------------------------------- workers (each in its own process)
 
 
-def _train_worker(path: str, base: str, train_split, val_split, settings: BenchSettings, workdir: str) -> dict:
+def _train_worker(connection, path: str, base: str, train_split, val_split, settings: BenchSettings, workdir: str) -> None:
+    """One training path: build it and tell the parent its step count; run the steps each turn
+    asks for (timing only those steps); once told to close, score it and send the result."""
     from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments, default_data_collator
 
     from yelp_lora import train as train_stage
@@ -253,163 +255,154 @@ def _train_worker(path: str, base: str, train_split, val_split, settings: BenchS
         batches.append((int(batch["attention_mask"].sum()), int(batch["attention_mask"].numel())))
         return batch
 
-    class StepClock(TrainerCallback):
-        """From the first step's start to the last step's end: set-up and tear-down excluded."""
+    class Turns(TrainerCallback):
+        """Waits for the parent's next turn before a step; times each turn's steps."""
 
-        first = last = None
+        started = None
+        steps_left = 0
 
         def on_step_begin(self, args, state, control, **kwargs):
-            if self.first is None:
-                self.first = time.perf_counter()
+            if self.started is None:
+                self.steps_left = connection.recv()
+                self.started = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kwargs):
-            self.last = time.perf_counter()
+            self.steps_left -= 1
+            if self.steps_left == 0 or state.global_step == state.max_steps:
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                connection.send((time.perf_counter() - self.started, None))
+                self.started = None
 
-    clock = StepClock()
     trainer_class = Trainer if usual else train_stage.lora_trainer_class()
-    trainer = trainer_class(model=model, args=args, train_dataset=dataset, data_collator=counting_collator, callbacks=[clock])
+    trainer = trainer_class(model=model, args=args, train_dataset=dataset, data_collator=counting_collator, callbacks=[Turns()])
+    connection.send({"steps": short_run["max_steps"]})
     trainer.train()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = clock.last - clock.first
+    connection.recv()  # the parent's close
     model.eval()
     logits, _ = model_stage.predict_logits(model, tokenizer, val_split.texts, max_length=settings.max_length, batch_size=64)
     if path == "ours":  # the adapter the prediction bench uses when none is given
         meta = train_stage.adapter_meta(config, model_stage.resolve_model_path(base), settings.data)
         train_stage.save_adapter(model, tokenizer, Path(workdir) / "adapter", meta)
-    real_tokens = sum(real for real, _ in batches)
-    return {
+    connection.send({
         "path": path,
         "label": TRAIN_PATHS[path],
         "precision": "bf16" if args.bf16 else "fp32",
         "rows": len(train_split),
         "steps": trainer.state.global_step,
-        "seconds": seconds,
-        "samples_per_s": len(train_split) / seconds,
-        "tokens_per_s": real_tokens / seconds,
-        "real_tokens": real_tokens,
+        "real_tokens": sum(real for real, _ in batches),
         "computed_tokens": sum(computed for _, computed in batches),
         "model_flops": training_flops(model.get_base_model().config, np.asarray(dataset["length"]), config.lora),
         "val_macro_f1": headline(val_split.labels, predictions_of(logits))["macro_f1"],
         "attention": model.get_base_model().config._attn_implementation,
         **peak_memory(),
-    }
+    })
 
 
 def _predict_worker(connection, path: str, adapter_dir: str, settings: BenchSettings) -> None:
-    """One prediction path in its own process: load, warm up, then predict each chunk of texts the
-    parent sends (timing only the prediction) until it sends None; then report peak memory."""
-    try:
-        from yelp_lora.predict import Predictor
+    """One prediction path: load and tell the parent; then predict each chunk of texts it sends
+    (timing only the prediction) until it sends None; then report peak memory."""
+    from yelp_lora.predict import Predictor
 
-        device = model_stage.pick_device()
+    device = model_stage.pick_device()
+    started = time.perf_counter()
+    if path == "pipeline":
+        from transformers import pipeline
+
+        model, tokenizer = model_stage.load_adapter(adapter_dir, merge=False)
+        classify = pipeline("text-classification", model=model, tokenizer=tokenizer, device=device)
+        # Its only non-default: texts are cut at the model's max_length, as ours are (longer ones would fail).
+        def run(batch):
+            return np.array([LABEL2ID[out["label"]] for out in classify(batch, truncation=True, max_length=settings.max_length)])
+        precision, batch_size, first_token = "fp32", 1, False
+    else:
+        predictor = Predictor(adapter_dir, batch_size=settings.predict_batch_size, **PATH_OPTIONS[path])
+
+        def run(batch):
+            return predictor.probabilities(batch)[0].argmax(axis=1)
+        precision = "int8" if predictor.backend == "onnx-int8" else ("bf16" if predictor.bf16 else "fp32")
+        batch_size, first_token = predictor.batch_size, predictor.backend != "torch"
+    load_seconds = time.perf_counter() - started
+    connection.send(dict(precision=precision, batch_size=batch_size, load_seconds=load_seconds, first_token_last_layer=first_token))
+    warm_up = True  # the first chunk's first texts once more: lazy initialisation and first-call allocations
+    while (texts := connection.recv()) is not None:
+        if warm_up:
+            run(texts[:8])
+            warm_up = False
         started = time.perf_counter()
-        if path == "pipeline":
-            from transformers import pipeline
+        labels = run(texts)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        connection.send((time.perf_counter() - started, labels.tolist()))
+    connection.send(peak_memory())
 
-            model, tokenizer = model_stage.load_adapter(adapter_dir, merge=False)
-            classify = pipeline("text-classification", model=model, tokenizer=tokenizer, device=device)
-            # Its only non-default: texts are cut at the model's max_length, as ours are (longer ones would fail).
-            def run(batch):
-                return np.array([LABEL2ID[out["label"]] for out in classify(batch, truncation=True, max_length=settings.max_length)])
-            precision, batch_size, first_token = "fp32", 1, False
-        else:
-            predictor = Predictor(adapter_dir, batch_size=settings.predict_batch_size, **PATH_OPTIONS[path])
 
-            def run(batch):
-                return predictor.probabilities(batch)[0].argmax(axis=1)
-            precision = "int8" if predictor.backend == "onnx-int8" else ("bf16" if predictor.bf16 else "fp32")
-            batch_size, first_token = predictor.batch_size, predictor.backend != "torch"
-        load_seconds = time.perf_counter() - started
-        connection.send(dict(precision=precision, batch_size=batch_size, load_seconds=load_seconds, first_token_last_layer=first_token))
-        warm_up = True  # the first chunk's first texts once more: lazy initialisation and first-call allocations
-        while (texts := connection.recv()) is not None:
-            if warm_up:
-                run(texts[:8])
-                warm_up = False
-            started = time.perf_counter()
-            labels = run(texts)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            connection.send((time.perf_counter() - started, labels.tolist()))
-        connection.send(peak_memory())
+def _run_worker(worker, connection, *args) -> None:
+    try:
+        worker(connection, *args)
     except Exception as err:  # reported to the parent, which raises it
         connection.send(err)
 
 
-class _PredictPath:
-    """The parent's handle on one `_predict_worker` process."""
+class PathProcess:
+    """One bench path in its own long-lived process, run in turns with the others.
 
-    def __init__(self, path: str, adapter_dir: str, settings: BenchSettings):
+    Its peak memory is its own, and paths that take turns share a shared machine's slow and fast
+    spells, which last minutes (measured: the same int8 pass at 150 and at 215 samples/s): paths
+    run one after another would each catch a different one. The worker sends what it is once
+    ready, answers each turn's work with (seconds, output), and its result when told to close.
+    """
+
+    def __init__(self, worker, *args):
         context = get_context("spawn")
-        self.path, (self.connection, child) = path, context.Pipe()
-        self.process = context.Process(target=_predict_worker, args=(child, path, adapter_dir, settings), daemon=True)
+        self.connection, child = context.Pipe()
+        self.process = context.Process(target=_run_worker, args=(worker, child, *args), daemon=True)
         self.process.start()
-        self.info = self.receive()
+        self.info = self._receive()
         self.seconds: list[float] = []
-        self.labels: list[int] = []
 
-    def receive(self):
+    def _receive(self):
         message = self.connection.recv()
         if isinstance(message, Exception):
             self.process.join()
             raise message
         return message
 
-    def predict(self, texts: list[str]) -> None:
-        self.connection.send(texts)
-        seconds, labels = self.receive()
+    def turn(self, work):
+        """Send one turn's work; return its output (the time it took is kept in `seconds`)."""
+        self.connection.send(work)
+        seconds, output = self._receive()
         self.seconds.append(seconds)
-        self.labels += labels
+        return output
 
-    def close(self) -> dict:
+    def close(self):
         self.connection.send(None)
-        memory = self.receive()
+        result = self._receive()
         self.process.join()
-        return memory
+        return result
 
 
-def bench_prediction(
-    paths: list[str], adapter_dir: str, chunks: list[list[str]], settings: BenchSettings, measure_round_peak, progress
-) -> list[dict]:
-    """Every path predicts the same texts, one chunk per round, the paths taking turns.
+def take_turns(processes: list[PathProcess], turns: list, before_round=lambda number: None) -> list[list]:
+    """Round r gives turns[r] to every process, the order rotating each round; the outputs, per process."""
+    outputs = [[] for _ in processes]
+    for number, work in enumerate(turns):
+        before_round(number)
+        for offset in range(len(processes)):
+            index = (number + offset) % len(processes)
+            outputs[index].append(processes[index].turn(work))
+    return outputs
 
-    A shared machine has slow and fast spells lasting minutes (measured: the same int8 pass at 150
-    and at 215 samples/s); paths run one after another would each catch a different spell. In
-    rounds, each path predicts one chunk of the texts in turn (the order rotating every round), so
-    all of them share the same spells. Each path keeps its own process, so its peak memory is its own.
-    """
-    handles = []
+
+@contextlib.contextmanager
+def path_processes():
+    """A list to start PathProcesses into; any still running on the way out are killed."""
+    started: list[PathProcess] = []
     try:
-        for path in paths:
-            progress(f"prediction: loading {PREDICT_PATHS[path]} ...")
-            handles.append(_PredictPath(path, adapter_dir, settings))
-        for number, chunk in enumerate(chunks):
-            measure_round_peak()
-            progress(f"prediction round {number + 1}/{len(chunks)}: {len(chunk)} texts on each path ...")
-            for offset in range(len(handles)):
-                handles[(number + offset) % len(handles)].predict(chunk)
-        results = []
-        for handle in handles:
-            seconds = sum(handle.seconds)
-            rows = sum(len(chunk) for chunk in chunks)
-            results.append({
-                "path": handle.path, "label": PREDICT_PATHS[handle.path], **handle.info, "rows": rows,
-                "seconds": seconds, "samples_per_s": rows / seconds,
-                "round_samples_per_s": [len(chunk) / spent for chunk, spent in zip(chunks, handle.seconds)],
-                "predictions": handle.labels, **handle.close(),
-            })
-        return results
+        yield started
     finally:
-        for handle in handles:
+        for handle in started:
             if handle.process.is_alive():
                 handle.process.kill()
-
-
-def _isolated(function, *args):
-    """Run one training path in a fresh process: its peak memory is its own and nothing leaks between paths."""
-    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
-        return pool.submit(function, *args).result()
 
 
 # ---------------------------------------------------------------- the service
@@ -507,14 +500,33 @@ def run_bench(settings: BenchSettings, progress=print) -> dict:
     peaks = [measure_peak(settings.matmul_size, device)]
 
     training = []
-    for path in TRAIN_PATHS:
-        if path in settings.skip or (path == "ours-fp32" and not bf16_ok):  # without bf16, "ours" is fp32
-            continue
-        progress(f"training: {TRAIN_PATHS[path]} ...")
-        result = _isolated(_train_worker, path, base, train_split, val_split, settings, str(workdir))
-        result["flops_per_s"] = result["model_flops"] / result["seconds"]
-        training.append(result)
-        progress(f"  {result['samples_per_s']:.2f} samples/s, val macro-F1 {result['val_macro_f1']:.4f}")
+    # Without bf16, "ours" is fp32: no separate fp32 path.
+    train_paths = [path for path in TRAIN_PATHS if path not in settings.skip and not (path == "ours-fp32" and not bf16_ok)]
+    if train_paths:
+        with path_processes() as processes:
+            for path in train_paths:
+                progress(f"training: building {TRAIN_PATHS[path]} ...")
+                processes.append(PathProcess(_train_worker, path, base, train_split, val_split, settings, str(workdir)))
+            steps = processes[0].info["steps"]
+            turns = [len(chunk) for chunk in np.array_split(np.arange(steps), min(settings.rounds, steps))]
+
+            def before_training_round(number: int) -> None:
+                peaks.append(measure_peak(settings.matmul_size, device))
+                progress(f"training round {number + 1}/{len(turns)}: {turns[number]} steps on each path ...")
+
+            take_turns(processes, turns, before_training_round)
+            # Rows per turn: whole batches, but the pass's last batch may be short.
+            turn_rows = np.diff(np.minimum(np.cumsum([0, *turns]) * settings.batch_size, len(train_split)))
+            for handle in processes:
+                result = handle.close()  # scores validation macro-F1, untimed
+                seconds = sum(handle.seconds)
+                result.update(
+                    seconds=seconds, samples_per_s=result["rows"] / seconds, tokens_per_s=result["real_tokens"] / seconds,
+                    flops_per_s=result["model_flops"] / seconds,
+                    round_samples_per_s=[int(rows) / spent for rows, spent in zip(turn_rows, handle.seconds)],
+                )
+                training.append(result)
+                progress(f"  {result['label']}: {result['samples_per_s']:.2f} samples/s, val macro-F1 {result['val_macro_f1']:.4f}")
 
     adapter = settings.adapter or str(workdir / "adapter")
     if not Path(adapter).exists():
@@ -533,12 +545,27 @@ def run_bench(settings: BenchSettings, progress=print) -> dict:
         and not (PATH_OPTIONS.get(path, {}).get("backend", "torch") != "torch" and not onnx_ok)
     ]
     rounds = [index for index in np.array_split(np.arange(len(test_split.texts)), settings.rounds) if len(index)]
-    prediction = bench_prediction(
-        paths, str(adapter_dir), [[test_split.texts[i] for i in index] for index in rounds], settings,
-        lambda: peaks.append(measure_peak(settings.matmul_size, device)), progress,
-    )
+    chunks = [[test_split.texts[i] for i in index] for index in rounds]
+    prediction = []
+    with path_processes() as processes:
+        for path in paths:
+            progress(f"prediction: loading {PREDICT_PATHS[path]} ...")
+            processes.append(PathProcess(_predict_worker, path, str(adapter_dir), settings))
+
+        def before_prediction_round(number: int) -> None:
+            peaks.append(measure_peak(settings.matmul_size, device))
+            progress(f"prediction round {number + 1}/{len(chunks)}: {len(chunks[number])} texts on each path ...")
+
+        labels = take_turns(processes, chunks, before_prediction_round)
+        for path, handle, predicted in zip(paths, processes, labels):
+            seconds = sum(handle.seconds)
+            prediction.append({
+                "path": path, "label": PREDICT_PATHS[path], **handle.info, "rows": len(test_split.texts),
+                "seconds": seconds, "samples_per_s": len(test_split.texts) / seconds,
+                "round_samples_per_s": [len(chunk) / spent for chunk, spent in zip(chunks, handle.seconds)],
+                **headline(test_split.labels, np.concatenate(predicted)), **handle.close(),
+            })
     for result in prediction:
-        result.update(headline(test_split.labels, result.pop("predictions")))
         result["tokens_per_s"] = lengths.sum() / result["seconds"]
         flops = forward_flops(base_config, lengths, first_token_last_layer=result["first_token_last_layer"])
         result["flops_per_s"] = flops / result["seconds"]
@@ -551,7 +578,7 @@ def run_bench(settings: BenchSettings, progress=print) -> dict:
         progress(f"service ({PREDICT_PATHS[fastest]}) ...")
         service = bench_service(str(adapter_dir), test_split.texts, settings, workdir / "serve.log", fastest)
 
-    # Measured at the start, before each prediction round and at the end: on a shared machine the
+    # Measured at the start, before each round and at the end: on a shared machine the
     # best is the closest to what the hardware can do, and the fraction of it the most conservative.
     peaks.append(measure_peak(settings.matmul_size, device))
     peak = {name: max(measured[name] for measured in peaks) for name in peaks[0]}
@@ -592,31 +619,33 @@ def format_report(result: dict) -> str:
         f"{machine['load_average_end'][0]:.1f} at end",
         f"Model: {result['base_model']}; adapter for prediction: {result['adapter']}",
         f"Matmul peak: fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s "
-        f"(best of {len(result['peak_flops_measured'])} measurements: start, each prediction round, end; "
+        f"(best of {len(result['peak_flops_measured'])} measurements: start, before each round, end; "
         "of peak: model FLOP/s over the peak of the path's precision, int8 against bf16)",
         "",
     ]
     settings = result["settings"]
     header = f"{'':40} {'samples/s':>9} {'tokens/s':>9} {'GFLOP/s':>8} {'of peak':>7} {'peak RSS':>9}"
     if result["training"]:
-        lines.append(f"Training: {settings['samples']} train rows, one pass, batch {settings['batch_size']}")
-        lines.append(header + f" {'val F1':>7} {'pad %':>6}")
+        lines.append(
+            f"Training: {settings['samples']} train rows, one pass, batch {settings['batch_size']}, "
+            f"in {len(result['training'][0]['round_samples_per_s'])} rounds, the paths taking turns"
+        )
+        lines.append(header + f" {'val F1':>7} {'pad %':>6}  rounds: samples/s")
         for row in result["training"]:
             padding = 100 * (1 - row["real_tokens"] / row["computed_tokens"])
-            lines.append(_row(row) + f" {row['val_macro_f1']:7.4f} {padding:6.1f}")
+            lines.append(_row(row) + f" {row['val_macro_f1']:7.4f} {padding:6.1f}  {_rounds(row)}")
         lines.append("")
     rows = result["prediction"][0]["rows"] if result["prediction"] else 0
     lines.append(
         f"Prediction: {rows} test.csv rows in {settings['rounds']} rounds, the paths taking turns on each round's chunk; "
         "length-sorted batches of the given size (the pipeline: one text at a time)"
     )
-    lines.append(header + f" {'macro-F1':>8} {'ΔF1 pts':>7} {'batch':>5} {'rounds: samples/s':>17}")
+    lines.append(header + f" {'macro-F1':>8} {'ΔF1 pts':>7} {'batch':>5}  rounds: samples/s")
     for row in result["prediction"]:
         delta = result["macro_f1_vs_fp32"].get(row["path"])
-        spread = " ".join(f"{rate:.0f}" for rate in row["round_samples_per_s"])
         lines.append(
             _row(row) + f" {row['macro_f1']:8.4f} {100 * delta if delta is not None else float('nan'):7.2f}"
-            f" {row['batch_size']:5d}  {spread}"
+            f" {row['batch_size']:5d}  {_rounds(row)}"
         )
     lines.append("")
     service = result["service"]
@@ -649,3 +678,7 @@ def _row(row: dict) -> str:
         f"  {row['label']:<38} {row['samples_per_s']:9.2f} {row['tokens_per_s']:9.0f} {row['flops_per_s'] / 1e9:8.1f} "
         f"{100 * row['of_peak']:6.1f}% {row['peak_rss_mib']:6.0f} MiB"
     )
+
+
+def _rounds(row: dict) -> str:
+    return " ".join(f"{rate:.3g}" for rate in row["round_samples_per_s"])
