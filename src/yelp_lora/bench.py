@@ -210,6 +210,7 @@ def _train_worker(connection, path: str, base: str, train_split, val_split, sett
     """One training path: build it and tell the parent its step count; run the steps each turn
     asks for (timing only those steps); once told to close, score it and send the result."""
     from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments, default_data_collator
+    from transformers.trainer_callback import PrinterCallback
 
     from yelp_lora import train as train_stage
     from yelp_lora.config import load_config
@@ -276,6 +277,7 @@ def _train_worker(connection, path: str, base: str, train_split, val_split, sett
 
     trainer_class = Trainer if usual else train_stage.lora_trainer_class()
     trainer = trainer_class(model=model, args=args, train_dataset=dataset, data_collator=counting_collator, callbacks=[Turns()])
+    trainer.remove_callback(PrinterCallback)  # its closing train_runtime would count the waits between turns
     connection.send({"steps": short_run["max_steps"]})
     trainer.train()
     connection.recv()  # the parent's close
