@@ -25,7 +25,9 @@ def fast_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     words = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-(1 << 63), None)
     draws = words.view(torch.int16)[:n].view(x.shape)  # uniform over [-32768, 32767]
     keep = draws >= drop_levels - _LEVELS // 2
-    return torch.where(keep, x * (_LEVELS / (_LEVELS - drop_levels)), 0.0)
+    # Multiplying by the 0/1 mask, then by the scale as a Python float (exact, unlike a bf16 copy of
+    # it), ran training steps 4% faster than torch.where, forward and backward (docs/performance.md).
+    return x * keep.to(x.dtype) * (_LEVELS / (_LEVELS - drop_levels))
 
 
 class FastDropout(nn.Dropout):
