@@ -22,8 +22,7 @@ install: $(STAMP)
 
 demo: install
 	$(BIN)/yelp-lora train --config $(CONFIG) --output-dir $(RUN_DIR)
-	$(BIN)/yelp-lora compare --adapter $(RUN_DIR) --with-classical --json $(RUN_DIR)/compare.json
-	$(BIN)/yelp-lora report $(RUN_DIR) --out $(RUN_DIR)/report
+	$(BIN)/yelp-lora report $(RUN_DIR) --out $(RUN_DIR)/report --compare-json $(RUN_DIR)/compare.json
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -46,8 +46,19 @@ def run_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def report_dir(run_dir) -> Path:
-    assert cli.main(["report", str(run_dir), "--n", str(TEST_N), "--resamples", "200"]) == 0
+    command = ["report", str(run_dir), "--n", str(TEST_N), "--resamples", "200", "--compare-json", str(run_dir / "compare.json")]
+    assert cli.main(command) == 0
     return run_dir / "report"
+
+
+def test_report_writes_the_comparison_compare_writes(report_dir, run_dir, tmp_path, capsys):
+    # What `make demo` relies on: one scoring pass gives the report and compare's own JSON.
+    alone = tmp_path / "compare.json"
+    assert cli.main(["compare", "--adapter", str(run_dir), "--with-classical", "--n", str(TEST_N), "--json", str(alone)]) == 0
+    assert "LoRA Macro-F1" in capsys.readouterr().out
+    from_report = json.loads((run_dir / "compare.json").read_text())
+    assert from_report == json.loads(alone.read_text())
+    assert from_report["n"] == TEST_N and "classical" in from_report
 
 
 def test_report_files_and_figures(report_dir):

@@ -101,14 +101,18 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
+    from yelp_lora.evaluate import format_compare
     from yelp_lora.report import REPORT_HTML, REPORT_MD, build_report
 
     if args.resamples < 1 or args.n < 1:
         raise UserError(f"--n and --resamples must be at least 1 (got --n {args.n}, --resamples {args.resamples})")
-    out = build_report(
+    out, comparison = build_report(
         args.run_dir, args.out, args.data, args.n, args.seed, args.batch_size, not args.no_classical,
         args.resamples, args.skip_bad_rows,
     )
+    if args.compare_json:  # the sample is scored once for both
+        print(format_compare(comparison))
+        _write_json(args.compare_json, comparison)
     print(f"Report written to {out / REPORT_HTML} (and {REPORT_MD}, report.json, PNG figures beside them)")
 
 
@@ -335,6 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
     p.add_argument("--no-classical", action="store_true", help="leave out the TF-IDF + logistic regression baseline")
     p.add_argument("--out", help="report directory (default RUN_DIR/report); replaced whole")
+    p.add_argument("--compare-json", metavar="FILE",
+                   help="also print the comparison and write the JSON `compare --json` writes for the same sample")
     p.set_defaults(handler=cmd_report)
 
     p = sub.add_parser("predict", help="star rating and probabilities for review texts")

@@ -391,8 +391,10 @@ def _check_out_dir(out_dir: Path) -> None:
 def build_report(
     run: str | Path, out_dir: str | Path | None = None, source: str | None = None, n: int = 500, seed: int = 42,
     batch_size: int = 64, with_classical: bool = True, resamples: int = 1000, skip_bad_rows: bool = False,
-) -> Path:
-    """Score the run's baseline, adapter (and classical baseline) on one test sample; write the report."""
+) -> tuple[Path, dict]:
+    """Score the run's baseline, adapter (and classical baseline) on one test sample; write the report.
+
+    Returns the report directory and the comparison (what `compare` reports for the same sample)."""
     run_dir, record = run_record(run)
     out_dir = Path(out_dir) if out_dir else run_dir / "report"
     _check_out_dir(out_dir)
@@ -421,4 +423,4 @@ def build_report(
         (staging / REPORT_MD).write_text(render_markdown(blocks), encoding="utf-8")
         numbers = {**result, "bootstrap": intervals, "calibration": calibrations, "figures": figures}
         (staging / REPORT_JSON).write_text(json.dumps(numbers, indent=2) + "\n", encoding="utf-8")
-    return out_dir
+    return out_dir, result
