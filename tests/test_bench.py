@@ -95,6 +95,15 @@ def test_onnx_backends_agree_with_torch_on_real_rows(quick_bench, real_texts, mo
     for index in (0, len(real_texts) - 1):
         alone = int8_predictor.probabilities([real_texts[index]])[0][0]
         assert np.array_equal(alone, int8[index])
+    # With one thread (OMP_NUM_THREADS=1, as under torchrun): one session, the same answers.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        one_thread = Predictor(result["adapter"], backend="onnx-int8")
+    finally:
+        torch.set_num_threads(threads)
+    assert one_thread.model.concurrent_workers == 1 and one_thread.model.concurrent() is one_thread.model
+    assert np.array_equal(one_thread.probabilities(real_texts)[0], int8)
     top2 = np.sort(reference, axis=1)[:, -2:]
     clear = top2[:, 1] - top2[:, 0] > 0.02  # rows the fp32 model does not call a near tie
     assert (int8.argmax(1)[clear] == reference.argmax(1)[clear]).all()

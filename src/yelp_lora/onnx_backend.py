@@ -185,18 +185,20 @@ class OnnxClassifier:
 
     device = torch.device("cpu")
 
-    def __init__(self, path: Path, threads: int = 0):
+    def __init__(self, path: Path, threads: int | None = None):
         import onnxruntime as ort
 
+        # torch's thread count by default (one per physical core, or OMP_NUM_THREADS, e.g. under torchrun).
+        threads = threads or torch.get_num_threads()
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads  # 0: ONNX Runtime's default, one per physical core
+        options.intra_op_num_threads = threads
         self.session = ort.InferenceSession(
             str(path), options, providers=["CPUExecutionProvider"], disabled_optimizers=UNFUSED_AT_LOAD
         )
         self.input_names = {node.name for node in self.session.get_inputs()}
-        self.concurrent_workers = torch.get_num_threads() if threads == 0 else 1
-        self._one_thread = OnnxClassifier(path, threads=1) if self.concurrent_workers > 1 else self
+        self.concurrent_workers = threads
+        self._one_thread = OnnxClassifier(path, threads=1) if threads > 1 else self
 
     def concurrent(self) -> "OnnxClassifier":
         """The one-thread session, safe to call from `concurrent_workers` threads at once."""
