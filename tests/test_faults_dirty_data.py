@@ -167,3 +167,25 @@ def test_missing_path_and_unknown_hub_id_are_named(tiny_base, tmp_path):
     assert_clear_error(result, f"data path not found: {missing}")
     result = run_cli(*tiny_train_args(tiny_base, "someone/no-such-yelp-set", tmp_path / "run"))
     assert_clear_error(result, "data source 'someone/no-such-yelp-set' is not a local file or directory", "hub")
+
+
+def test_damaged_weights_files_are_named_not_a_traceback(good, tiny_base, tmp_path):
+    import shutil
+
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps({"label": label, "text": text}) + "\n" for label, text in good), encoding="utf-8")
+    # A base model whose weights were cut short (an interrupted copy or download).
+    damaged = tmp_path / "damaged-base"
+    shutil.copytree(tiny_base, damaged)
+    weights = damaged / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    result = run_cli(*tiny_train_args(damaged, data, tmp_path / "run"))
+    assert_clear_error(result, f"cannot load base model '{damaged}'", "damaged or cut short")
+    # The same for an adapter's weights.
+    run = tmp_path / "good-run"
+    assert run_cli(*tiny_train_args(tiny_base, data, run, "--max-steps", "1")).returncode == 0
+    weights = run / "adapter" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    result = run_cli("predict", "--adapter", str(run), MADE_UP)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert "yelp-lora predict: error: cannot load adapter" in result.stderr and "damaged or cut short" in result.stderr

@@ -87,10 +87,24 @@ def build_classifier(base: str, seed: int, *, attention: str = "sdpa", attention
                 resolve_model_path(base), num_labels=NUM_LABELS, id2label=ID2LABEL, label2id=LABEL2ID,
                 attn_implementation=attention, **dropout,
             )
-    except OSError as err:
-        raise ModelError(f"cannot load base model '{base}': {err}") from None
+    except unreadable_model_errors() as err:
+        raise ModelError(f"cannot load base model '{base}': {load_failure(err)}") from None
     finally:
         hf_logging.set_verbosity(verbosity)
+
+
+def unreadable_model_errors() -> tuple[type[Exception], ...]:
+    """What loading a missing or damaged model file raises: OSError, or safetensors' own error for
+    a weights file that is not valid safetensors (a truncated download, say)."""
+    from safetensors import SafetensorError
+
+    return OSError, SafetensorError
+
+
+def load_failure(err: Exception) -> str:
+    if isinstance(err, OSError):
+        return str(err)
+    return f"a .safetensors weights file is damaged or cut short ({err})"
 
 
 def apply_lora(model, lora: LoraSettings):
@@ -132,8 +146,8 @@ def load_adapter(adapter_dir: str | Path, *, merge: bool = True, base: str | Non
                 resolve_model_path(base), num_labels=NUM_LABELS, id2label=ID2LABEL, label2id=LABEL2ID
             )
         model = PeftModel.from_pretrained(model, str(adapter_dir))
-    except OSError as err:
-        raise ModelError(f"cannot load adapter {adapter_dir} on base '{base}': {err}") from None
+    except unreadable_model_errors() as err:
+        raise ModelError(f"cannot load adapter {adapter_dir} on base '{base}': {load_failure(err)}") from None
     finally:
         hf_logging.set_verbosity(verbosity)
     if merge:
