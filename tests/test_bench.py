@@ -171,6 +171,16 @@ def test_streaming_prediction_on_onnx_int8_and_resume_keeps_the_backend(
     assert "belongs to a different job (backend: 'onnx-int8' -> 'torch')" in capsys.readouterr().err
 
 
+def test_bench_with_every_path_skipped_needs_no_adapter(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    skips = [arg for path in [*bench.TRAIN_PATHS, *bench.PREDICT_PATHS] for arg in ("--skip", path)]
+    assert main(["bench", "--quick", "--no-service", *skips, "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["training"] == [] and result["prediction"] == [] and result["adapter"] is None
+    assert len(result["peak_flops_measured"]) == 2  # the start and the end: no rounds ran
+    assert "adapter for prediction: none (no prediction path)" in capsys.readouterr().out
+
+
 def test_unknown_backend_is_a_clear_error(quick_bench):
     result, _ = quick_bench
     with pytest.raises(ModelError, match="unknown ONNX backend 'tensorrt'"):

@@ -482,9 +482,49 @@ def bench_service(adapter_dir: str, texts: list[str], settings: BenchSettings, l
 # ---------------------------------------------------------------- the run
 
 
-def run_bench(settings: BenchSettings, progress=print) -> dict:
+def bench_prediction(
+    paths: list[str], adapter_dir: Path, test_split, settings: BenchSettings, measure_round_peak, progress
+) -> list[dict]:
+    """Every prediction path on the same test rows, in rounds (one chunk each per round)."""
     from transformers import AutoConfig
 
+    from yelp_lora.evaluate import read_adapter_meta
+
+    meta = read_adapter_meta(adapter_dir)
+    tokenizer = model_stage.load_tokenizer(str(adapter_dir))
+    input_ids, _ = model_stage.encode(tokenizer, test_split.texts, settings.max_length)
+    lengths = np.array([len(ids) for ids in input_ids])
+    base_config = AutoConfig.from_pretrained(model_stage.resolve_model_path(meta["base_model_path"]))
+    rounds = [index for index in np.array_split(np.arange(len(test_split.texts)), settings.rounds) if len(index)]
+    chunks = [[test_split.texts[i] for i in index] for index in rounds]
+    prediction = []
+    with path_processes() as processes:
+        for path in paths:
+            progress(f"prediction: loading {PREDICT_PATHS[path]} ...")
+            processes.append(PathProcess(_predict_worker, path, str(adapter_dir), settings))
+
+        def before_round(number: int) -> None:
+            measure_round_peak()
+            progress(f"prediction round {number + 1}/{len(chunks)}: {len(chunks[number])} texts on each path ...")
+
+        labels = take_turns(processes, chunks, before_round)
+        for path, handle, predicted in zip(paths, processes, labels):
+            seconds = sum(handle.seconds)
+            prediction.append({
+                "path": path, "label": PREDICT_PATHS[path], **handle.info, "rows": len(test_split.texts),
+                "seconds": seconds, "samples_per_s": len(test_split.texts) / seconds,
+                "round_samples_per_s": [len(chunk) / spent for chunk, spent in zip(chunks, handle.seconds)],
+                **headline(test_split.labels, np.concatenate(predicted)), **handle.close(),
+            })
+    for result in prediction:
+        result["tokens_per_s"] = lengths.sum() / result["seconds"]
+        flops = forward_flops(base_config, lengths, first_token_last_layer=result["first_token_last_layer"])
+        result["flops_per_s"] = flops / result["seconds"]
+        progress(f"  {result['label']}: {result['samples_per_s']:.1f} samples/s, macro-F1 {result['macro_f1']:.4f}")
+    return prediction
+
+
+def run_bench(settings: BenchSettings, progress=print) -> dict:
     load_at_start = os.getloadavg()
     device = model_stage.pick_device()
     workdir = Path(tempfile.mkdtemp(prefix="yelp-lora-bench-"))
@@ -530,52 +570,25 @@ def run_bench(settings: BenchSettings, progress=print) -> dict:
                 training.append(result)
                 progress(f"  {result['label']}: {result['samples_per_s']:.2f} samples/s, val macro-F1 {result['val_macro_f1']:.4f}")
 
-    adapter = settings.adapter or str(workdir / "adapter")
-    if not Path(adapter).exists():
-        raise model_stage.ModelError("no adapter to predict with: pass --adapter or keep the 'ours' training path")
-    from yelp_lora.evaluate import read_adapter_meta, resolve_adapter_dir
-
-    adapter_dir = resolve_adapter_dir(adapter)
-    meta = read_adapter_meta(adapter_dir)
-    tokenizer = model_stage.load_tokenizer(str(adapter_dir))
-    input_ids, _ = model_stage.encode(tokenizer, test_split.texts, settings.max_length)
-    lengths = np.array([len(ids) for ids in input_ids])
-    base_config = AutoConfig.from_pretrained(model_stage.resolve_model_path(meta["base_model_path"]))
     paths = [
         path for path in PREDICT_PATHS
         if path not in settings.skip and not (path == "merged-bf16" and not bf16_ok)
         and not (PATH_OPTIONS.get(path, {}).get("backend", "torch") != "torch" and not onnx_ok)
     ]
-    rounds = [index for index in np.array_split(np.arange(len(test_split.texts)), settings.rounds) if len(index)]
-    chunks = [[test_split.texts[i] for i in index] for index in rounds]
-    prediction = []
-    with path_processes() as processes:
-        for path in paths:
-            progress(f"prediction: loading {PREDICT_PATHS[path]} ...")
-            processes.append(PathProcess(_predict_worker, path, str(adapter_dir), settings))
+    adapter_dir, prediction = None, []
+    if paths:
+        adapter = settings.adapter or str(workdir / "adapter")
+        if not Path(adapter).exists():
+            raise model_stage.ModelError("no adapter to predict with: pass --adapter or keep the 'ours' training path")
+        from yelp_lora.evaluate import resolve_adapter_dir
 
-        def before_prediction_round(number: int) -> None:
-            peaks.append(measure_peak(settings.matmul_size, device))
-            progress(f"prediction round {number + 1}/{len(chunks)}: {len(chunks[number])} texts on each path ...")
-
-        labels = take_turns(processes, chunks, before_prediction_round)
-        for path, handle, predicted in zip(paths, processes, labels):
-            seconds = sum(handle.seconds)
-            prediction.append({
-                "path": path, "label": PREDICT_PATHS[path], **handle.info, "rows": len(test_split.texts),
-                "seconds": seconds, "samples_per_s": len(test_split.texts) / seconds,
-                "round_samples_per_s": [len(chunk) / spent for chunk, spent in zip(chunks, handle.seconds)],
-                **headline(test_split.labels, np.concatenate(predicted)), **handle.close(),
-            })
-    for result in prediction:
-        result["tokens_per_s"] = lengths.sum() / result["seconds"]
-        flops = forward_flops(base_config, lengths, first_token_last_layer=result["first_token_last_layer"])
-        result["flops_per_s"] = flops / result["seconds"]
-        progress(f"  {result['label']}: {result['samples_per_s']:.1f} samples/s, macro-F1 {result['macro_f1']:.4f}")
+        adapter_dir = resolve_adapter_dir(adapter)
+        measure_round_peak = lambda: peaks.append(measure_peak(settings.matmul_size, device))  # noqa: E731
+        prediction = bench_prediction(paths, adapter_dir, test_split, settings, measure_round_peak, progress)
 
     service = {"available": False, "reason": "--no-service"}
     ours = [r for r in prediction if r["path"] in PATH_OPTIONS]
-    if settings.service and ours:
+    if settings.service and ours:  # ours is empty without prediction paths, so adapter_dir is set here
         fastest = max(ours, key=lambda r: r["samples_per_s"])["path"]  # served the way it runs fastest offline
         progress(f"service ({PREDICT_PATHS[fastest]}) ...")
         service = bench_service(str(adapter_dir), test_split.texts, settings, workdir / "serve.log", fastest)
@@ -593,7 +606,7 @@ def run_bench(settings: BenchSettings, progress=print) -> dict:
         "machine": {**environment()["hardware"], "load_average_start": load_at_start, "load_average_end": os.getloadavg()},
         "libraries": environment()["libraries"],
         "base_model": base if settings.model != BERT_BASE else "bert-base shape (BertConfig(), random weights)",
-        "adapter": str(adapter_dir),
+        "adapter": str(adapter_dir) if adapter_dir else None,
         "peak_flops": peak,
         "peak_flops_measured": peaks,
         "training": training,
@@ -619,7 +632,7 @@ def format_report(result: dict) -> str:
     lines = [
         f"Machine: {device}; load average {machine['load_average_start'][0]:.1f} at start, "
         f"{machine['load_average_end'][0]:.1f} at end",
-        f"Model: {result['base_model']}; adapter for prediction: {result['adapter']}",
+        f"Model: {result['base_model']}; adapter for prediction: {result['adapter'] or 'none (no prediction path)'}",
         f"Matmul peak: fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s "
         f"(best of {len(result['peak_flops_measured'])} measurements: start, before each round, end; "
         "of peak: model FLOP/s over the peak of the path's precision, int8 against bf16)",
@@ -630,26 +643,28 @@ def format_report(result: dict) -> str:
     if result["training"]:
         lines.append(
             f"Training: {settings['samples']} train rows, one pass, batch {settings['batch_size']}, "
-            f"in {len(result['training'][0]['round_samples_per_s'])} rounds, the paths taking turns"
+            f"in {_count(len(result['training'][0]['round_samples_per_s']), 'round')}, the paths taking turns"
         )
         lines.append(header + f" {'val F1':>7} {'pad %':>6}  rounds: samples/s")
         for row in result["training"]:
             padding = 100 * (1 - row["real_tokens"] / row["computed_tokens"])
             lines.append(_row(row) + f" {row['val_macro_f1']:7.4f} {padding:6.1f}  {_rounds(row)}")
         lines.append("")
-    rows = result["prediction"][0]["rows"] if result["prediction"] else 0
-    lines.append(
-        f"Prediction: {rows} test.csv rows in {settings['rounds']} rounds, the paths taking turns on each round's chunk; "
-        "length-sorted batches of the given size (the pipeline: one text at a time)"
-    )
-    lines.append(header + f" {'macro-F1':>8} {'ΔF1 pts':>7} {'batch':>5}  rounds: samples/s")
-    for row in result["prediction"]:
-        delta = result["macro_f1_vs_fp32"].get(row["path"])
+    if result["prediction"]:
+        rows = result["prediction"][0]["rows"]
         lines.append(
-            _row(row) + f" {row['macro_f1']:8.4f} {100 * delta if delta is not None else float('nan'):7.2f}"
-            f" {row['batch_size']:5d}  {_rounds(row)}"
+            f"Prediction: {rows} test.csv rows in {_count(len(result['prediction'][0]['round_samples_per_s']), 'round')}, "
+            "the paths taking turns on each round's chunk; length-sorted batches of the given size "
+            "(the pipeline: one text at a time)"
         )
-    lines.append("")
+        lines.append(header + f" {'macro-F1':>8} {'ΔF1 pts':>7} {'batch':>5}  rounds: samples/s")
+        for row in result["prediction"]:
+            delta = result["macro_f1_vs_fp32"].get(row["path"])
+            lines.append(
+                _row(row) + f" {row['macro_f1']:8.4f} {100 * delta if delta is not None else float('nan'):7.2f}"
+                f" {row['batch_size']:5d}  {_rounds(row)}"
+            )
+        lines.append("")
     service = result["service"]
     if service.get("available"):
         lines.append(
@@ -684,3 +699,7 @@ def _row(row: dict) -> str:
 
 def _rounds(row: dict) -> str:
     return " ".join(f"{rate:.3g}" for rate in row["round_samples_per_s"])
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
