@@ -387,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-texts", type=int, help="texts per request (default 64)")
     p.add_argument("--max-chars", type=int, help="characters per text (default 20,000)")
     p.add_argument("--max-batch", type=int, help="texts per model batch, >= --max-texts (default 64)")
-    p.add_argument("--max-wait-ms", type=float, help="how long a batch waits for more requests (default 10)")
+    p.add_argument("--max-wait-ms", type=float, help="how long a batch waits for more requests (default 0: it takes what is waiting when the model is free)")
     p.set_defaults(handler=cmd_serve)
 
     p = sub.add_parser("mcp", help="Model Context Protocol server with the classify_review_sentiment tool")

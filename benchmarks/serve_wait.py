@@ -1,0 +1,80 @@
+"""`yelp-lora serve` at several `--max-wait-ms` values, side by side: throughput and latency.
+
+Usage: python benchmarks/serve_wait.py --adapter RUN_DIR [--backend onnx-int8] [--waits 0 10] [--rounds 2]
+Starts one server per wait value, then, round by round and for 1, 8 and 32 concurrent clients,
+sends each server 96 one-review requests in turn (so a shared machine's slow spells fall on all
+of them), printing requests/s and p50 / p99 latency. Reviews are real rows of train.csv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+
+from yelp_lora import data as data_stage
+from yelp_lora.bench import _free_port
+
+
+def start(adapter: str, backend: str, wait: str) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    command = [sys.executable, "-m", "yelp_lora", "serve", "--adapter", adapter, "--port", str(port),
+               "--backend", backend, "--max-wait-ms", wait]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), f"http://127.0.0.1:{port}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--adapter", required=True)
+    parser.add_argument("--backend", default="onnx-int8", choices=["torch", "onnx", "onnx-int8"])
+    parser.add_argument("--waits", nargs="+", default=["0", "10"], help="--max-wait-ms values to compare")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--requests", type=int, default=96)
+    args = parser.parse_args()
+    texts = data_stage.load_split("auto", "train").texts[:300]
+    servers = {wait: start(args.adapter, args.backend, wait) for wait in args.waits}
+    try:
+        with httpx.Client(timeout=120, limits=httpx.Limits(max_connections=32)) as client:
+            for _, url in servers.values():
+                wait_ready(client, url)
+
+            def one(url: str, index: int) -> float:
+                started = time.perf_counter()
+                client.post(f"{url}/v1/classify", json={"texts": [texts[index % len(texts)]]}).raise_for_status()
+                return time.perf_counter() - started
+
+            for number in range(args.rounds):
+                for clients in (1, 8, 32):
+                    for wait, (_, url) in servers.items():
+                        with ThreadPoolExecutor(clients) as pool:
+                            started = time.perf_counter()
+                            latencies = np.array(list(pool.map(lambda i: one(url, i), range(args.requests)))) * 1000
+                            seconds = time.perf_counter() - started
+                        print(f"round {number + 1}  --max-wait-ms {wait:>4}  {clients:2d} clients: "
+                              f"{args.requests / seconds:6.1f} req/s  p50 {np.percentile(latencies, 50):6.1f} ms  "
+                              f"p99 {np.percentile(latencies, 99):6.1f} ms", flush=True)
+    finally:
+        for process, _ in servers.values():
+            process.terminate()
+            process.wait()
+
+
+def wait_ready(client: httpx.Client, url: str, timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if client.get(f"{url}/readyz").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"{url} was not ready after {timeout_s:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
