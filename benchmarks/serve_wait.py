@@ -18,11 +18,11 @@ import httpx
 import numpy as np
 
 from yelp_lora import data as data_stage
-from yelp_lora.bench import _free_port
+from yelp_lora.bench import free_port
 
 
 def start(adapter: str, backend: str, wait: str) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
+    port = free_port()
     command = [sys.executable, "-m", "yelp_lora", "serve", "--adapter", adapter, "--port", str(port),
                "--backend", backend, "--max-wait-ms", wait]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), f"http://127.0.0.1:{port}"

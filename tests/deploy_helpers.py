@@ -12,13 +12,14 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import httpx
+
+from yelp_lora.bench import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download anything
@@ -101,12 +102,6 @@ def predict_cli(registry: Path, texts: list[str]) -> list[dict]:
         result = run_cli("predict", "--version", "v1", "--registry", str(registry), "--json", *texts)
         _cache[key] = json.loads(result.stdout)
     return _cache[key]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Server:

@@ -410,7 +410,8 @@ def path_processes():
 # ---------------------------------------------------------------- the service
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on now."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
@@ -423,7 +424,7 @@ def bench_service(adapter_dir: str, texts: list[str], settings: BenchSettings, l
         return {"available": False, "reason": "yelp_lora.serve is not installed in this build"}
     import httpx
 
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}/v1/classify"
     options = PATH_OPTIONS[path]
     command = [sys.executable, "-m", "yelp_lora", "serve", "--adapter", adapter_dir, "--port", str(port),
