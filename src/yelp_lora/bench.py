@@ -88,7 +88,7 @@ class BenchSettings:
     clients: tuple[int, ...] = (1, 8, 32)
     requests: int = 96  # per client level, one review per request
     matmul_size: int = 2048
-    rounds: int = 5  # prediction paths take turns, one chunk of the texts each per round
+    rounds: int = 5  # the paths of each kind take turns: a share of the steps or of the test rows per round
     seed: int = 42
     service: bool = True
     skip: list[str] = field(default_factory=list)  # path ids to leave out, e.g. "pipeline"
@@ -483,6 +483,38 @@ def bench_service(adapter_dir: str, texts: list[str], settings: BenchSettings, l
 # ---------------------------------------------------------------- the run
 
 
+def bench_training(
+    paths: list[str], base: str, train_split, val_split, settings: BenchSettings, workdir: str, measure_round_peak, progress
+) -> list[dict]:
+    """Every training path over the same rows, one pass, in rounds (a share of the steps each per round)."""
+    results = []
+    with path_processes() as processes:
+        for path in paths:
+            progress(f"training: building {TRAIN_PATHS[path]} ...")
+            processes.append(PathProcess(_train_worker, path, base, train_split, val_split, settings, workdir))
+        steps = processes[0].info["steps"]
+        turns = [len(chunk) for chunk in np.array_split(np.arange(steps), min(settings.rounds, steps))]
+
+        def before_round(number: int) -> None:
+            measure_round_peak()
+            progress(f"training round {number + 1}/{len(turns)}: {turns[number]} steps on each path ...")
+
+        take_turns(processes, turns, before_round)
+        # Rows per turn: whole batches, but the pass's last batch may be short.
+        turn_rows = np.diff(np.minimum(np.cumsum([0, *turns]) * settings.batch_size, len(train_split)))
+        for handle in processes:
+            result = handle.close()  # scores validation macro-F1, untimed
+            seconds = sum(handle.seconds)
+            result.update(
+                seconds=seconds, samples_per_s=result["rows"] / seconds, tokens_per_s=result["real_tokens"] / seconds,
+                flops_per_s=result["model_flops"] / seconds,
+                round_samples_per_s=[int(rows) / spent for rows, spent in zip(turn_rows, handle.seconds)],
+            )
+            results.append(result)
+            progress(f"  {result['label']}: {result['samples_per_s']:.2f} samples/s, val macro-F1 {result['val_macro_f1']:.4f}")
+    return results
+
+
 def bench_prediction(
     paths: list[str], adapter_dir: Path, test_split, settings: BenchSettings, measure_round_peak, progress
 ) -> list[dict]:
@@ -542,34 +574,16 @@ def run_bench(settings: BenchSettings, progress=print) -> dict:
     progress(f"matmul peak ({settings.matmul_size}^2) ...")
     peaks = [measure_peak(settings.matmul_size, device)]
 
-    training = []
+    def measure_round_peak() -> None:
+        peaks.append(measure_peak(settings.matmul_size, device))
+
     # Without bf16, "ours" is fp32: no separate fp32 path.
     train_paths = [path for path in TRAIN_PATHS if path not in settings.skip and not (path == "ours-fp32" and not bf16_ok)]
+    training = []
     if train_paths:
-        with path_processes() as processes:
-            for path in train_paths:
-                progress(f"training: building {TRAIN_PATHS[path]} ...")
-                processes.append(PathProcess(_train_worker, path, base, train_split, val_split, settings, str(workdir)))
-            steps = processes[0].info["steps"]
-            turns = [len(chunk) for chunk in np.array_split(np.arange(steps), min(settings.rounds, steps))]
-
-            def before_training_round(number: int) -> None:
-                peaks.append(measure_peak(settings.matmul_size, device))
-                progress(f"training round {number + 1}/{len(turns)}: {turns[number]} steps on each path ...")
-
-            take_turns(processes, turns, before_training_round)
-            # Rows per turn: whole batches, but the pass's last batch may be short.
-            turn_rows = np.diff(np.minimum(np.cumsum([0, *turns]) * settings.batch_size, len(train_split)))
-            for handle in processes:
-                result = handle.close()  # scores validation macro-F1, untimed
-                seconds = sum(handle.seconds)
-                result.update(
-                    seconds=seconds, samples_per_s=result["rows"] / seconds, tokens_per_s=result["real_tokens"] / seconds,
-                    flops_per_s=result["model_flops"] / seconds,
-                    round_samples_per_s=[int(rows) / spent for rows, spent in zip(turn_rows, handle.seconds)],
-                )
-                training.append(result)
-                progress(f"  {result['label']}: {result['samples_per_s']:.2f} samples/s, val macro-F1 {result['val_macro_f1']:.4f}")
+        training = bench_training(
+            train_paths, base, train_split, val_split, settings, str(workdir), measure_round_peak, progress
+        )
 
     paths = [
         path for path in PREDICT_PATHS
@@ -584,7 +598,6 @@ def run_bench(settings: BenchSettings, progress=print) -> dict:
         from yelp_lora.evaluate import resolve_adapter_dir
 
         adapter_dir = resolve_adapter_dir(adapter)
-        measure_round_peak = lambda: peaks.append(measure_peak(settings.matmul_size, device))  # noqa: E731
         prediction = bench_prediction(paths, adapter_dir, test_split, settings, measure_round_peak, progress)
 
     service = {"available": False, "reason": "--no-service"}
