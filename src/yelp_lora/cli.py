@@ -91,17 +91,22 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
-    from yelp_lora.evaluate import compare, format_compare
+    from yelp_lora.evaluate import compare
 
     result = compare(
         args.adapter, args.data, args.n, args.seed, args.skip_bad_rows, args.batch_size, args.with_classical
     )
+    _show_comparison(result, args.json)
+
+
+def _show_comparison(result: dict, json_file: str | None) -> None:
+    from yelp_lora.evaluate import format_compare
+
     print(format_compare(result))
-    _write_json(args.json, result)
+    _write_json(json_file, result)
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from yelp_lora.evaluate import format_compare
     from yelp_lora.report import REPORT_HTML, REPORT_MD, build_report
 
     if args.resamples < 1 or args.n < 1:
@@ -111,8 +116,7 @@ def cmd_report(args: argparse.Namespace) -> None:
         args.resamples, args.skip_bad_rows,
     )
     if args.compare_json:  # the sample is scored once for both
-        print(format_compare(comparison))
-        _write_json(args.compare_json, comparison)
+        _show_comparison(comparison, args.compare_json)
     print(f"Report written to {out / REPORT_HTML} (and {REPORT_MD}, report.json, PNG figures beside them)")
 
 
