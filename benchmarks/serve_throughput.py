@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from yelp_lora.bench import free_port
+from yelp_lora.bench import free_port, wait_ready
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,12 +43,7 @@ def served(adapter: str, texts: list[str], concurrency: int, extra: list[str]) -
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.3)
+        wait_ready(url)
 
         async def fire() -> float:
             gate = asyncio.Semaphore(concurrency)

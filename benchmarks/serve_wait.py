@@ -18,7 +18,7 @@ import httpx
 import numpy as np
 
 from yelp_lora import data as data_stage
-from yelp_lora.bench import free_port
+from yelp_lora.bench import free_port, wait_ready
 
 
 def start(adapter: str, backend: str, wait: str) -> tuple[subprocess.Popen, str]:
@@ -41,7 +41,7 @@ def main() -> None:
     try:
         with httpx.Client(timeout=120, limits=httpx.Limits(max_connections=32)) as client:
             for _, url in servers.values():
-                wait_ready(client, url)
+                wait_ready(url)
 
             def one(url: str, index: int) -> float:
                 started = time.perf_counter()
@@ -62,18 +62,6 @@ def main() -> None:
         for process, _ in servers.values():
             process.terminate()
             process.wait()
-
-
-def wait_ready(client: httpx.Client, url: str, timeout_s: float = 300) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if client.get(f"{url}/readyz").status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit(f"{url} was not ready after {timeout_s:.0f} s")
 
 
 if __name__ == "__main__":

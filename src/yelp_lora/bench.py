@@ -323,7 +323,7 @@ def _predict_worker(connection, path: str, adapter_dir: str, settings: BenchSett
         def run(batch):
             return predictor.probabilities(batch)[0].argmax(axis=1)
         precision = "int8" if predictor.backend == "onnx-int8" else ("bf16" if predictor.bf16 else "fp32")
-        batch_size, first_token = predictor.batch_size, predictor.backend != "torch"
+        batch_size, first_token = predictor.batch_size, getattr(predictor.model, "first_token_last_layer", False)
     load_seconds = time.perf_counter() - started
     connection.send(dict(precision=precision, batch_size=batch_size, load_seconds=load_seconds, first_token_last_layer=first_token))
     warm_up = True  # the first chunk's first texts once more: lazy initialisation and first-call allocations
@@ -415,6 +415,21 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def wait_ready(url: str, timeout_s: float = 300) -> None:
+    """Until a `yelp-lora serve` at `url` answers /readyz with 200; SystemExit after timeout_s."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"{url} was not ready after {timeout_s:.0f} s")
 
 
 def bench_service(adapter_dir: str, texts: list[str], settings: BenchSettings, log_file: Path, path: str) -> dict:

@@ -184,6 +184,7 @@ class OnnxClassifier:
     """
 
     device = torch.device("cpu")
+    first_token_last_layer = True  # export() cuts the last layer to [CLS]: FLOP counts skip the rest
 
     def __init__(self, path: Path, threads: int | None = None):
         import onnxruntime as ort
