@@ -25,6 +25,8 @@ demo: install
 	$(BIN)/yelp-lora report $(RUN_DIR) --out $(RUN_DIR)/report --compare-json $(RUN_DIR)/compare.json
 
 test: install
+	# The stages import only the stages before them (contracts in pyproject.toml).
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 bench: install

@@ -1,26 +1,38 @@
 """Training and prediction throughput of LoRA on bert-base's shape, with MFU, in one time-boxed run.
 
-Standalone on purpose (needs only torch, transformers and peft; random weights, nothing is
-downloaded), so it can be copied to a GPU machine and run as it is:
+Needs only torch, transformers, peft and numpy (random weights, nothing is downloaded), so a
+GPU machine without the package installed runs it from the checkout as it is: the FLOP model is
+the package's own `yelp_lora.bench.flops`, imported when the package is installed and otherwise
+read from src/yelp_lora/bench/flops.py beside this folder (that file imports nothing else of it).
 
     python benchmarks/gpu_bench.py                 # CUDA: bert-base shape, ~8 minutes at most
     python benchmarks/gpu_bench.py --tiny          # CPU smoke test: a 2-layer model, seconds
 
 Every figure is printed the moment it is measured, so a run cut short still reports. MFU is model
-FLOPs per second over the measured dense matmul peak of the same precision, counted as in
-yelp_lora.bench: forward 2*(4h^2 + 2hi) + 4nh per token and layer (+ the pooler and head per
-text); LoRA training 2x forward for the frozen matmuls (forward + input gradient), 3x for the
-attention products and the trainable LoRA/head parameters.
+FLOPs per second over the measured dense matmul peak of the same precision.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import time
+from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import torch
 
-NUM_LABELS = 5
+try:
+    from yelp_lora.bench import flops as flops_model
+except ImportError:  # not installed: the same module, from this checkout
+    _FLOPS_FILE = Path(__file__).resolve().parents[1] / "src" / "yelp_lora" / "bench" / "flops.py"
+    _spec = importlib.util.spec_from_file_location("yelp_lora_flops", _FLOPS_FILE)
+    flops_model = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(flops_model)
+
+NUM_LABELS = flops_model.NUM_LABELS
+LORA = SimpleNamespace(r=8, target_modules=["query", "value"])
 STARTED = time.monotonic()
 
 
@@ -45,18 +57,9 @@ def matmul_peak(dtype: torch.dtype, size: int, device: torch.device, repeats: in
     return 2 * size**3 * repeats / (time.perf_counter() - started)
 
 
-def forward_flops(config, tokens: int, seq: int) -> float:
-    """Model FLOPs of one forward pass over tokens // seq texts of seq tokens each."""
-    h, i, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
-    texts = tokens // seq
-    return layers * tokens * (2 * (4 * h * h + 2 * h * i) + 4 * seq * h) + texts * (2 * h * h + 2 * h * NUM_LABELS)
-
-
-def training_flops(config, tokens: int, seq: int, rank: int, targets: int) -> float:
-    h, i, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
-    texts = tokens // seq
-    per_token = 2 * 2 * (4 * h * h + 2 * h * i) + 3 * 4 * seq * h + 3 * 4 * rank * h * targets
-    return layers * tokens * per_token + texts * (2 * 2 * h * h + 3 * 2 * h * NUM_LABELS)
+def texts_of(tokens: int, seq: int) -> np.ndarray:
+    """The real lengths of tokens // seq texts of seq tokens each (no padding)."""
+    return np.full(tokens // seq, seq)
 
 
 def build(config, device: torch.device, lora: bool = True):
@@ -104,7 +107,7 @@ def bench_training(config, device, batch: int, seq: int, bf16: bool, seconds: fl
         optimizer.zero_grad(set_to_none=True)
 
     steps, wall = timed_steps(step, device, seconds)
-    flops = training_flops(config, steps * batch * seq, seq, rank=8, targets=2) / wall
+    flops = flops_model.training_flops(config, texts_of(steps * batch * seq, seq), LORA) / wall
     name = "bf16 autocast" if bf16 else ("fp32+TF32" if torch.backends.cuda.matmul.allow_tf32 else "fp32")
     say(
         f"train  {name:<13} batch {batch:>4} x {seq}: {steps * batch / wall:9.1f} samples/s "
@@ -125,7 +128,7 @@ def bench_prediction(config, device, batch: int, seq: int, seconds: float, peak:
         model(input_ids=ids, attention_mask=mask)
 
     steps, wall = timed_steps(step, device, seconds)
-    flops = forward_flops(config, steps * batch * seq, seq) / wall
+    flops = flops_model.forward_flops(config, texts_of(steps * batch * seq, seq)) / wall
     say(
         f"predict bf16 weights  batch {batch:>4} x {seq}: {steps * batch / wall:9.1f} samples/s "
         f"{steps * batch * seq / wall:10.0f} tokens/s  {_rate(flops)}  MFU {100 * flops / peak:5.1f}%  "
@@ -170,7 +173,7 @@ def main() -> None:
     peak_fp32 = matmul_peak(torch.float32, size, device)  # TF32 tensor cores on Ampere+ when allowed
     say(f"matmul peak {size}^2: bf16 {_rate(peak_bf16)}, fp32/TF32 {_rate(peak_fp32)}")
     say(f"model: {'tiny BERT' if tiny else 'bert-base shape'}, {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
-        f"attention {config._attn_implementation}, LoRA r=8 on query/value")
+        "attention sdpa, LoRA r=8 on query/value")
 
     # (what, batch, seconds each); the reference batch of 16 first, to show it is launch-bound on a large GPU.
     batches = (4, 16) if tiny else (16, 64, 256)

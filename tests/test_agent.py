@@ -10,15 +10,12 @@ import sys
 import time
 
 import pytest
-from deploy_helpers import REPO, cli, cli_env, free_port, predict_cli, review_texts, tiny_registry
 from mcp import Client, StdioServerParameters
+from support import REPO, cli, cli_env, review_texts
+
+from yelp_lora.bench.service import free_port
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def agent_registry(tmp_path_factory):
-    return tiny_registry(tmp_path_factory)
 
 
 def mcp_session(registry, coroutine):
@@ -38,7 +35,7 @@ def mcp_session(registry, coroutine):
 
 
 @pytest.fixture(scope="module")
-def mcp_answers(agent_registry):
+def mcp_answers(registry):
     """One stdio session: the tool listing, a real call, and two bad calls."""
 
     async def session(client):
@@ -48,10 +45,10 @@ def mcp_answers(agent_registry):
         empty_text = await client.call_tool("classify_review_sentiment", {"texts": ["Great tacos.", "  "]})
         return tools, ok, empty_list, empty_text
 
-    return mcp_session(agent_registry, session)
+    return mcp_session(registry, session)
 
 
-def test_mcp_stdio_tool_matches_predict(agent_registry, mcp_answers):
+def test_mcp_stdio_tool_matches_predict(registry, predicted, mcp_answers):
     tools, ok, empty_list, empty_text = mcp_answers
 
     [tool] = tools
@@ -63,13 +60,13 @@ def test_mcp_stdio_tool_matches_predict(agent_registry, mcp_answers):
 
     assert not ok.is_error
     structured = ok.structured_content
-    manifest = json.loads((agent_registry / "v1" / "manifest.json").read_text())
+    manifest = json.loads((registry / "v1" / "manifest.json").read_text())
     assert structured["model"] == {"version": "v1", "base_model": "minilm", "adapter_sha256": manifest["adapter_sha256"]}
     assert json.loads(ok.content[0].text) == structured  # the same answer for clients that read text only
-    for result, predicted in zip(structured["results"], predict_cli(agent_registry, review_texts()), strict=True):
-        assert result["stars"] == predicted["stars"] and result["label"] == predicted["label"]
-        assert result["truncated"] == predicted["truncated"]
-        assert result["probabilities"] == pytest.approx(predicted["probabilities"], abs=1e-4)
+    for result, answer in zip(structured["results"], predicted, strict=True):
+        assert result["stars"] == answer["stars"] and result["label"] == answer["label"]
+        assert result["truncated"] == answer["truncated"]
+        assert result["probabilities"] == pytest.approx(answer["probabilities"], abs=1e-4)
 
     assert empty_list.is_error  # rejected by the input schema (minItems 1)
     assert empty_text.is_error and "texts[1]: whitespace-only text" in empty_text.content[0].text
@@ -85,11 +82,11 @@ def test_tool_schema_is_the_mcp_tool_in_openai_form(mcp_answers):
     assert printed["function"]["parameters"]["properties"]["texts"]["maxItems"] == 64
 
 
-def test_mcp_over_streamable_http(agent_registry, tmp_path):
+def test_mcp_over_streamable_http(registry, predicted, tmp_path):
     port = free_port()
     log = open(tmp_path / "mcp.log", "w")
     process = subprocess.Popen(
-        [sys.executable, "-m", "yelp_lora", "mcp", "--alias", "production", "--registry", str(agent_registry),
+        [sys.executable, "-m", "yelp_lora", "mcp", "--alias", "production", "--registry", str(registry),
          "--transport", "http", "--port", str(port)],
         stdout=log, stderr=subprocess.STDOUT, env=cli_env(), cwd=REPO,
     )
@@ -113,5 +110,5 @@ def test_mcp_over_streamable_http(agent_registry, tmp_path):
         process.wait(60)
         log.close()
     assert not result.is_error and result.structured_content["model"]["version"] == "v1"
-    for got, predicted in zip(result.structured_content["results"], predict_cli(agent_registry, review_texts())):
-        assert got["probabilities"] == pytest.approx(predicted["probabilities"], abs=1e-4)
+    for got, answer in zip(result.structured_content["results"], predicted):
+        assert got["probabilities"] == pytest.approx(answer["probabilities"], abs=1e-4)

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from fault_helpers import PYTHON, REPO, build_tiny_bert, cli_env, run_cli, shared_data_dir, shared_rows, tiny_train_args
+from support import PYTHON, REPO, cli_env, run_cli, shared_rows, TINY_ENV
 
 pytestmark = pytest.mark.slow
 BIG_ROWS = 100_000
@@ -27,12 +27,8 @@ TEXT_CHARS = 160  # review openings: real text, short enough for 2 cores
 
 
 @pytest.fixture(scope="module")
-def adapter(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("batch")
-    base = build_tiny_bert(root / "tiny-bert")
-    result = run_cli(*tiny_train_args(base, shared_data_dir(), root / "run", "--max-steps", "1"))
-    assert result.returncode == 0, result.stderr[-3000:]
-    return root / "run"
+def adapter(tiny_run) -> Path:
+    return tiny_run
 
 
 def texts(n: int) -> list[str]:
@@ -57,11 +53,11 @@ def test_100k_rows_flat_memory_and_resume_after_sigkill(adapter, tmp_path):
     small = write_csv(tmp_path / "small.csv", 4096)
     output = tmp_path / "predictions.parquet"
 
-    small_run = run_cli(*predict_args(adapter, small, tmp_path / "small.parquet", "--json-summary", str(tmp_path / "small.json")))
+    small_run = run_cli(*predict_args(adapter, small, tmp_path / "small.parquet", "--json-summary", str(tmp_path / "small.json")), check=False, env=TINY_ENV)
     assert small_run.returncode == 0, small_run.stderr[-3000:]
     small_rss = json.loads((tmp_path / "small.json").read_text())["rss_mib_peak_later_chunks"]
 
-    process = subprocess.Popen([PYTHON, "-m", "yelp_lora", *predict_args(adapter, big, output)], env=cli_env(), cwd=REPO,
+    process = subprocess.Popen([PYTHON, "-m", "yelp_lora", *predict_args(adapter, big, output)], env=cli_env(**TINY_ENV), cwd=REPO,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     parts = tmp_path / "predictions.parquet.parts"
     deadline = time.time() + 300
@@ -72,11 +68,11 @@ def test_100k_rows_flat_memory_and_resume_after_sigkill(adapter, tmp_path):
     process.wait()
     assert not output.exists()
 
-    again = run_cli(*predict_args(adapter, big, output))
+    again = run_cli(*predict_args(adapter, big, output), check=False, env=TINY_ENV)
     assert again.returncode == 2 and "pass --resume to continue it" in again.stderr, again.stderr[-3000:]
 
     summary_file = tmp_path / "summary.json"
-    resumed = run_cli(*predict_args(adapter, big, output, "--resume", "--json-summary", str(summary_file)), timeout=900)
+    resumed = run_cli(*predict_args(adapter, big, output, "--resume", "--json-summary", str(summary_file)), timeout=900, check=False, env=TINY_ENV)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Traceback" not in resumed.stderr
     summary = json.loads(summary_file.read_text())
@@ -100,11 +96,11 @@ def test_100k_rows_flat_memory_and_resume_after_sigkill(adapter, tmp_path):
 def test_torchrun_shards_give_the_same_output_as_one_process(adapter, tmp_path):
     source = tmp_path / "reviews.jsonl"
     source.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts(5000)), encoding="utf-8")
-    single = run_cli(*predict_args(adapter, source, tmp_path / "single.csv", "--chunk-size", "1024"))
+    single = run_cli(*predict_args(adapter, source, tmp_path / "single.csv", "--chunk-size", "1024"), check=False, env=TINY_ENV)
     assert single.returncode == 0, single.stderr[-3000:]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                 "-m", "yelp_lora", *predict_args(adapter, source, tmp_path / "sharded.csv", "--chunk-size", "1024")]
-    sharded = subprocess.run(torchrun, capture_output=True, text=True, env=cli_env(), cwd=REPO, timeout=300)
+    sharded = subprocess.run(torchrun, capture_output=True, text=True, env=cli_env(**TINY_ENV), cwd=REPO, timeout=300)
     assert sharded.returncode == 0, sharded.stderr[-3000:]
     assert "rank 0/2: predicted 2,952 rows in 3 chunk(s)" in sharded.stderr
     assert "rank 1/2: predicted 2,048 rows in 2 chunk(s)" in sharded.stderr
@@ -118,11 +114,11 @@ def test_bad_rows_stop_with_their_row_or_are_written_with_an_error(adapter, tmp_
     column = texts(10)
     column[3], column[7] = "   ", "nul\x00byte"
     pq.write_table(pa.table({"text": column}), source)
-    stopped = run_cli(*predict_args(adapter, source, tmp_path / "out.jsonl"))
+    stopped = run_cli(*predict_args(adapter, source, tmp_path / "out.jsonl"), check=False, env=TINY_ENV)
     assert stopped.returncode == 2 and "Traceback" not in stopped.stderr
     assert f"yelp-lora predict: error: {source}: row 3: whitespace-only text (--skip-bad-rows" in stopped.stderr
 
-    skipped = run_cli(*predict_args(adapter, source, tmp_path / "out.jsonl", "--resume", "--skip-bad-rows"))
+    skipped = run_cli(*predict_args(adapter, source, tmp_path / "out.jsonl", "--resume", "--skip-bad-rows"), check=False, env=TINY_ENV)
     assert skipped.returncode == 0, skipped.stderr[-3000:]
     records = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [r["error"] for r in records if r["error"]] == ["whitespace-only text", "text contains NUL bytes"]

@@ -12,13 +12,17 @@ import numpy as np
 import pytest
 import torch
 
-from yelp_lora import bench
-from yelp_lora import data as data_stage
-from yelp_lora import model as model_stage
+from yelp_lora.bench.flops import forward_flops, training_flops
+from yelp_lora.bench.prediction import PREDICT_PATHS
+from yelp_lora.bench.training import TRAIN_PATHS
 from yelp_lora.cli import main
 from yelp_lora.config import LABEL_NAMES, LoraSettings
-from yelp_lora.model import ModelError
-from yelp_lora.predict import Predictor
+from yelp_lora.data.sampling import sample_split
+from yelp_lora.data.sources import load_split
+from yelp_lora.errors import ModelError
+from yelp_lora.inference.predictor import Predictor
+from yelp_lora.modeling.base import build_classifier
+from yelp_lora.modeling.lora import apply_lora
 
 pytestmark = pytest.mark.slow
 
@@ -37,8 +41,8 @@ def quick_bench(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def real_texts():
-    rows = data_stage.load_split("auto", "test")
-    return data_stage.sample_split(rows, 24, seed=7).texts
+    rows = load_split("auto", "test")
+    return sample_split(rows, 24, seed=7).texts
 
 
 def test_quick_bench_reports_every_path(quick_bench):
@@ -114,7 +118,7 @@ def test_exported_graph_uses_onnx_runtimes_fused_bert_kernels(quick_bench, monke
 
     import onnx
 
-    from yelp_lora.onnx_backend import exported_model
+    from yelp_lora.inference.onnx_backend import exported_model
 
     result, cache = quick_bench
     monkeypatch.setenv("YELP_LORA_CACHE", str(cache))
@@ -148,8 +152,8 @@ def test_predict_cli_onnx_int8(quick_bench, real_texts, monkeypatch, capsys):
 def test_streaming_prediction_on_onnx_int8_and_resume_keeps_the_backend(
     quick_bench, real_texts, monkeypatch, tmp_path, capsys
 ):
-    from yelp_lora import batch
-    from yelp_lora.evaluate import resolve_adapter_dir
+    from yelp_lora.artifacts import resolve_adapter_dir
+    from yelp_lora.inference import batch
 
     result, cache = quick_bench
     monkeypatch.setenv("YELP_LORA_CACHE", str(cache))
@@ -164,8 +168,8 @@ def test_streaming_prediction_on_onnx_int8_and_resume_keeps_the_backend(
     # An interrupted int8 run may not be finished by another backend: the parts would mix numerics.
     parts = batch.parts_dir(output)
     parts.mkdir()
-    interrupted = batch._manifest(source, resolve_adapter_dir(result["adapter"]), 8, "onnx-int8", False)
-    (parts / batch.MANIFEST_FILE).write_text(json.dumps(interrupted), encoding="utf-8")
+    interrupted = batch._job(source, resolve_adapter_dir(result["adapter"]), 8, "onnx-int8", False)
+    (parts / batch.JOB_FILE).write_text(interrupted.to_json(), encoding="utf-8")
     capsys.readouterr()
     assert main([*command, "--resume"]) == 2
     assert "belongs to a different job (backend: 'onnx-int8' -> 'torch')" in capsys.readouterr().err
@@ -173,7 +177,7 @@ def test_streaming_prediction_on_onnx_int8_and_resume_keeps_the_backend(
 
 def test_bench_with_every_path_skipped_needs_no_adapter(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    skips = [arg for path in [*bench.TRAIN_PATHS, *bench.PREDICT_PATHS] for arg in ("--skip", path)]
+    skips = [arg for path in [*TRAIN_PATHS, *PREDICT_PATHS] for arg in ("--skip", path)]
     assert main(["bench", "--quick", "--no-service", *skips, "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["training"] == [] and result["prediction"] == [] and result["adapter"] is None
@@ -188,7 +192,7 @@ def test_unknown_backend_is_a_clear_error(quick_bench):
 
 
 def test_flop_count_matches_the_models_matmul_parameters():
-    model = model_stage.apply_lora(model_stage.build_classifier("minilm", 42), LoraSettings())
+    model = apply_lora(build_classifier("minilm", 42), LoraSettings())
     base = model.get_base_model()
     config = base.config
     h, n = config.hidden_size, np.array([100])
@@ -197,12 +201,12 @@ def test_flop_count_matches_the_models_matmul_parameters():
                  if isinstance(m, torch.nn.Linear) and not m.weight.requires_grad)
     lora = sum(p.numel() for name, p in model.named_parameters() if "lora_" in name)
     attention = config.num_hidden_layers * 4 * n[0] ** 2 * h
-    forward = bench.forward_flops(config, n)
+    forward = forward_flops(config, n)
     assert forward == pytest.approx(2 * frozen * n[0] + attention + 2 * h * h + 2 * h * 5)
     # Training: frozen matmuls twice (forward, input gradient), attention products and LoRA three times.
-    training = bench.training_flops(config, n, LoraSettings())
+    training = training_flops(config, n, LoraSettings())
     assert training == pytest.approx(2 * 2 * frozen * n[0] + 3 * attention + 3 * 2 * lora * n[0] + 2 * 2 * h * h + 3 * 2 * h * 5)
     # Our ONNX graphs run the last layer's attention output projection and FFN on the first token only.
     last = base.bert.encoder.layer[-1]
     skipped = sum(m.weight.numel() for m in (last.attention.output.dense, last.intermediate.dense, last.output.dense))
-    assert forward - bench.forward_flops(config, n, first_token_last_layer=True) == pytest.approx(2 * skipped * (n[0] - 1))
+    assert forward - forward_flops(config, n, first_token_last_layer=True) == pytest.approx(2 * skipped * (n[0] - 1))

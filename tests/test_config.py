@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from yelp_lora.config import ConfigError, RunConfig, load_config
+from yelp_lora.config import RunConfig, load_config
+from yelp_lora.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 

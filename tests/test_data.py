@@ -5,13 +5,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from yelp_lora import data
-from yelp_lora.data import DataError
+from yelp_lora.data.rows import iter_texts
+from yelp_lora.data.sampling import sample_split, stratified_indices, train_val_split
+from yelp_lora.data.sources import load_split
+from yelp_lora.errors import DataError
 
 
 def test_real_train_and_test_files_load_balanced(data_dir):
-    train = data.load_split(str(data_dir), "train")
-    test = data.load_split(str(data_dir), "test")
+    train = load_split(str(data_dir), "train")
+    test = load_split(str(data_dir), "test")
     assert len(train) == 1999 and train.label_counts() == [400, 400, 400, 400, 399]
     assert len(test) == 1000 and test.label_counts() == [200] * 5
     assert train.row_ids[0] == "train.csv:2"  # line 1 is the header
@@ -19,7 +21,7 @@ def test_real_train_and_test_files_load_balanced(data_dir):
 
 
 def test_a_single_file_serves_as_any_split(data_dir):
-    split = data.load_split(str(data_dir / "test.csv"), "train")
+    split = load_split(str(data_dir / "test.csv"), "train")
     assert len(split) == 1000 and split.name == "train"
 
 
@@ -40,10 +42,10 @@ def _write_formats(tmp_path, rows):
 
 
 def test_every_format_reads_the_same_rows(tmp_path, data_dir):
-    real = data.load_split(str(data_dir / "train.csv"), "train")
+    real = load_split(str(data_dir / "train.csv"), "train")
     rows = list(zip(real.labels[:30], real.texts[:30]))
     for name in _write_formats(tmp_path, rows):
-        split = data.load_split(str(tmp_path / name), "train")
+        split = load_split(str(tmp_path / name), "train")
         assert list(zip(split.labels, split.texts)) == rows, name
 
 
@@ -65,7 +67,7 @@ def test_bad_csv_rows_name_file_row_and_problem(tmp_path, content, fragment):
     path = tmp_path / "bad.csv"
     path.write_text(content)
     with pytest.raises(DataError) as err:
-        data.load_split(str(path), "train")
+        load_split(str(path), "train")
     assert str(path) in str(err.value) and fragment in str(err.value)
 
 
@@ -73,20 +75,20 @@ def test_undecodable_bytes_are_reported_per_row(tmp_path):
     path = tmp_path / "latin1.csv"
     path.write_bytes("label,text\n1,fine\n2,caf\xe9 ok\n".encode("latin-1"))
     with pytest.raises(DataError, match="line 3: text has bytes that are not valid UTF-8"):
-        data.load_split(str(path), "train")
+        load_split(str(path), "train")
 
 
 def test_unpaired_surrogates_are_reported_not_crashed_on(tmp_path):
     path = tmp_path / "surrogate.jsonl"
     path.write_text('{"label": 1, "text": "fine"}\n{"label": 2, "text": "a\\ud800b"}\n')
     with pytest.raises(DataError, match=r"line 2: character 1 is an unpaired surrogate \('\\ud800'\)"):
-        data.load_split(str(path), "train")
+        load_split(str(path), "train")
 
 
 def test_skip_bad_rows_counts_and_keeps_the_good_ones(tmp_path):
     path = tmp_path / "mixed.csv"
     path.write_text("label,text\n1,good one\n9,bad label\n3,\n4,another good one\n4,another good one\n")
-    split = data.load_split(str(path), "train", skip_bad_rows=True)
+    split = load_split(str(path), "train", skip_bad_rows=True)
     assert split.texts == ["good one", "another good one"]
     assert len(split.skipped) == 2 and split.duplicates_dropped == 1
     assert "line 3" in split.skipped[0]
@@ -96,45 +98,53 @@ def test_jsonl_missing_column_and_bad_json(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"text": "no label"}\n{not json}\n')
     with pytest.raises(DataError) as err:
-        data.load_split(str(path), "train")
+        load_split(str(path), "train")
     message = str(err.value)
     assert "line 1: missing column 'label'" in message and "line 2: invalid JSON" in message
 
 
 def test_missing_paths_and_directories_without_a_split(tmp_path):
     with pytest.raises(DataError, match="data path not found: ./nowhere.csv"):
-        data.load_split("./nowhere.csv", "train")
+        load_split("./nowhere.csv", "train")
     with pytest.raises(DataError, match="has no test split"):
-        data.load_split(str(tmp_path), "test")
+        load_split(str(tmp_path), "test")
 
 
 def test_validation_is_carved_from_train_stratified_and_seeded(data_dir):
-    train = data.load_split(str(data_dir), "train")
-    a_train, a_val = data.train_val_split(train, 400, 1000, seed=42)
-    b_train, b_val = data.train_val_split(train, 400, 1000, seed=42)
+    train = load_split(str(data_dir), "train")
+    a_train, a_val = train_val_split(train, 400, 1000, seed=42)
+    b_train, b_val = train_val_split(train, 400, 1000, seed=42)
     assert (len(a_train), len(a_val)) == (1000, 400)
     assert a_val.label_counts() == [80] * 5 and a_train.label_counts() == [200] * 5
     assert not set(a_train.row_ids) & set(a_val.row_ids)
     assert a_train.fingerprint() == b_train.fingerprint() and a_val.fingerprint() == b_val.fingerprint()
-    c_train, _ = data.train_val_split(train, 400, 1000, seed=43)
+    c_train, _ = train_val_split(train, 400, 1000, seed=43)
     assert c_train.fingerprint() != a_train.fingerprint()
     # The validation set does not depend on how many training rows are drawn.
-    _, d_val = data.train_val_split(train, 400, 500, seed=42)
+    _, d_val = train_val_split(train, 400, 500, seed=42)
     assert d_val.fingerprint() == a_val.fingerprint()
 
 
 def test_stratified_sample_of_test(data_dir):
-    test = data.load_split(str(data_dir), "test")
-    sample = data.sample_split(test, 500, seed=42)
+    test = load_split(str(data_dir), "test")
+    sample = sample_split(test, 500, seed=42)
     assert len(sample) == 500 and sample.label_counts() == [100] * 5
-    assert np.array_equal(data.stratified_indices(test.labels, 500, 42), data.stratified_indices(test.labels, 500, 42))
+    assert np.array_equal(stratified_indices(test.labels, 500, 42), stratified_indices(test.labels, 500, 42))
 
 
 def test_prediction_inputs(tmp_path):
     (tmp_path / "reviews.txt").write_text("first review\n\nsecond review\n")
-    assert [t for _, t in data.iter_texts(tmp_path / "reviews.txt")] == ["first review", "second review"]
+    assert [row.text for row in iter_texts(tmp_path / "reviews.txt")] == ["first review", "second review"]
     (tmp_path / "in.csv").write_text("id,text\n1,hello\n")
-    assert list(data.iter_texts(tmp_path / "in.csv")) == [("line 2", "hello")]
-    (tmp_path / "in.jsonl").write_text('{"text": "hi"}\n{"txt": 1}\n')
-    with pytest.raises(DataError, match="line 2: expected an object with a 'text' field"):
-        list(data.iter_texts(tmp_path / "in.jsonl"))
+    assert list(iter_texts(tmp_path / "in.csv")) == [("line 2", "hello", None)]
+    (tmp_path / "in.jsonl").write_text('{"text": "hi"}\n{"txt": 1}\n{not json\n{"text": "  "}\n')
+    # A row's problem is reported with the row, for the caller's policy (stop, or write it with its error).
+    assert [(row.where, row.problem) for row in iter_texts(tmp_path / "in.jsonl")] == [
+        ("line 1", None),
+        ("line 2", "expected an object with a 'text' field"),
+        ("line 3", "invalid JSON (Expecting property name enclosed in double quotes)"),
+        ("line 4", "whitespace-only text"),
+    ]
+    (tmp_path / "no-text.csv").write_text("id,review\n1,hello\n")
+    with pytest.raises(DataError, match="cannot tell the columns"):
+        list(iter_texts(tmp_path / "no-text.csv"))

@@ -14,26 +14,25 @@ from pathlib import Path
 
 import pytest
 
-from fault_helpers import REPO, build_tiny_bert, cli_env, run_cli, shared_data_dir, tiny_train_args
+from support import REPO, cli_env, run_cli, tiny_train_args, TINY_ENV
 
 pytestmark = pytest.mark.slow
 
 
-def test_two_processes_match_one_and_write_one_adapter(tmp_path):
-    base = build_tiny_bert(tmp_path / "tiny-bert")
+def test_two_processes_match_one_and_write_one_adapter(tiny_bert_dir, data_dir, tmp_path):
     schedule = ("--epochs", "2", "--lr", "3e-2", "--save-steps", "5")
 
     def args(output: Path, batch: str) -> list[str]:
-        cli = tiny_train_args(base, shared_data_dir(), output, *schedule)
+        cli = tiny_train_args(tiny_bert_dir, data_dir, output, *schedule)
         cli[cli.index("--train-samples") + 1] = "128"
         cli[cli.index("--batch-size") + 1] = batch
         return cli
 
-    single = run_cli(*args(tmp_path / "one", "16"))
+    single = run_cli(*args(tmp_path / "one", "16"), check=False, env=TINY_ENV)
     assert single.returncode == 0, single.stderr[-3000:]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "yelp_lora", *args(tmp_path / "two", "8")]
-    parallel = subprocess.run(command, capture_output=True, text=True, env=cli_env(), cwd=REPO, timeout=600)
+    parallel = subprocess.run(command, capture_output=True, text=True, env=cli_env(**TINY_ENV), cwd=REPO, timeout=600)
     assert parallel.returncode == 0, parallel.stderr[-3000:]
     assert parallel.stdout.count("trainable params") == 2, "both ranks built the model"
     assert parallel.stdout.count("Run written to") == 1, "only rank 0 reports and writes"

@@ -1,4 +1,4 @@
-"""yelp_lora.dropout: the same Bernoulli masking as torch's dropout, drawn 16 bits at a time."""
+"""yelp_lora.modeling.dropout: the same Bernoulli masking as torch's dropout, drawn 16 bits at a time."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ import torch
 from torch import nn
 from transformers.models.bert.modeling_bert import eager_attention_forward
 
-from yelp_lora import dropout as dropout_stage
-from yelp_lora import model as model_stage
-from yelp_lora import train as train_stage
 from yelp_lora.config import load_config
+from yelp_lora.modeling import dropout as dropout_stage
+from yelp_lora.modeling.base import load_tokenizer
+from yelp_lora.modeling.forward import predict_logits
+from yelp_lora.training.recipe import build_training_model
 
 DROP = round(0.1 * 65536) / 65536  # the rate 0.1 becomes: 6554 of 65536 levels
 
@@ -65,7 +66,7 @@ def test_the_attention_kernel_is_transformers_eager_attention_with_fast_masks():
 @pytest.mark.parametrize("kernel, swapped", [("auto", True), ("fast", True), ("torch", False)])
 def test_the_training_model_swaps_every_dropout_on_cpu(tiny_bert_dir, kernel, swapped):
     config = load_config(None, {"model.name_or_path": str(tiny_bert_dir), "model.dropout_kernel": kernel})
-    model = train_stage.build_training_model(config, torch.device("cpu"))
+    model = build_training_model(config, torch.device("cpu"))
     dropouts = [m for m in model.modules() if isinstance(m, nn.Dropout) and m.p > 0]
     fast = [m for m in dropouts if isinstance(m, dropout_stage.FastDropout)]
     # embeddings 1; per layer (2 here) attention probabilities, attention output, FFN output, LoRA on
@@ -75,12 +76,12 @@ def test_the_training_model_swaps_every_dropout_on_cpu(tiny_bert_dir, kernel, sw
     expected_kernel = dropout_stage.ATTENTION if swapped else "eager"
     assert model.get_base_model().config._attn_implementation == expected_kernel
     # Only how masks are drawn changes: without dropout the model computes exactly what torch's does.
-    reference = train_stage.build_training_model(
+    reference = build_training_model(
         load_config(None, {"model.name_or_path": str(tiny_bert_dir), "model.dropout_kernel": "torch"}),
         torch.device("cpu"),
     )
-    tokenizer = model_stage.load_tokenizer(str(tiny_bert_dir))
+    tokenizer = load_tokenizer(str(tiny_bert_dir))
     texts = ["Great tacos, slow service.", "Never again."]
-    ours, _ = model_stage.predict_logits(model.eval(), tokenizer, texts)
-    theirs, _ = model_stage.predict_logits(reference.eval(), tokenizer, texts)
+    ours, _ = predict_logits(model.eval(), tokenizer, texts)
+    theirs, _ = predict_logits(reference.eval(), tokenizer, texts)
     assert (ours == theirs).all()

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from yelp_lora.metrics import bootstrap_ci, calibration, mcnemar, ordinal
-from yelp_lora.progress import progress
-from yelp_lora.sweep import mean_std
+from yelp_lora.evaluation.seeds import mean_std
+from yelp_lora.util.progress import progress
 
 
 def test_ordinal_small_case():
@@ -100,6 +100,6 @@ def test_progress_writes_whole_lines_off_a_terminal():
 
 
 def test_sweep_mean_and_sample_std():
-    assert mean_std([1.0, 2.0, 3.0]) == {"mean": 2.0, "std": 1.0, "values": [1.0, 2.0, 3.0]}
-    assert mean_std([0.5]) == {"mean": 0.5, "std": 0.0, "values": [0.5]}
-    assert mean_std([None, 1.0, 3.0])["mean"] == 2.0
+    assert mean_std([1.0, 2.0, 3.0]).model_dump() == {"mean": 2.0, "std": 1.0, "values": [1.0, 2.0, 3.0]}
+    assert mean_std([0.5]).model_dump() == {"mean": 0.5, "std": 0.0, "values": [0.5]}
+    assert mean_std([None, 1.0, 3.0]).mean == 2.0

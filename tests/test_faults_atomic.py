@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from fault_helpers import PYTHON, REPO, build_tiny_bert, cli_env, run_cli, shared_data_dir, tiny_train_args
+from support import PYTHON, REPO, cli_env, run_cli, tiny_train_args, TINY_ENV
 
 LIMIT_BYTES = 100_000  # the adapter directory's tokenizer.json alone is ~700 kB
 
@@ -32,8 +32,8 @@ def snapshot(directory: Path) -> dict[str, bytes]:
 def test_atomic_write_text_keeps_the_old_file_when_the_disk_refuses(tmp_path):
     target = tmp_path / "report.json"
     target.write_text('{"previous": "good"}\n')
-    code = f"from yelp_lora.atomic import atomic_write_text; atomic_write_text({str(target)!r}, 'x' * {4 * LIMIT_BYTES})"
-    result = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, env=cli_env(), cwd=REPO,
+    code = f"from yelp_lora.util.atomic import atomic_write_text; atomic_write_text({str(target)!r}, 'x' * {4 * LIMIT_BYTES})"
+    result = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, env=cli_env(**TINY_ENV), cwd=REPO,
                             preexec_fn=limit_file_size, timeout=60)
     assert result.returncode != 0
     assert f"SaveError: cannot write {target}: File too large; any previous copy is unchanged" in result.stderr
@@ -42,15 +42,14 @@ def test_atomic_write_text_keeps_the_old_file_when_the_disk_refuses(tmp_path):
 
 
 @pytest.mark.slow
-def test_failed_adapter_save_keeps_previous_run_and_says_so(tmp_path):
-    base = build_tiny_bert(tmp_path / "tiny-bert")
+def test_failed_adapter_save_keeps_previous_run_and_says_so(tiny_bert_dir, data_dir, tmp_path):
     run = tmp_path / "run"
-    args = tiny_train_args(base, shared_data_dir(), run, "--max-steps", "2")
-    first = run_cli(*args)
+    args = tiny_train_args(tiny_bert_dir, data_dir, run, "--max-steps", "2")
+    first = run_cli(*args, check=False, env=TINY_ENV)
     assert first.returncode == 0, first.stderr
     before = snapshot(run)
 
-    second = run_cli(*args, "--seed", "3", preexec_fn=limit_file_size)
+    second = run_cli(*args, "--seed", "3", preexec_fn=limit_file_size, check=False, env=TINY_ENV)
     assert second.returncode == 2, second.stderr[-3000:]
     assert "Traceback" not in second.stderr
     error_lines = [line for line in second.stderr.splitlines() if "error:" in line]

@@ -6,30 +6,24 @@ import json
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
-from fault_helpers import PYTHON, REPO, build_tiny_bert, cli_env, run_cli, shared_data_dir, tiny_train_args
+from support import PYTHON, REPO, cli_env, run_cli, tiny_train_args, TINY_ENV
 
 pytestmark = pytest.mark.slow
 # 64 rows / batch 8 = 8 steps per epoch: checkpoint-3 is mid-epoch 1, long before epoch 1's adapter.
 SCHEDULE = ("--epochs", "2", "--save-steps", "3", "--lr", "5e-3")
 
 
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory) -> Path:
-    return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
-
-
-def test_sigkill_mid_epoch_then_resume_gives_identical_adapter(tiny_base, tmp_path):
-    data = shared_data_dir()
-    straight = run_cli(*tiny_train_args(tiny_base, data, tmp_path / "straight", *SCHEDULE))
+def test_sigkill_mid_epoch_then_resume_gives_identical_adapter(tiny_bert_dir, data_dir, tmp_path):
+    data = data_dir
+    straight = run_cli(*tiny_train_args(tiny_bert_dir, data, tmp_path / "straight", *SCHEDULE), check=False, env=TINY_ENV)
     assert straight.returncode == 0, straight.stderr
 
     crashed = tmp_path / "crashed"
-    args = tiny_train_args(tiny_base, data, crashed, *SCHEDULE)
-    process = subprocess.Popen([PYTHON, "-m", "yelp_lora", *args], env=cli_env(), cwd=REPO,
+    args = tiny_train_args(tiny_bert_dir, data, crashed, *SCHEDULE)
+    process = subprocess.Popen([PYTHON, "-m", "yelp_lora", *args], env=cli_env(**TINY_ENV), cwd=REPO,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoints = crashed / "checkpoints"
     deadline = time.time() + 240
@@ -46,10 +40,10 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_adapter(tiny_base, tmp_pa
     partial.mkdir(parents=True)
     (partial / "adapter_model.safetensors").write_bytes(b"\x00" * 10)
 
-    changed = run_cli(*args, "--resume", "--seed", "7")
+    changed = run_cli(*args, "--resume", "--seed", "7", check=False, env=TINY_ENV)
     assert changed.returncode == 2 and "train.seed: 42 -> 7" in changed.stderr, changed.stderr
 
-    resumed = run_cli(*args, "--resume")
+    resumed = run_cli(*args, "--resume", check=False, env=TINY_ENV)
     assert resumed.returncode == 0, resumed.stderr
     assert "Traceback" not in resumed.stderr
     adapter = "adapter/adapter_model.safetensors"
@@ -64,6 +58,6 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_adapter(tiny_base, tmp_pa
 
 
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
-    result = run_cli("train", "--resume", "--output-dir", str(tmp_path / "nothing"), timeout=120)
+    result = run_cli("train", "--resume", "--output-dir", str(tmp_path / "nothing"), timeout=120, check=False, env=TINY_ENV)
     assert result.returncode == 2
     assert "--resume: no checkpoint to resume from" in result.stderr and "Traceback" not in result.stderr

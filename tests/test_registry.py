@@ -9,28 +9,19 @@ import threading
 
 import numpy as np
 import pytest
-from deploy_helpers import cli, predict_cli, review_texts, run_cli, tiny_registry, tiny_run
+from support import cli, review_texts, run_cli
 
-from yelp_lora.registry import Registry, RegistryError
+from yelp_lora.errors import RegistryError
+from yelp_lora.registry.store import Registry
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def tiny_run_dir(tmp_path_factory):
-    return tiny_run(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def shared_registry(tmp_path_factory):
-    return tiny_registry(tmp_path_factory)
-
-
 @pytest.fixture
-def own_registry(shared_registry, tmp_path):
+def own_registry(registry, tmp_path):
     """A private copy of the shared registry that a test may change or damage."""
     root = tmp_path / "registry"
-    shutil.copytree(shared_registry, root)
+    shutil.copytree(registry, root)
     return root
 
 
@@ -38,13 +29,13 @@ def sha256(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_add_writes_a_complete_version(shared_registry, tiny_run_dir):
-    version_dir = shared_registry / "v1"
+def test_add_writes_a_complete_version(registry, minilm_run):
+    version_dir = registry / "v1"
     manifest = json.loads((version_dir / "manifest.json").read_text())
-    run = json.loads((tiny_run_dir / "run.json").read_text())
+    run = json.loads((minilm_run / "run.json").read_text())
 
     assert manifest["version"] == "v1" and manifest["name"] == "tiny"
-    assert manifest["source_run"] == str(tiny_run_dir.resolve())
+    assert manifest["source_run"] == str(minilm_run.resolve())
     assert manifest["created"].endswith("Z")
     # The adapter is stored in standard PEFT format, every file hashed, nothing pickled.
     for name in ("adapter_config.json", "adapter_model.safetensors", "config.json", "tokenizer.json"):
@@ -52,7 +43,7 @@ def test_add_writes_a_complete_version(shared_registry, tiny_run_dir):
     listed = {p.relative_to(version_dir).as_posix() for p in version_dir.rglob("*") if p.is_file()} - {"manifest.json"}
     assert set(manifest["files"]) == listed
     assert all(manifest["files"][name] == sha256(version_dir / name) for name in listed)
-    assert manifest["adapter_sha256"] == sha256(tiny_run_dir / "adapter" / "adapter_model.safetensors")
+    assert manifest["adapter_sha256"] == sha256(minilm_run / "adapter" / "adapter_model.safetensors")
     assert not [p for p in version_dir.rglob("*") if p.suffix in (".bin", ".pt", ".pkl")]
     # Base model identity, label map, config, data fingerprints and metrics come along.
     base = manifest["base_model"]
@@ -70,9 +61,9 @@ def test_add_writes_a_complete_version(shared_registry, tiny_run_dir):
     assert manifest["adapter_sha256"] in card and run["data"]["train"]["fingerprint"] in card
 
 
-def test_versions_aliases_list_show_verify(own_registry, tiny_run_dir):
+def test_versions_aliases_list_show_verify(own_registry, minilm_run):
     reg = ["--registry", str(own_registry)]
-    out = cli("registry", "add", str(tiny_run_dir / "adapter"), "--name", "second", *reg).stdout
+    out = cli("registry", "add", str(minilm_run / "adapter"), "--name", "second", *reg).stdout
     assert "as v2" in out and "note: same adapter weights as v1" in out
     cli("registry", "promote", "v2", "--alias", "staging", *reg)
 
@@ -98,27 +89,27 @@ def test_versions_aliases_list_show_verify(own_registry, tiny_run_dir):
         assert "Traceback" not in result.stderr
 
 
-def test_concurrent_adds_get_distinct_versions(own_registry, tiny_run_dir):
+def test_concurrent_adds_get_distinct_versions(own_registry, minilm_run):
     registry = Registry(own_registry)
     versions = []
-    threads = [threading.Thread(target=lambda: versions.append(registry.add(tiny_run_dir)["version"])) for _ in range(3)]
+    threads = [threading.Thread(target=lambda: versions.append(registry.add(minilm_run).version)) for _ in range(3)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     assert sorted(versions) == ["v2", "v3", "v4"]
-    assert [registry.verify(v)["version"] for v in registry.versions()] == ["v1", "v2", "v3", "v4"]
+    assert [registry.verify(v).version for v in registry.versions()] == ["v1", "v2", "v3", "v4"]
 
 
-def test_a_crash_while_adding_leaves_no_version(own_registry, tiny_run_dir, monkeypatch):
-    import yelp_lora.registry as registry_module
+def test_a_crash_while_adding_leaves_no_version(own_registry, minilm_run, monkeypatch):
+    import yelp_lora.registry.store as registry_module
 
     def crash(manifest):
         raise KeyboardInterrupt  # as if the process died halfway through writing the version
 
     monkeypatch.setattr(registry_module, "model_card", crash)
     with pytest.raises(KeyboardInterrupt):
-        Registry(own_registry).add(tiny_run_dir)
+        Registry(own_registry).add(minilm_run)
     assert sorted(p.name for p in own_registry.iterdir()) == [".lock", "aliases.json", "v1"]
     assert Registry(own_registry).versions() == ["v1"]
 
@@ -138,34 +129,34 @@ def test_tampered_file_is_refused(own_registry):
         Registry(own_registry).open("v1")
 
 
-def test_pickled_weights_are_refused(own_registry, tiny_run_dir, tmp_path):
+def test_pickled_weights_are_refused(own_registry, minilm_run, tmp_path):
     (own_registry / "v1" / "adapter" / "adapter_model.bin").write_bytes(b"not really a pickle")
     with pytest.raises(RegistryError, match=r"v1/adapter/adapter_model.bin: unexpected file \(pickled weights, refused\)"):
         Registry(own_registry).open("v1")
 
     pickled_run = tmp_path / "pickled-run"
-    shutil.copytree(tiny_run_dir, pickled_run)
+    shutil.copytree(minilm_run, pickled_run)
     (pickled_run / "adapter" / "adapter_model.safetensors").rename(pickled_run / "adapter" / "adapter_model.bin")
     result = cli("registry", "add", str(pickled_run), "--registry", str(own_registry), check=False)
     assert result.returncode == 2 and "holds pickled weights (adapter_model.bin); only safetensors" in result.stderr
 
 
-def test_predict_from_registry_equals_predict_from_adapter(shared_registry, tiny_run_dir):
-    texts = review_texts()
-    from_adapter = json.loads(cli("predict", "--adapter", str(tiny_run_dir), "--json", *texts).stdout)
-    for by_version, by_adapter in zip(predict_cli(shared_registry, texts), from_adapter):
+def test_predict_from_registry_equals_predict_from_adapter(predicted, minilm_run):
+    from_adapter = json.loads(cli("predict", "--adapter", str(minilm_run), "--json", *review_texts()).stdout)
+    for by_version, by_adapter in zip(predicted, from_adapter, strict=True):
         assert by_version["label"] == by_adapter["label"]
         assert by_version["probabilities"] == pytest.approx(by_adapter["probabilities"], abs=1e-6)
 
 
-def test_merged_export_loads_in_a_plain_pipeline_with_equal_logits(shared_registry, tmp_path):
+def test_merged_export_loads_in_a_plain_pipeline_with_equal_logits(registry, tmp_path):
     import torch
     from transformers import pipeline
 
-    from yelp_lora.model import encode, load_adapter, predict_logits
+    from yelp_lora.modeling.base import load_adapter
+    from yelp_lora.modeling.forward import encode, predict_logits
 
     target = tmp_path / "merged"
-    out = cli("export", "production", "--merged", str(target), "--registry", str(shared_registry)).stdout
+    out = cli("export", "production", "--merged", str(target), "--registry", str(registry)).stdout
     assert "Merged model written" in out
     assert (target / "model.safetensors").is_file() and not list(target.glob("adapter_*"))
 
@@ -173,7 +164,7 @@ def test_merged_export_loads_in_a_plain_pipeline_with_equal_logits(shared_regist
     classifier = pipeline("text-classification", model=str(target), top_k=None, truncation=True)
     assert classifier.model.config.id2label == {0: "strong_negative", 1: "negative", 2: "neutral", 3: "positive", 4: "strong_positive"}
     # The adapter itself, unmerged: base weights plus the LoRA delta at run time.
-    adapter, tokenizer = load_adapter(shared_registry / "v1" / "adapter", merge=False)
+    adapter, tokenizer = load_adapter(registry / "v1" / "adapter", merge=False)
     expected, truncated = predict_logits(adapter, tokenizer, texts, max_length=256, batch_size=4)
     assert truncated.any(), "the longest review exercises truncation"
     ids, _ = encode(classifier.tokenizer, texts, 256)
@@ -187,5 +178,5 @@ def test_merged_export_loads_in_a_plain_pipeline_with_equal_logits(shared_regist
         by_label = {s["label"]: s["score"] for s in scores}
         assert [by_label[name] for name in classifier.model.config.id2label.values()] == pytest.approx(probabilities, abs=1e-4)
 
-    result = cli("export", "v1", "--merged", str(tmp_path), "--registry", str(shared_registry), check=False)
+    result = cli("export", "v1", "--merged", str(tmp_path), "--registry", str(registry), check=False)
     assert result.returncode == 2 and "is not an earlier yelp-lora export" in result.stderr

@@ -5,43 +5,34 @@ on a small test sample; the page is then opened in headless Chromium.
 """
 
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from support import DEMO_CONFIG, MINILM_RUN
 
 from yelp_lora import cli
-from yelp_lora.classical import fit_classical, run_record, training_rows
+from yelp_lora.artifacts import finished_run, read_run
 from yelp_lora.config import RunConfig
-from yelp_lora.data import DataError, load_split, sample_split, tokenize
-from yelp_lora.report import REPORT_HTML, REPORT_JSON, REPORT_MD, Block, render_html, render_markdown
-from yelp_lora.sweep import finished_run
+from yelp_lora.data.sampling import sample_split
+from yelp_lora.data.sources import load_split
+from yelp_lora.data.tokenize import tokenize
+from yelp_lora.errors import DataError
+from yelp_lora.evaluation.classical import fit_classical, training_rows
+from yelp_lora.evaluation.report import REPORT_HTML, REPORT_JSON, REPORT_MD, Block, render_html, render_markdown
 
 pytestmark = pytest.mark.slow
-
-ROOT = Path(__file__).resolve().parents[1]
-CONFIG = str(ROOT / "configs" / "demo.yaml")
 TEST_N = 40
 
 
-def data_dir() -> str:
-    path = Path(os.environ.get("YELP_LORA_DATA") or ROOT / ".." / "shared" / "data" / "yelp_review_full").resolve()
-    assert (path / "train.csv").is_file(), f"the Yelp rows are expected in {path} (or set YELP_LORA_DATA)"
-    return str(path)
-
-
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("run") / "run"
-    code = cli.main([
-        "train", "--config", CONFIG, "--data", data_dir(), "--train-samples", "64", "--val-samples", "40",
-        "--max-steps", "8", "--logging-steps", "2", "--output-dir", str(out),
-    ])
-    assert code == 0
-    return out
+def run_dir(minilm_run, tmp_path_factory) -> Path:
+    """A copy of the session's MiniLM run: the report and compare.json are written into it."""
+    copy = tmp_path_factory.mktemp("report-run") / "run"
+    shutil.copytree(minilm_run, copy)
+    return copy
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +70,7 @@ def test_report_files_and_figures(report_dir):
     assert "TF-IDF + logistic regression" in page and "QWK" in page
 
 
-def test_report_numbers_are_consistent(report_dir, run_dir):
+def test_report_numbers_are_consistent(report_dir, run_dir, data_dir):
     numbers = json.loads((report_dir / REPORT_JSON).read_text())
     assert numbers["n"] == TEST_N and set(numbers["ordinal"]) == {"baseline", "lora", "classical"}
     for name in ("baseline", "lora", "classical"):
@@ -88,9 +79,9 @@ def test_report_numbers_are_consistent(report_dir, run_dir):
         assert ci["accuracy"]["low"] <= numbers[name]["accuracy"] <= ci["accuracy"]["high"]
         assert numbers["calibration"][name]["ece"] == numbers["ece"][name]
         assert sum(b["count"] for b in numbers["calibration"][name]["bins"]) == TEST_N
-    assert numbers["classical_fit"]["train_fingerprint"] == run_record(run_dir)[1]["data"]["train"]["fingerprint"]
+    assert numbers["classical_fit"]["train_fingerprint"] == read_run(run_dir)[1].data.train.fingerprint
     # report.json carries numbers only: no review of the sample is quoted in it
-    test_rows = sample_split(load_split(data_dir(), "test"), TEST_N, 42)
+    test_rows = sample_split(load_split(str(data_dir), "test"), TEST_N, 42)
     raw = (report_dir / REPORT_JSON).read_text()
     assert not any(text[:60] in raw for text in test_rows.texts)
 
@@ -139,20 +130,21 @@ def test_report_renders_in_headless_chromium(report_dir):
 
 
 def test_classical_baseline_trains_on_the_adapters_rows(run_dir):
-    _, record = run_record(run_dir)
+    _, record = read_run(run_dir)
     train, validation = training_rows(record)
-    assert train.fingerprint() == record["data"]["train"]["fingerprint"] and len(train) == 64
-    assert validation.fingerprint() == record["data"]["validation"]["fingerprint"]
+    rows = MINILM_RUN["train_samples"]
+    assert train.fingerprint() == record.data.train.fingerprint and len(train) == rows
+    assert validation.fingerprint() == record.data.validation.fingerprint
     assert not set(train.row_ids) & set(validation.row_ids)
     fitted = fit_classical(run_dir / "adapter")  # the adapter directory finds its run too
-    assert fitted.summary["train_rows"] == 64 and fitted.summary["train_fingerprint"] == train.fingerprint()
+    assert fitted.summary.train_rows == rows and fitted.summary.train_fingerprint == train.fingerprint()
     probabilities = fitted.probabilities(validation.texts[:5])
     assert probabilities.shape == (5, 5) and np.allclose(probabilities.sum(axis=1), 1)
 
 
 def test_classical_refuses_when_rows_differ(run_dir, tmp_path, capsys):
     record = json.loads((run_dir / "run.json").read_text())
-    record["config"]["data"]["train_samples"] = 63  # run.json no longer describes the rows it fingerprinted
+    record["config"]["data"]["train_samples"] = MINILM_RUN["train_samples"] - 1  # run.json no longer describes the rows it fingerprinted
     (tmp_path / "run.json").write_text(json.dumps(record))
     with pytest.raises(DataError, match="fingerprint"):
         fit_classical(tmp_path)
@@ -166,7 +158,7 @@ def test_bad_report_and_sweep_requests_are_one_line_errors(tmp_path, capsys):
     assert "run.json not found" in capsys.readouterr().err
     assert cli.main(["report", str(tmp_path), "--resamples", "0"]) == 2
     assert "--resamples must be at least 1" in capsys.readouterr().err
-    assert cli.main(["train", "--config", CONFIG, "--seeds", "0", "--output-dir", str(tmp_path)]) == 2
+    assert cli.main(["train", "--config", DEMO_CONFIG, "--seeds", "0", "--output-dir", str(tmp_path)]) == 2
     assert "--seeds must be at least 1" in capsys.readouterr().err
 
 
@@ -180,11 +172,12 @@ def test_compare_with_classical(run_dir, tmp_path, capsys):
     assert set(result["mcnemar"]) == {"lora_vs_baseline", "lora_vs_classical"}
 
 
-def test_long_steps_print_plain_lines_off_a_terminal(run_dir, capsys):
-    from yelp_lora.model import load_adapter, predict_logits
+def test_long_steps_print_plain_lines_off_a_terminal(run_dir, data_dir, capsys):
+    from yelp_lora.modeling.base import load_adapter
+    from yelp_lora.modeling.forward import predict_logits
 
     model, tokenizer = load_adapter(run_dir / "adapter")
-    rows = sample_split(load_split(data_dir(), "train"), 10, 0)
+    rows = sample_split(load_split(str(data_dir), "train"), 10, 0)
     tokenize(rows, tokenizer, 64)
     predict_logits(model, tokenizer, rows.texts, batch_size=4, progress=True, desc="Scoring")
     err = capsys.readouterr().err
@@ -192,8 +185,8 @@ def test_long_steps_print_plain_lines_off_a_terminal(run_dir, capsys):
     assert "Tokenising train: 100% 10/10" in err and "Scoring: 100% 3/3" in err
 
 
-def test_seed_sweep(tmp_path, capsys):
-    args = ["train", "--config", CONFIG, "--data", data_dir(), "--train-samples", "32", "--val-samples", "20",
+def test_seed_sweep(data_dir, tmp_path, capsys):
+    args = ["train", "--config", DEMO_CONFIG, "--data", str(data_dir), "--train-samples", "32", "--val-samples", "20",
             "--max-steps", "2", "--seeds", "2", "--compare-n", "10", "--output-dir", str(tmp_path)]
     assert cli.main(args) == 0
     summary = json.loads((tmp_path / "sweep.json").read_text())
@@ -209,8 +202,8 @@ def test_seed_sweep(tmp_path, capsys):
 def test_sweep_reuses_only_a_seed_finished_with_the_same_config(run_dir):
     record = json.loads((run_dir / "run.json").read_text())
     config = RunConfig.model_validate(record["config"])
-    assert finished_run(run_dir, config) == record
-    other_seed = config.model_copy(update={"train": config.train.model_copy(update={"seed": 7})})
+    assert finished_run(run_dir, config).model_dump(mode="json") == record
+    other_seed = config.model_copy(update={"train": config.train.model_copy(update={"seed": config.train.seed + 1})})
     assert finished_run(run_dir, other_seed) is None
 
 

@@ -11,21 +11,16 @@ import time
 
 import httpx
 import pytest
-from deploy_helpers import Server, predict_cli, review_texts, tiny_registry, tiny_run
+from support import Server, review_texts
 
 pytestmark = pytest.mark.slow
 API_KEY = "test-key-7f3a"
 
 
 @pytest.fixture(scope="module")
-def serve_registry(tmp_path_factory):
-    return tiny_registry(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def server(serve_registry, tmp_path_factory):
+def server(registry, tmp_path_factory):
     log = tmp_path_factory.mktemp("serve") / "serve.log"
-    running = Server("--alias", "production", "--registry", str(serve_registry), "--api-key", API_KEY, log=log)
+    running = Server("--alias", "production", "--registry", str(registry), "--api-key", API_KEY, log=log)
     yield running.wait_ready()
     assert running.stop() == -signal.SIGTERM and "Finished server process" in log.read_text()
 
@@ -37,10 +32,9 @@ def client(server):
 
 
 @pytest.fixture(scope="module")
-def expected(serve_registry):
+def expected(predicted):
     """{text: what `yelp-lora predict --json` answers} for the real reviews used here."""
-    texts = review_texts()
-    return {text: answer for text, answer in zip(texts, predict_cli(serve_registry, texts))}
+    return dict(zip(review_texts(), predicted))
 
 
 def assert_same_answer(result: dict, predicted: dict) -> None:
@@ -57,12 +51,12 @@ def metric(text: str, name: str, labels: str = "") -> float:
     return float(match.group(1))
 
 
-def test_classify_answers_equal_predict_cli(client, expected, serve_registry):
+def test_classify_answers_equal_predict_cli(client, expected, registry):
     texts = list(expected)
     response = client.post("/v1/classify", json={"texts": texts})
     assert response.status_code == 200, response.text
     body = response.json()
-    manifest = json.loads((serve_registry / "v1" / "manifest.json").read_text())
+    manifest = json.loads((registry / "v1" / "manifest.json").read_text())
     assert body["model"] == {"version": "v1", "base_model": "minilm", "adapter_sha256": manifest["adapter_sha256"]}
     assert len(body["results"]) == len(texts)
     for result, text in zip(body["results"], texts):
@@ -162,13 +156,13 @@ def test_api_key_is_required_on_v1(server):
         assert httpx.get(f"{server.url}{open_path}").status_code == 200, open_path
 
 
-def test_health_model_metrics_openapi_and_page(client, serve_registry):
+def test_health_model_metrics_openapi_and_page(client, registry):
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz").json()
     assert ready["status"] == "ready" and ready["model"]["version"] == "v1"
 
     model = client.get("/v1/model").json()
-    manifest = json.loads((serve_registry / "v1" / "manifest.json").read_text())
+    manifest = json.loads((registry / "v1" / "manifest.json").read_text())
     assert model["manifest"] == manifest and model["model"]["adapter_sha256"] == manifest["adapter_sha256"]
     assert model["manifest"]["metrics"]["validation_best"]["macro_f1"] >= 0
     assert model["limits"]["max_texts_per_request"] == 64 and model["limits"]["max_tokens_per_text"] == 256
@@ -192,8 +186,8 @@ def test_health_model_metrics_openapi_and_page(client, serve_registry):
     assert client.get("/static/app.js").status_code == 200
 
 
-def test_sigterm_lets_in_flight_requests_finish(tiny_run_dir_for_serve, tmp_path):
-    server = Server("--adapter", str(tiny_run_dir_for_serve), log=tmp_path / "serve.log").wait_ready()
+def test_sigterm_lets_in_flight_requests_finish(minilm_run, tmp_path):
+    server = Server("--adapter", str(minilm_run), log=tmp_path / "serve.log").wait_ready()
     texts = [review_texts()[-1]] * 24  # the longest review, cut at 256 tokens: seconds of model work
     answer: dict = {}
 
@@ -219,7 +213,3 @@ def test_sigterm_lets_in_flight_requests_finish(tiny_run_dir_for_serve, tmp_path
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{server.url}/healthz")
 
-
-@pytest.fixture(scope="module")
-def tiny_run_dir_for_serve(tmp_path_factory):
-    return tiny_run(tmp_path_factory)

@@ -19,11 +19,9 @@ from xml.etree import ElementTree
 import httpx
 import pytest
 
-from deploy_helpers import REPO, Server, review_texts
-from fault_helpers import build_tiny_bert, run_cli, shared_data_dir, tiny_train_args
+from support import Server, review_texts
 
-sys.path.insert(0, str(REPO / "benchmarks"))
-from serve_stress import request_bodies, run_load  # noqa: E402  (the benchmark's own load generator)
+from yelp_lora.bench.load import request_bodies, run_load  # the stress benchmark's own load generator
 
 pytestmark = pytest.mark.slow
 API_KEY = "stress-key-51c0"
@@ -32,11 +30,9 @@ RSS_GROWTH_LIMIT_MIB = 50  # generous (warm-up moves RSS 10-20 MiB here); a leak
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tiny_run, tmp_path_factory):
     root = tmp_path_factory.mktemp("stress")
-    trained = run_cli(*tiny_train_args(build_tiny_bert(root / "tiny-bert"), shared_data_dir(), root / "run", "--max-steps", "1"))
-    assert trained.returncode == 0, trained.stderr[-3000:]
-    running = Server("--adapter", str(root / "run"), "--api-key", API_KEY, log=root / "serve.log")
+    running = Server("--adapter", str(tiny_run), "--api-key", API_KEY, log=root / "serve.log")
     yield running.wait_ready()
     assert running.stop() == -signal.SIGTERM, "the server still shuts down cleanly after the load and the fuzzing"
 

@@ -7,10 +7,14 @@ import pytest
 import torch
 from torch import nn
 
-from yelp_lora import data as data_stage
-from yelp_lora import model as model_stage
-from yelp_lora import train as train_stage
-from yelp_lora.config import ConfigError, load_config
+from yelp_lora.config import load_config
+from yelp_lora.data.sampling import sample_split
+from yelp_lora.data.sources import load_split
+from yelp_lora.data.tokenize import tokenize
+from yelp_lora.errors import ConfigError
+from yelp_lora.modeling.base import load_tokenizer
+from yelp_lora.training.recipe import build_training_model, step_batches, training_arguments
+from yelp_lora.training.trainer import StepSortedSampler, lora_trainer_class
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
@@ -21,7 +25,7 @@ def test_each_step_holds_the_rows_a_random_order_would_give_it_sorted_by_length(
     micro, per_step = 4, 4
     step = micro * per_step
     torch.manual_seed(11)
-    order = list(train_stage.StepSortedSampler(lengths, micro, per_step))
+    order = list(StepSortedSampler(lengths, micro, per_step))
     torch.manual_seed(11)
     random_order = torch.randperm(len(lengths)).tolist()  # what the sampler draws from the same seed
     assert sorted(order) == list(range(len(lengths)))
@@ -49,20 +53,20 @@ def test_each_step_holds_the_rows_a_random_order_would_give_it_sorted_by_length(
     ],
 )
 def test_step_batches(overrides, device, expected):
-    assert train_stage.step_batches(load_config(None, overrides).train, device) == expected
+    assert step_batches(load_config(None, overrides).train, device) == expected
 
 
 def test_a_micro_batch_that_does_not_divide_the_step_is_refused():
     config = load_config(None, {"train.micro_batch_size": 5})
     with pytest.raises(ConfigError, match=r"train.micro_batch_size 5 must divide the training batch size 16"):
-        train_stage.step_batches(config.train, CPU)
+        step_batches(config.train, CPU)
 
 
 def test_micro_batches_accumulate_to_the_steps_mean_loss_and_gradient(tiny_bert_dir, data_dir, tmp_path):
     """One step over the same 16 rows: 4 micro-batches of 4 against one batch of 16, dropout off."""
-    rows = data_stage.sample_split(data_stage.load_split(str(data_dir), "train"), 16, seed=3)
-    tokenizer = model_stage.load_tokenizer(str(tiny_bert_dir))
-    dataset = data_stage.tokenize(rows, tokenizer, 64)
+    rows = sample_split(load_split(str(data_dir), "train"), 16, seed=3)
+    tokenizer = load_tokenizer(str(tiny_bert_dir))
+    dataset = tokenize(rows, tokenizer, 64)
     from transformers import DataCollatorWithPadding
 
     logged = {}
@@ -72,13 +76,13 @@ def test_micro_batches_accumulate_to_the_steps_mean_loss_and_gradient(tiny_bert_
             "train.precision": "fp32", "train.micro_batch_size": micro, "train.max_steps": 1,
             "train.logging_steps": 1,
         })
-        model = train_stage.build_training_model(config, CPU)
+        model = build_training_model(config, CPU)
         for module in model.modules():
             if isinstance(module, nn.Dropout):
                 module.p = 0.0
-        args = train_stage.training_arguments(config, tmp_path / str(micro), CPU, resume_possible=False,
+        args = training_arguments(config, tmp_path / str(micro), CPU, resume_possible=False,
                                               eval_strategy="no", disable_tqdm=True)
-        trainer = train_stage.lora_trainer_class()(
+        trainer = lora_trainer_class()(
             model=model, args=args, train_dataset=dataset, data_collator=DataCollatorWithPadding(tokenizer),
         )
         trainer.train()

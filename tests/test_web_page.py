@@ -6,7 +6,7 @@ import shutil
 
 import httpx
 import pytest
-from deploy_helpers import Server, review_texts, tiny_registry
+from support import Server, review_texts
 
 pytestmark = pytest.mark.slow
 API_KEY = "page-key-51c2"
@@ -18,8 +18,7 @@ CHROMIUM_FLAGS = (
 
 
 @pytest.fixture(scope="module")
-def page_server(tmp_path_factory):
-    registry = tiny_registry(tmp_path_factory)
+def page_server(registry, tmp_path_factory):
     log = tmp_path_factory.mktemp("page-serve") / "serve.log"
     running = Server("--version", "v1", "--registry", str(registry), "--api-key", API_KEY, log=log)
     yield running.wait_ready()

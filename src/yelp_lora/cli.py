@@ -1,4 +1,10 @@
-"""`yelp-lora`: a thin command line over the stages (config, data, model, train, evaluate, predict)."""
+"""`yelp-lora`: a thin command line over the stages (config, data, modeling, training, evaluation,
+registry, inference, serving, bench).
+
+Each flag that sets a field of a settings model is declared once, here, under that field's name
+(`dest`): `--lr` sets `train.learning_rate` of the run config, `--n` sets `n` of EvalSettings. A
+flag not given is not passed on, so every default lives in its settings model (config.py).
+"""
 
 from __future__ import annotations
 
@@ -8,136 +14,117 @@ import os
 import sys
 from pathlib import Path
 
-# Tokenisers run inside our own batching; a second thread pool per process only oversubscribes the CPU.
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+SUPPRESS = argparse.SUPPRESS
 
 
-class UserError(Exception):
-    """A mistake in what the user asked for: printed as one clear line, never a traceback."""
+def _setting(parser: argparse.ArgumentParser, flag: str, dest: str, **options) -> None:
+    """A flag that sets settings field `dest` when given, and passes nothing when not."""
+    parser.add_argument(flag, dest=dest, default=SUPPRESS, **options)
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from yelp_lora.atomic import SaveError
-    from yelp_lora.config import ConfigError
-    from yelp_lora.data import DataError
-    from yelp_lora.model import ModelError
-
-    return (UserError, ConfigError, DataError, ModelError, SaveError)
+def _given(args: argparse.Namespace, fields) -> dict:
+    """The settings fields the user set, by name."""
+    return {name: getattr(args, name) for name in fields if hasattr(args, name)}
 
 
-def _write_json(path: str | None, payload: dict) -> None:
+def _write_json(path: str | None, record) -> None:
+    """Write a record (pydantic) or a plain dict as the command's JSON file."""
     if path:
-        from yelp_lora.atomic import atomic_write_text
+        from yelp_lora.util.atomic import atomic_write_text
 
-        atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
+        text = record.to_json() if hasattr(record, "to_json") else json.dumps(record, indent=2) + "\n"
+        atomic_write_text(path, text)
         print(f"JSON written to {path}", file=sys.stderr)
+
+
+def _eval_settings(args: argparse.Namespace, **values):
+    from yelp_lora.config import EvalSettings, build_settings
+
+    return build_settings(EvalSettings, **{**_given(args, EvalSettings.model_fields), **values})
 
 
 # ---------------------------------------------------------------- commands
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from yelp_lora.config import load_config
-    from yelp_lora.train import format_summary, train
+    from yelp_lora.config import load_config, parse_set
+    from yelp_lora.errors import UserError
+    from yelp_lora.training.recipe import format_run_summary, train
 
-    config = load_config(
-        args.config,
-        {
-            "model.name_or_path": args.model,
-            "model.max_length": args.max_length,
-            "model.attention": args.attention,
-            "model.attention_dropout": args.attention_dropout,
-            "data.source": args.data,
-            "data.train_samples": args.train_samples,
-            "data.val_samples": args.val_samples,
-            "data.skip_bad_rows": True if args.skip_bad_rows else None,
-            "train.epochs": args.epochs,
-            "train.max_steps": args.max_steps,
-            "train.learning_rate": args.lr,
-            "train.seed": args.seed,
-            "train.train_batch_size": args.batch_size,
-            "train.micro_batch_size": args.micro_batch_size,
-            "train.pad_to_max_length": True if args.pad_to_max_length else None,
-            "train.precision": args.precision,
-            "train.save_steps": args.save_steps,
-            "train.logging_steps": args.logging_steps,
-        },
-    )
+    overrides = {dest: value for dest, value in vars(args).items() if "." in dest}
+    config = load_config(args.config, {**overrides, **parse_set(args.set)})
     if args.seeds is not None:
-        from yelp_lora.sweep import SWEEP_FILE, format_sweep, sweep
+        from yelp_lora.evaluation.seeds import SWEEP_FILE, format_sweep, sweep
 
         if args.seeds < 1:
             raise UserError(f"--seeds must be at least 1, not {args.seeds}")
         if args.resume:
             raise UserError("--seeds reruns only unfinished seeds by itself; drop --resume")
-        summary = sweep(config, args.output_dir, args.seeds, n=args.compare_n)
+        settings = _eval_settings(argparse.Namespace(), **({"n": args.compare_n} if args.compare_n else {}))
+        summary = sweep(config, args.output_dir, args.seeds, settings)
         print(format_sweep(summary))
         print(f"Sweep written to {Path(args.output_dir) / SWEEP_FILE} (one run per seed in seed-S/)")
         return
     record = train(config, args.output_dir, resume=args.resume)
     if record:
-        print(format_summary(record))
+        print(format_run_summary(record))
         print(f"Run written to {args.output_dir}/ (adapter/, run.json)")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from yelp_lora.evaluate import evaluate
-    from yelp_lora.metrics import format_detailed
+    from yelp_lora.evaluation.evaluate import evaluate, format_detailed
 
-    result = evaluate(args.adapter, args.data, args.split, args.n, args.seed, args.skip_bad_rows, args.batch_size)
-    print(f"===== {args.split} (N={result['n']}) =====")
+    settings = _eval_settings(args)
+    result = evaluate(args.adapter, settings)
+    print(f"===== {settings.split} (N={result.n}) =====")
     print(format_detailed(result))
     _write_json(args.json, result)
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
-    from yelp_lora.evaluate import compare
+    from yelp_lora.evaluation.evaluate import compare
 
-    result = compare(
-        args.adapter, args.data, args.n, args.seed, args.skip_bad_rows, args.batch_size, args.with_classical
-    )
-    _show_comparison(result, args.json)
+    _show_comparison(compare(args.adapter, _eval_settings(args)), args.json)
 
 
-def _show_comparison(result: dict, json_file: str | None) -> None:
-    from yelp_lora.evaluate import format_compare
+def _show_comparison(result, json_file: str | None) -> None:
+    from yelp_lora.evaluation.evaluate import format_compare
 
     print(format_compare(result))
     _write_json(json_file, result)
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from yelp_lora.report import REPORT_HTML, REPORT_MD, build_report
+    from yelp_lora.evaluation.report import REPORT_HTML, REPORT_MD, build_report
 
-    if args.resamples < 1 or args.n < 1:
-        raise UserError(f"--n and --resamples must be at least 1 (got --n {args.n}, --resamples {args.resamples})")
-    out, comparison = build_report(
-        args.run_dir, args.out, args.data, args.n, args.seed, args.batch_size, not args.no_classical,
-        args.resamples, args.skip_bad_rows,
-    )
+    out, comparison = build_report(args.run_dir, _eval_settings(args), args.out)
     if args.compare_json:  # the sample is scored once for both
         _show_comparison(comparison, args.compare_json)
     print(f"Report written to {out / REPORT_HTML} (and {REPORT_MD}, report.json, PNG figures beside them)")
 
 
 def _read_inputs(args: argparse.Namespace) -> list[str]:
-    from yelp_lora.data import check_input_text, iter_texts
+    from yelp_lora.data.rows import check_input_text, iter_texts
+    from yelp_lora.errors import DataError, UserError
 
     texts = [check_input_text(f"argument {i + 1}", text) for i, text in enumerate(args.texts)]
     if args.input:
-        texts += [check_input_text(f"{args.input}: {where}", text) for where, text in iter_texts(Path(args.input))]
+        for row in iter_texts(Path(args.input)):
+            if row.problem:
+                raise DataError(f"{args.input}: {row.where}: {row.problem}")
+            texts.append(row.text)
     if not texts:
         raise UserError("nothing to predict: give review texts as arguments or --input FILE")
     return texts
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from yelp_lora.predict import format_prediction
+    from yelp_lora.inference.predictor import format_prediction
 
     if args.output:
         return _predict_file(args)
     texts = _read_inputs(args)
-    predictor = _load_predictor(args, bf16=args.bf16, batch_size=args.batch_size, backend=args.backend)
+    predictor = _load_predictor(args, batch_size=args.batch_size)
     predictions = predictor.predict(texts, progress=len(texts) > predictor.batch_size)
     if args.json:
         print(json.dumps([{"text": t, **p.as_dict()} for t, p in zip(texts, predictions)], indent=2, ensure_ascii=False))
@@ -147,21 +134,22 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def _predict_file(args: argparse.Namespace) -> None:
-    from yelp_lora.batch import format_summary, predict_file
+    from yelp_lora.errors import UserError
+    from yelp_lora.inference.batch import format_batch_summary, predict_file
 
     if args.texts or not args.input:
         raise UserError("--output predicts a whole --input FILE; give no review texts as arguments")
     if args.adapter:
         adapter = args.adapter
     else:
-        from yelp_lora.registry import Registry
+        from yelp_lora.registry.store import Registry
 
         adapter, _ = Registry(args.registry).open(args.version or args.alias)  # verified before use
     summary = predict_file(
         adapter, args.input, args.output, chunk_rows=args.chunk_size, resume=args.resume,
         skip_bad_rows=args.skip_bad_rows, bf16=args.bf16, batch_size=args.batch_size, backend=args.backend,
     )
-    print(format_summary(summary), file=sys.stderr)
+    print(format_batch_summary(summary), file=sys.stderr)
     if summary["rank"] == 0:
         print(f"Predictions written to {args.output}", file=sys.stderr)
     _write_json(args.json_summary, summary)
@@ -169,29 +157,32 @@ def _predict_file(args: argparse.Namespace) -> None:
 
 def _load_predictor(args: argparse.Namespace, **options):
     """The Predictor named by --adapter DIR, or by --version / --alias from the registry (verified)."""
-    from yelp_lora.predict import Predictor
+    from yelp_lora.inference.predictor import Predictor
 
+    options.update(bf16=args.bf16, backend=args.backend)
     if args.adapter:
         return Predictor(args.adapter, **options)
     return Predictor.from_registry(args.version or args.alias, args.registry, **options)
 
 
 def cmd_registry(args: argparse.Namespace) -> None:
-    from yelp_lora.registry import Registry, format_version_line
+    from yelp_lora.errors import UserError
+    from yelp_lora.registry.card import format_version_line
+    from yelp_lora.registry.store import Registry
 
     registry = Registry(args.registry)
     if args.action == "add":
         manifest = registry.add(args.run_dir, args.name)
-        print(f"Registered {args.run_dir} as {manifest['version']} in {registry.root}/ (adapter sha256 {manifest['adapter_sha256']})")
-        same = [v for v in registry.versions()[:-1] if registry.manifest(v)["adapter_sha256"] == manifest["adapter_sha256"]]
+        print(f"Registered {args.run_dir} as {manifest.version} in {registry.root}/ (adapter sha256 {manifest.adapter_sha256})")
+        same = [v for v in registry.versions()[:-1] if registry.manifest(v).adapter_sha256 == manifest.adapter_sha256]
         if same:
             print(f"note: same adapter weights as {', '.join(same)}")
     elif args.action == "list":
-        versions = registry.versions()
-        print("\n".join(format_version_line(registry, v) for v in versions) or f"registry {registry.root} is empty")
+        lines = [format_version_line(registry.manifest(v), registry.aliases_of(v)) for v in registry.versions()]
+        print("\n".join(lines) or f"registry {registry.root} is empty")
     elif args.action == "show":
         manifest = registry.manifest(args.ref)
-        print(json.dumps({**manifest, "aliases": registry.aliases_of(manifest["version"])}, indent=2))
+        print(json.dumps({**manifest.model_dump(mode="json"), "aliases": registry.aliases_of(manifest.version)}, indent=2))
     elif args.action == "promote":
         print(f"{args.alias} -> {registry.promote(args.ref, args.alias)}")
     elif args.action == "verify":
@@ -199,11 +190,12 @@ def cmd_registry(args: argparse.Namespace) -> None:
         if not refs:
             raise UserError(f"registry {registry.root} holds no versions to verify")
         for ref in refs:
-            print(f"{registry.verify(ref)['version']}: ok, every file matches its sha256")
+            print(f"{registry.verify(ref).version}: ok, every file matches its sha256")
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from yelp_lora.registry import Registry, export_merged
+    from yelp_lora.registry.export import export_merged
+    from yelp_lora.registry.store import Registry
 
     target = export_merged(Registry(args.registry), args.ref, args.merged)
     print(f"Merged model written to {target}/; load it with "
@@ -211,36 +203,40 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    from yelp_lora.serve import ServeSettings, serve
+    from yelp_lora.config import ServeSettings, build_settings
+    from yelp_lora.serving.app import serve
 
-    given = {"max_texts": args.max_texts, "max_chars": args.max_chars, "max_batch": args.max_batch,
-             "max_wait_ms": args.max_wait_ms, "api_key": args.api_key or os.environ.get("YELP_LORA_API_KEY")}
-    settings = ServeSettings(**{key: value for key, value in given.items() if value is not None})
-    if min(settings.max_texts, settings.max_chars, settings.max_batch) < 1 or settings.max_wait_ms < 0:
-        raise UserError("--max-texts, --max-chars and --max-batch must be positive, --max-wait-ms not negative")
-    if settings.max_batch < settings.max_texts:
-        raise UserError(f"--max-batch ({settings.max_batch}) must be at least --max-texts ({settings.max_texts})")
+    settings = build_settings(ServeSettings, **_given(args, ServeSettings.model_fields))  # bad limits fail before loading
     # The worker gathers up to --max-batch texts; the predictor runs them in its own length-sorted batches.
-    predictor = _load_predictor(args, bf16=args.bf16, backend=args.backend)
-    serve(predictor, host=args.host, port=args.port, settings=settings)
+    serve(_load_predictor(args), host=args.host, port=args.port, settings=settings)
 
 
 def cmd_mcp(args: argparse.Namespace) -> None:
-    from yelp_lora.agent import build_server
+    from yelp_lora.serving.agent import build_server
 
-    build_server(_load_predictor(args, bf16=args.bf16, backend=args.backend)).run(**_mcp_transport(args))
-
-
-def _mcp_transport(args: argparse.Namespace) -> dict:
-    if args.transport == "stdio":
-        return {"transport": "stdio"}
-    return {"transport": "streamable-http", "host": args.host, "port": args.port}
+    transport = {"transport": "stdio"} if args.transport == "stdio" else {
+        "transport": "streamable-http", "host": args.host, "port": args.port}
+    build_server(_load_predictor(args)).run(**transport)
 
 
 def cmd_tool_schema(args: argparse.Namespace) -> None:
-    from yelp_lora.agent import openai_tool_schema
+    from yelp_lora.serving.agent import openai_tool_schema
 
     print(json.dumps(openai_tool_schema(), indent=2))
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from yelp_lora.bench.report import format_report
+    from yelp_lora.bench.run import run_bench
+    from yelp_lora.config import QUICK_BENCH, BenchSettings, build_settings
+
+    settings = build_settings(BenchSettings, **{**(QUICK_BENCH if args.quick else {}), **_given(args, BenchSettings.model_fields)})
+    result = run_bench(settings, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    print(format_report(result))
+    _write_json(args.json, result)
+
+
+# ---------------------------------------------------------------- parser
 
 
 def _add_model_source(parser: argparse.ArgumentParser) -> None:
@@ -258,94 +254,83 @@ def _add_registry_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--registry", metavar="DIR", help="registry directory (default: $YELP_LORA_REGISTRY or ./registry)")
 
 
-def cmd_bench(args: argparse.Namespace) -> None:
-    from yelp_lora.bench import QUICK, BenchSettings, format_report, run_bench
-
-    settings = BenchSettings(model=args.model, adapter=args.adapter, service=not args.no_service, skip=args.skip)
-    explicit = {name: getattr(args, name) for name in ("samples", "predict_samples") if getattr(args, name) is not None}
-    for name, value in {**(QUICK if args.quick else {}), **explicit}.items():
-        setattr(settings, name, value)
-    if args.model not in ("minilm", "bert-base") and not Path(args.model).is_dir():
-        raise UserError(f"--model {args.model!r}: expected minilm, bert-base or a model directory")
-    result = run_bench(settings, progress=lambda line: print(line, file=sys.stderr, flush=True))
-    print(format_report(result))
-    _write_json(args.json, result)
+DATA_HELP = "hub data set id, directory with train/test files, or one file (CSV, JSONL, Parquet)"
+SKIP_HELP = "skip and count bad rows instead of stopping"
 
 
-# ---------------------------------------------------------------- parser
+def _add_eval_options(parser: argparse.ArgumentParser, n_help: str = "seeded stratified sample size (default 500)") -> None:
+    _setting(parser, "--data", "data", help=DATA_HELP + " (default: the data the adapter was trained on)")
+    _setting(parser, "--skip-bad-rows", "skip_bad_rows", action="store_true", help=SKIP_HELP)
+    _setting(parser, "--n", "n", type=int, help=n_help)
+    _setting(parser, "--seed", "seed", type=int, help="sample seed (default 42)")
+    _setting(parser, "--batch-size", "batch_size", type=int, help="texts per forward pass (default 64)")
 
 
-def _add_data_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", help="hub data set id, directory with train/test files, or one file (CSV, JSONL, Parquet)")
-    parser.add_argument("--skip-bad-rows", action="store_true", help="skip and count bad rows instead of stopping")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="yelp-lora", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _add_train_parser(sub) -> None:
     p = sub.add_parser("train", help="fine-tune with LoRA; writes DIR/adapter/ and DIR/run.json")
     p.add_argument("--config", help="YAML preset, e.g. configs/demo.yaml or configs/seed.yaml")
-    p.add_argument("--model", help="hub id, local directory, or 'minilm' (the packaged model)")
-    _add_data_options(p)
-    p.add_argument("--train-samples", type=int, help="seeded stratified subsample of the train split")
-    p.add_argument("--val-samples", type=int, help="validation rows carved from train")
-    p.add_argument("--epochs", type=float)
-    p.add_argument("--max-steps", type=int, help="stop after N optimizer steps")
-    p.add_argument("--lr", type=float, help="peak learning rate (linear decay)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--batch-size", type=int, help="training batch size (rows per optimizer step)")
-    p.add_argument(
-        "--micro-batch-size", type=int,
-        help="rows per forward pass of a length-sorted step (divides --batch-size; default: 4 on CPU, 16 on CUDA)",
-    )
-    p.add_argument("--max-length", type=int, help="tokens per review (longer ones are cut)")
-    p.add_argument("--pad-to-max-length", action="store_true", help="pad every text to max length (fixed shapes)")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"])
-    p.add_argument("--attention", choices=["auto", "sdpa", "eager"], help="attention kernel (auto: eager on CPU, sdpa on CUDA)")
-    p.add_argument("--attention-dropout", type=float, help="dropout on attention probabilities (default: the base model's)")
-    p.add_argument("--save-steps", type=int, help="checkpoint every N steps so --resume can continue")
+    _setting(p, "--model", "model.name_or_path", help="hub id, local directory, or 'minilm' (the packaged model)")
+    _setting(p, "--data", "data.source", help=DATA_HELP)
+    _setting(p, "--skip-bad-rows", "data.skip_bad_rows", action="store_true", help=SKIP_HELP)
+    _setting(p, "--train-samples", "data.train_samples", type=int, help="seeded stratified subsample of the train split")
+    _setting(p, "--val-samples", "data.val_samples", type=int, help="validation rows carved from train")
+    _setting(p, "--epochs", "train.epochs", type=float)
+    _setting(p, "--max-steps", "train.max_steps", type=int, help="stop after N optimizer steps")
+    _setting(p, "--lr", "train.learning_rate", type=float, help="peak learning rate (linear decay)")
+    _setting(p, "--seed", "train.seed", type=int)
+    _setting(p, "--batch-size", "train.train_batch_size", type=int, help="training batch size (rows per optimizer step)")
+    _setting(p, "--micro-batch-size", "train.micro_batch_size", type=int,
+             help="rows per forward pass of a length-sorted step (divides --batch-size; default: 4 on CPU, 16 on CUDA)")
+    _setting(p, "--max-length", "model.max_length", type=int, help="tokens per review (longer ones are cut)")
+    _setting(p, "--pad-to-max-length", "train.pad_to_max_length", action="store_true",
+             help="pad every text to max length (fixed shapes)")
+    _setting(p, "--precision", "train.precision", choices=["auto", "fp32", "bf16"])
+    _setting(p, "--attention", "model.attention", choices=["auto", "sdpa", "eager"],
+             help="attention kernel (auto: eager on CPU, sdpa on CUDA)")
+    _setting(p, "--attention-dropout", "model.attention_dropout", type=float,
+             help="dropout on attention probabilities (default: the base model's)")
+    _setting(p, "--save-steps", "train.save_steps", type=int, help="checkpoint every N steps so --resume can continue")
+    _setting(p, "--logging-steps", "train.logging_steps", type=int, help="log loss, learning rate and grad norm every N steps")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="set any config field, e.g. --set lora.r=16 --set lora.target_modules=[query,key,value]")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in DIR")
-    p.add_argument("--logging-steps", type=int, help="log loss, learning rate and grad norm every N steps")
     p.add_argument("--seeds", type=int, metavar="K", help="train seeds SEED..SEED+K-1 into DIR/seed-S/ and report "
                    "mean ± std of the test metrics in DIR/sweep.json")
-    p.add_argument("--compare-n", type=int, default=500, help="with --seeds: test reviews each seed is compared on")
+    p.add_argument("--compare-n", type=int, help="with --seeds: test reviews each seed is compared on (default 500)")
     p.add_argument("--output-dir", required=True, help="run directory to write")
     p.set_defaults(handler=cmd_train)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="yelp-lora", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_train_parser(sub)
+
     p = sub.add_parser("evaluate", help="accuracy, macro-F1, per-class scores and confusion matrix")
     p.add_argument("--adapter", required=True, help="run directory or adapter directory")
-    _add_data_options(p)
-    p.add_argument("--split", default="test", choices=["train", "test"])
-    p.add_argument("--n", type=int, help="seeded stratified sample size (default: all rows)")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--batch-size", type=int, default=64)
+    _add_eval_options(p, n_help="seeded stratified sample size (default: all rows)")
+    _setting(p, "--split", "split", choices=["train", "test"], help="default test")
     p.add_argument("--json", metavar="FILE", help="also write the result as JSON")
-    p.set_defaults(handler=cmd_evaluate)
+    p.set_defaults(handler=cmd_evaluate, n=None)  # every row unless --n
 
     p = sub.add_parser("compare", help="untuned baseline against the adapter on the same test sample")
     p.add_argument("--adapter", required=True, help="run directory or adapter directory")
-    _add_data_options(p)
-    p.add_argument("--n", type=int, default=500)
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--batch-size", type=int, default=64)
+    _add_eval_options(p)
     p.add_argument("--json", metavar="FILE", help="also write the result as JSON")
-    p.add_argument("--with-classical", action="store_true",
-                   help="also TF-IDF + logistic regression, fitted on the adapter's training rows (needs the run dir)")
+    _setting(p, "--with-classical", "with_classical", action="store_true",
+             help="also TF-IDF + logistic regression, fitted on the adapter's training rows (needs the run dir)")
     p.set_defaults(handler=cmd_compare)
 
     p = sub.add_parser("report", help="HTML + Markdown report with figures: curves, ordinal metrics, CIs, calibration")
     p.add_argument("run_dir", metavar="RUN_DIR", help="run directory written by train (adapter/ and run.json)")
-    _add_data_options(p)
-    p.add_argument("--n", type=int, default=500, help="test reviews (seeded stratified sample)")
-    p.add_argument("--seed", type=int, default=42, help="test sample and bootstrap seed")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
-    p.add_argument("--no-classical", action="store_true", help="leave out the TF-IDF + logistic regression baseline")
+    _add_eval_options(p, n_help="test reviews (seeded stratified sample, default 500)")
+    _setting(p, "--resamples", "resamples", type=int, help="bootstrap resamples (default 1000)")
+    _setting(p, "--no-classical", "with_classical", action="store_false",
+             help="leave out the TF-IDF + logistic regression baseline")
     p.add_argument("--out", help="report directory (default RUN_DIR/report); replaced whole")
     p.add_argument("--compare-json", metavar="FILE",
                    help="also print the comparison and write the JSON `compare --json` writes for the same sample")
-    p.set_defaults(handler=cmd_report)
+    p.set_defaults(handler=cmd_report, with_classical=True)
 
     p = sub.add_parser("predict", help="star rating and probabilities for review texts")
     _add_model_source(p)
@@ -387,11 +372,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_source(p)
     p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--api-key", help="require this key on /v1/* (or set YELP_LORA_API_KEY)")
-    p.add_argument("--max-texts", type=int, help="texts per request (default 64)")
-    p.add_argument("--max-chars", type=int, help="characters per text (default 20,000)")
-    p.add_argument("--max-batch", type=int, help="texts per model batch, >= --max-texts (default 64)")
-    p.add_argument("--max-wait-ms", type=float, help="how long a batch waits for more requests (default 0: it takes what is waiting when the model is free)")
+    _setting(p, "--api-key", "api_key", help="require this key on /v1/* (or set YELP_LORA_API_KEY)")
+    _setting(p, "--max-texts", "max_texts", type=int, help="texts per request (default 64)")
+    _setting(p, "--max-chars", "max_chars", type=int, help="characters per text (default 20,000)")
+    _setting(p, "--max-batch", "max_batch", type=int, help="texts per model batch, >= --max-texts (default 64)")
+    _setting(p, "--max-wait-ms", "max_wait_ms", type=float,
+             help="how long a batch waits for more requests (default 0: it takes what is waiting when the model is free)")
     p.set_defaults(handler=cmd_serve)
 
     p = sub.add_parser("mcp", help="Model Context Protocol server with the classify_review_sentiment tool")
@@ -405,24 +391,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_tool_schema)
 
     p = sub.add_parser("bench", help="training and prediction throughput: ours against the usual way, side by side")
-    p.add_argument("--model", default="minilm", help="minilm, bert-base (its shape, random weights) or a model directory")
-    p.add_argument("--adapter", help="adapter for the prediction and service bench (default: the one the bench trains)")
-    p.add_argument("--samples", type=int, help="training rows from train.csv, one pass (default 256)")
-    p.add_argument("--predict-samples", type=int, help="test.csv rows to predict (default 1000: all)")
+    _setting(p, "--model", "model", help="minilm, bert-base (its shape, random weights) or a model directory")
+    _setting(p, "--adapter", "adapter", help="adapter for the prediction and service bench (default: the one the bench trains)")
+    _setting(p, "--samples", "samples", type=int, help="training rows from train.csv, one pass (default 256)")
+    _setting(p, "--predict-samples", "predict_samples", type=int, help="test.csv rows to predict (default 1000: all)")
     p.add_argument("--quick", action="store_true", help="tiny sizes: checks the bench runs, figures mean little")
-    p.add_argument("--no-service", action="store_true", help="leave out the HTTP service bench")
-    p.add_argument("--skip", action="append", default=[], metavar="PATH",
-                   help="leave out a path: usual, ours-fp32, ours (training); pipeline, merged-fp32, merged-bf16, onnx-fp32, onnx-int8")
+    _setting(p, "--no-service", "service", action="store_false", help="leave out the HTTP service bench")
+    _setting(p, "--skip", "skip", action="append", metavar="PATH",
+             help="leave out a path: usual, ours-fp32, ours (training); pipeline, merged-fp32, merged-bf16, onnx-fp32, onnx-int8")
     p.add_argument("--json", metavar="FILE", help="also write the result as JSON")
     p.set_defaults(handler=cmd_bench)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Tokenisers run inside our own batching; a second thread pool per process only oversubscribes the CPU.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
+    from yelp_lora.errors import USER_ERRORS
+    from yelp_lora.modeling.base import quiet_upstream_warnings
+
+    quiet_upstream_warnings()
     try:
         args.handler(args)
-    except _user_errors() as err:
+    except USER_ERRORS as err:
         print(f"yelp-lora {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,12 +1,17 @@
-"""The one typed config of a run, loaded from a YAML preset and overridden from the CLI."""
+"""Every settings model: the run config (a YAML preset plus CLI overrides) and the settings of
+evaluation, serving and the bench. Each is validated when built and immutable afterwards; the
+CLI's flags are named after their fields, so a flag maps to its setting by name alone."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from yelp_lora.errors import ConfigError
 
 LABEL_NAMES: tuple[str, ...] = (
     "strong_negative",
@@ -18,10 +23,6 @@ LABEL_NAMES: tuple[str, ...] = (
 NUM_LABELS = len(LABEL_NAMES)
 ID2LABEL = dict(enumerate(LABEL_NAMES))
 LABEL2ID = {name: i for i, name in ID2LABEL.items()}
-
-
-class ConfigError(ValueError):
-    """A config file or override that cannot make a valid run config."""
 
 
 class _Section(BaseModel):
@@ -44,7 +45,7 @@ class ModelConfig(_Section):
     )
     dropout_kernel: Literal["auto", "torch", "fast"] = Field(
         "auto",
-        description="How training draws dropout masks. fast = 16-bit draws (yelp_lora.dropout), measured ~3x cheaper "
+        description="How training draws dropout masks. fast = 16-bit draws (yelp_lora.modeling.dropout), measured ~3x cheaper "
         "than torch's per-element ones on CPU; auto = fast on CPU, torch on CUDA (its fused kernels).",
     )
 
@@ -122,6 +123,9 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         if value is None:
             continue
         section, _, key = dotted.partition(".")
+        if not key or section not in RunConfig.model_fields:
+            sections = ", ".join(RunConfig.model_fields)
+            raise ConfigError(f"unknown config field {dotted!r}: expected SECTION.KEY with SECTION one of {sections}")
         raw.setdefault(section, {})[key] = value
     try:
         return RunConfig.model_validate(raw)
@@ -131,3 +135,121 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e.get('input')!r})" for e in err.errors()
         )
         raise ConfigError(f"{where}: {problems}") from None
+
+
+def parse_set(assignments: list[str]) -> dict[str, Any]:
+    """`--set train.learning_rate=1e-3` -> {"train.learning_rate": 0.001}; values are read as YAML scalars."""
+    overrides = {}
+    for assignment in assignments:
+        key, sep, text = assignment.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE, e.g. train.learning_rate=1e-3")
+        try:
+            overrides[key.strip()] = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--set {assignment!r}: the value is not valid YAML ({err})") from None
+    return overrides
+
+
+# ---------------------------------------------------------------- command settings
+
+
+class _Settings(BaseModel):
+    """Settings of one command: unknown fields refused, immutable once built."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+
+Settings = TypeVar("Settings", bound=_Settings)
+
+
+def build_settings(model: type[Settings], **values: Any) -> Settings:
+    """`model(**values)`, with every invalid value reported as the flag that set it (--field-name)."""
+    try:
+        return model(**values)
+    except ValidationError as err:
+        raise ConfigError("; ".join(_flag_problem(e) for e in err.errors())) from None
+
+
+def _flag_problem(error: dict) -> str:
+    if not error["loc"]:  # a check across fields: its message names the flags
+        return str(error["msg"]).removeprefix("Value error, ")
+    flag = "--" + "-".join(str(part) for part in error["loc"]).replace("_", "-")
+    if error["type"] == "greater_than_equal":
+        return f"{flag} must be at least {error['ctx']['ge']} (got {error['input']!r})"
+    return f"{flag} {error.get('input')!r}: {str(error['msg']).removeprefix('Value error, ')}"
+
+
+class EvalSettings(_Settings):
+    """How `evaluate`, `compare` and `report` score an adapter on held-out reviews."""
+
+    data: str | None = Field(None, description="Data source; null = the one the adapter was trained on.")
+    split: Literal["train", "test"] = "test"
+    n: int | None = Field(500, ge=1, description="Seeded stratified sample size; null = every row.")
+    seed: int = Field(42, description="Sample (and bootstrap) seed.")
+    batch_size: int = Field(64, ge=1)
+    skip_bad_rows: bool = False
+    with_classical: bool = Field(False, description="Also TF-IDF + logistic regression on the adapter's training rows.")
+    resamples: int = Field(1000, ge=1, description="Bootstrap resamples (report).")
+
+
+MAX_TEXTS_PER_REQUEST = 64
+MAX_REQUEST_TEXT_CHARS = 20_000
+API_KEY_ENV = "YELP_LORA_API_KEY"
+
+
+class ServeSettings(_Settings):
+    """Limits and behaviour of the HTTP service."""
+
+    max_texts: int = Field(MAX_TEXTS_PER_REQUEST, ge=1, description="Texts per request.")
+    max_chars: int = Field(MAX_REQUEST_TEXT_CHARS, ge=1, description="Characters per text.")
+    max_batch: int = Field(MAX_TEXTS_PER_REQUEST, ge=1, description="Texts per model batch; a full request always fits.")
+    # No waiting for company: batches form while the model is busy (docs/deploy.md).
+    max_wait_ms: float = Field(0.0, ge=0.0, description="How long a batch waits for more requests.")
+    api_key: str | None = Field(
+        default_factory=lambda: os.environ.get(API_KEY_ENV) or None,
+        description=f"Key required on /v1/*; default ${API_KEY_ENV}.",
+    )
+
+    @model_validator(mode="after")
+    def _a_request_fits_a_batch(self) -> "ServeSettings":
+        if self.max_batch < self.max_texts:
+            raise ValueError(f"--max-batch ({self.max_batch}) must be at least --max-texts ({self.max_texts})")
+        return self
+
+    @property
+    def max_body_bytes(self) -> int:
+        # Every text at its character limit, at 4 UTF-8 bytes per character (plus JSON framing).
+        return self.max_texts * (self.max_chars * 4 + 16) + 1024
+
+
+class BenchSettings(_Settings):
+    """What `yelp-lora bench` measures, on which model and rows."""
+
+    model: str = Field("minilm", description="minilm, bert-base (its shape, random weights) or a model directory.")
+    adapter: str | None = Field(None, description="Adapter to predict with; default: the one the bench trains.")
+    data: str = "auto"
+    samples: int = Field(256, ge=1, description="Training rows: one pass of samples/batch_size steps.")
+    val_samples: int = Field(200, ge=1)
+    predict_samples: int = Field(1000, ge=1, description="test.csv rows to predict (all of it by default).")
+    batch_size: int = Field(16, ge=1)
+    predict_batch_size: int | None = Field(None, ge=1, description="null: each path's own default.")
+    max_length: int = Field(256, ge=8, le=512)
+    clients: tuple[int, ...] = (1, 8, 32)
+    requests: int = Field(96, ge=1, description="Requests per client level, one review each.")
+    matmul_size: int = Field(2048, ge=1)
+    rounds: int = Field(5, ge=1, description="The paths of each kind take turns: a share of the work per round.")
+    seed: int = 42
+    service: bool = True
+    skip: tuple[str, ...] = Field((), description="Path ids to leave out, e.g. pipeline.")
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, model: str) -> str:
+        if model not in ("minilm", "bert-base") and not Path(model).is_dir():
+            raise ValueError("expected minilm, bert-base or a model directory")
+        return model
+
+
+# `bench --quick`: tiny sizes that check the bench runs; its figures mean little.
+QUICK_BENCH = dict(samples=16, val_samples=8, predict_samples=16, requests=4, matmul_size=512, rounds=2)

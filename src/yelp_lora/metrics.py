@@ -1,4 +1,9 @@
-"""Classification metrics shared by validation, evaluation and reports (scikit-learn's)."""
+"""Classification metrics shared by validation, evaluation and reports (scikit-learn's).
+
+Part of the job's definition, like the labels: training selects its epoch by `headline`'s
+macro-F1 and evaluation reports the same numbers, so both read them from here. The functions
+return plain dicts; the records that carry them across stages are in `artifacts`.
+"""
 
 from __future__ import annotations
 
@@ -41,21 +46,6 @@ def detailed(labels, predictions) -> dict:
     }
 
 
-def format_detailed(result: dict) -> str:
-    lines = [
-        f"Accuracy : {result['accuracy']:.4f}",
-        f"Macro-F1 : {result['macro_f1']:.4f}",
-        "",
-        f"{'label':<16} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>8}",
-    ]
-    for name, row in result["per_class"].items():
-        lines.append(f"{name:<16} {row['precision']:>9.4f} {row['recall']:>9.4f} {row['f1']:>9.4f} {row['support']:>8}")
-    lines += ["", "Confusion matrix (rows: true, columns: predicted)", " " * 16 + "".join(f"{i:>6}" for i in LABEL_IDS)]
-    for name, row in zip(LABEL_NAMES, result["confusion_matrix"]):
-        lines.append(f"{name:<16}" + "".join(f"{count:>6}" for count in row))
-    return "\n".join(lines)
-
-
 def predictions_of(logits) -> np.ndarray:
     return np.asarray(logits).argmax(axis=-1)
 
@@ -95,7 +85,7 @@ def bootstrap_ci(
 
     The same seed draws the same resamples, so intervals of models scored on one sample are paired.
     """
-    from yelp_lora.progress import progress as progress_bar
+    from yelp_lora.util.progress import progress as progress_bar
 
     labels, predictions = np.asarray(labels), np.asarray(predictions)
     rng = np.random.default_rng(seed)

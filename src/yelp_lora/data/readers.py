@@ -1,0 +1,195 @@
+"""One streaming reader for every file format, used by training and by prediction alike.
+
+CSV (a header naming its columns, or the original headerless yelp_review_full `"stars","text"`
+rows), JSONL, Parquet (row group by row group), a hub data set's columns, or, for prediction
+input, any other file as one review per line. One error policy: a problem with the whole file
+(unreadable, columns missing, a quote never closed) is a DataError at once, naming the file; a
+problem with one row (an invalid JSON line, a wrong number of fields) comes back as that row's
+`problem`, and the caller stops on it, naming file and row, or skips and counts it under
+--skip-bad-rows.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from yelp_lora.errors import DataError
+
+SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")
+# csv's default 128 KiB field limit would turn one over-long review into a whole-file
+# "malformed CSV" error; lifted, the row check reports it (and --skip-bad-rows can skip it).
+CSV_FIELD_LIMIT = 2**31 - 1
+PARQUET_BATCH_ROWS = 4096
+LABEL_COLUMNS = ("label", "stars")
+NEEDS_LABEL = "'label' (0-4) or 'stars' (1-5)"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row as read: where it is ('line 12', 'row 3'), a stable id, its values by column, or what is wrong."""
+
+    where: str
+    row_id: str
+    values: dict[str, object] = field(default_factory=dict)
+    problem: str | None = None
+
+
+@dataclass
+class Table:
+    """An opened source: its name for messages, its columns (None where each row has its own, as in
+    JSONL), whether they came from a header line, and its rows, read as they are iterated."""
+
+    name: str
+    columns: list[str] | None
+    rows: Iterator[Row]
+    header_line: bool = False
+
+    def require(self, *, label: bool) -> None:
+        """DataError unless the columns hold a text (and, with `label`, a label or star rating)."""
+        if self.columns is None:
+            return  # checked row by row
+        missing_text = "text" not in self.columns
+        missing_label = label and not set(LABEL_COLUMNS) & set(self.columns)
+        if not (missing_text or missing_label):
+            return
+        if self.header_line:
+            missing = "'text'" if missing_text else NEEDS_LABEL
+            raise DataError(f"{self.name}: line 1: header {self.columns!r} has no {missing} column")
+        needs = f"columns 'text' and {NEEDS_LABEL}" if label else "a 'text' column"
+        raise DataError(f"{self.name}: needs {needs}; has {self.columns}")
+
+
+def open_table(path: Path, *, lines_as_text: bool = False) -> Table:
+    """A file as a Table by its suffix; with `lines_as_text`, a file of another suffix is one text per line."""
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".parquet":
+            return _parquet_table(path)
+        if suffix in (".jsonl", ".json"):
+            return Table(str(path), None, _jsonl_rows(path))
+        if suffix == ".csv" or not lines_as_text:
+            return _csv_table(path)
+        return Table(str(path), ["text"], _line_rows(path))
+    except PermissionError:
+        raise DataError(f"{path}: permission denied") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a directory, not a data file") from None
+
+
+def columns_table(name: str, columns: dict[str, list], id_prefix: str) -> Table:
+    """A Table over in-memory columns (a hub data set's)."""
+    names = list(columns)
+
+    def rows() -> Iterator[Row]:
+        for index, values in enumerate(zip(*columns.values())):
+            yield Row(f"row {index}", f"{id_prefix}:{index}", dict(zip(names, values)))
+
+    return Table(name, names, rows())
+
+
+def _open_text(path: Path, newline: str | None):
+    # surrogateescape keeps undecodable bytes visible per row instead of failing the whole file.
+    return open(path, encoding="utf-8-sig", errors="surrogateescape", newline=newline)
+
+
+def _csv_table(path: Path) -> Table:
+    csv.field_size_limit(CSV_FIELD_LIMIT)
+    handle = _open_text(path, newline="")
+    reader = csv.reader(handle, strict=True)
+    try:
+        first = next(reader, None)
+    except csv.Error as err:
+        handle.close()
+        raise _malformed(path, reader, err) from None
+    if first is None:
+        handle.close()
+        raise DataError(f"{path}: empty file")
+    names = [name.strip().lower() for name in first]
+    if {"text", *LABEL_COLUMNS} & set(names):
+        header, pending = names, []
+    elif len(first) == 2 and first[0].strip().isdigit():
+        header, pending = ["stars", "text"], [first]  # the original headerless yelp_review_full
+    else:
+        handle.close()
+        raise DataError(
+            f"{path}: line 1: cannot tell the columns; expected a header with a 'text' column (and {NEEDS_LABEL} "
+            f"to train on) or headerless '\"stars\",\"text\"' rows, found {first[:3]!r}"
+        )
+
+    def rows() -> Iterator[Row]:
+        with handle:
+            try:
+                for fields in _chain(pending, reader):
+                    line = reader.line_num
+                    where = f"line {line}"
+                    if len(fields) != len(header):
+                        yield Row(where, f"{path.name}:{line}", problem=f"expected {len(header)} fields, found {len(fields)}")
+                    else:
+                        yield Row(where, f"{path.name}:{line}", dict(zip(header, fields)))
+            except csv.Error as err:
+                raise _malformed(path, reader, err) from None
+
+    return Table(str(path), header, rows(), header_line=not pending)
+
+
+def _chain(first: list, rest: Iterable) -> Iterator:
+    yield from first
+    yield from rest
+
+
+def _malformed(path: Path, reader, err: csv.Error) -> DataError:
+    return DataError(f"{path}: line {reader.line_num}: malformed CSV ({err}); check for an unclosed quote")
+
+
+def _numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, line) of the non-blank lines; only a line break ends a line (not U+2028 and kin)."""
+    with _open_text(path, newline=None) as handle:
+        for number, line in enumerate(handle, start=1):
+            if line.strip():
+                yield number, line
+
+
+def _jsonl_rows(path: Path) -> Iterator[Row]:
+    for number, line in _numbered_lines(path):
+        where, row_id = f"line {number}", f"{path.name}:{number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            yield Row(where, row_id, problem=f"invalid JSON ({err.msg})")
+            continue
+        if not isinstance(record, dict):
+            yield Row(where, row_id, problem=f"expected a JSON object, found {type(record).__name__}")
+            continue
+        yield Row(where, row_id, record)
+
+
+def _line_rows(path: Path) -> Iterator[Row]:
+    for number, line in _numbered_lines(path):
+        yield Row(f"line {number}", f"{path.name}:{number}", {"text": line.rstrip("\r\n")})
+
+
+def _parquet_table(path: Path) -> Table:
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+    except (PermissionError, IsADirectoryError):
+        raise
+    except Exception as err:  # pyarrow raises several types for a broken file
+        raise DataError(f"{path}: not a readable Parquet file ({err})") from None
+    names = parquet.schema_arrow.names
+    wanted = [name for name in names if name in ("text", *LABEL_COLUMNS)]
+
+    def rows() -> Iterator[Row]:
+        index = 0
+        for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=wanted):
+            for values in batch.to_pylist():
+                yield Row(f"row {index}", f"{path.name}:{index}", values)
+                index += 1
+
+    return Table(str(path), names, rows())
+

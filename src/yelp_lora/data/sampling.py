@@ -1,0 +1,39 @@
+"""Seeded, label-stratified samples: validation carved from train, test samples, training subsamples."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from yelp_lora.data.rows import Split
+from yelp_lora.errors import DataError
+
+
+def stratified_indices(labels: list[int], n: int | None, seed: int) -> np.ndarray:
+    """A seeded, label-stratified sample of n row indices (all rows, shuffled, when n is None or too big)."""
+    rng = np.random.default_rng(seed)
+    total = len(labels)
+    if n is None or n >= total:
+        return rng.permutation(total)
+    from sklearn.model_selection import train_test_split
+
+    indices = np.arange(total)
+    try:
+        chosen, _ = train_test_split(indices, train_size=n, stratify=labels, random_state=seed)
+    except ValueError:  # a class too small to stratify: fall back to a plain seeded sample
+        chosen = rng.choice(total, size=n, replace=False)
+    return np.asarray(chosen)
+
+
+def train_val_split(train: Split, val_samples: int, train_samples: int | None, seed: int) -> tuple[Split, Split]:
+    """Carve a stratified validation set out of train, then subsample training rows from the rest."""
+    if val_samples >= len(train):
+        raise DataError(f"val_samples={val_samples} leaves no training rows: the train split has {len(train)} rows")
+    val_idx = stratified_indices(train.labels, val_samples, seed)
+    rest = np.setdiff1d(np.arange(len(train)), val_idx)
+    rest_labels = [train.labels[i] for i in rest]
+    train_idx = rest[stratified_indices(rest_labels, train_samples, seed)]
+    return train.select(train_idx, "train"), train.select(val_idx, "validation")
+
+
+def sample_split(split: Split, n: int | None, seed: int) -> Split:
+    return split.select(stratified_indices(split.labels, n, seed))

@@ -1,0 +1,1 @@
+"""Scoring adapters on held-out reviews: evaluate, compare, the classical baseline, reports, seed sweeps."""

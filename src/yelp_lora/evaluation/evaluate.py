@@ -1,0 +1,199 @@
+"""Scoring an adapter on held-out reviews, and comparing it with the untuned model it started from."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from yelp_lora.artifacts import (
+    AdapterMeta,
+    ClassicalFit,
+    CompareResult,
+    Detailed,
+    Headline,
+    LabelMove,
+    McNemar,
+    Ordinal,
+    SplitSummary,
+    resolve_adapter_dir,
+    read_adapter_meta,
+)
+from yelp_lora.config import LABEL_NAMES, EvalSettings
+from yelp_lora.data.rows import Split
+from yelp_lora.data.sampling import sample_split
+from yelp_lora.data.sources import load_split
+from yelp_lora.metrics import calibration, detailed, headline, mcnemar, ordinal, predictions_of
+from yelp_lora.modeling.base import build_classifier, load_adapter
+from yelp_lora.modeling.forward import predict_logits, softmax
+
+EXTREMES = {(0, 4), (4, 0)}
+
+
+class EvaluationResult(Detailed):
+    """What `evaluate --json` writes: one adapter's detailed scores on one sample."""
+
+    adapter: str
+    data: SplitSummary
+    split: str
+    seed: int
+
+
+def load_eval_split(meta: AdapterMeta, settings: EvalSettings) -> Split:
+    """A seeded stratified sample of the settings' split, from their source or else the adapter's training data."""
+    rows = load_split(settings.data or meta.data_source or "auto", settings.split, skip_bad_rows=settings.skip_bad_rows)
+    return sample_split(rows, settings.n, settings.seed)
+
+
+def evaluate(adapter: str | Path, settings: EvalSettings) -> EvaluationResult:
+    adapter_dir = resolve_adapter_dir(adapter)
+    meta = read_adapter_meta(adapter_dir)
+    rows = load_eval_split(meta, settings)
+    model, tokenizer = load_adapter(adapter_dir)
+    logits, _ = predict_logits(
+        model, tokenizer, rows.texts, max_length=meta.max_length, batch_size=settings.batch_size, progress=True,
+        desc="Evaluating",
+    )
+    return EvaluationResult(
+        adapter=str(adapter_dir), data=rows.summary(), split=settings.split, seed=settings.seed,
+        **detailed(rows.labels, predictions_of(logits)),
+    )
+
+
+def label_shift(baseline: np.ndarray, adapter: np.ndarray) -> tuple[list[LabelMove], int]:
+    """Counted (baseline label -> adapter label) moves where the two disagree, most frequent first."""
+    moves = Counter((int(b), int(a)) for b, a in zip(baseline, adapter) if b != a)
+    ordered = sorted(moves.items(), key=lambda item: (-item[1], item[0]))
+    table = [LabelMove(source=LABEL_NAMES[b], target=LABEL_NAMES[a], count=count) for (b, a), count in ordered]
+    reversals = sum(count for move, count in moves.items() if move in EXTREMES)
+    return table, reversals
+
+
+@dataclass
+class ScoredSample:
+    """One test sample scored by every model: what compare's JSON summarises and a report draws."""
+
+    adapter_dir: Path
+    rows: Split
+    seed: int
+    probabilities: dict[str, np.ndarray]  # model name -> [n, 5], in the order of rows
+    classical: ClassicalFit | None = None  # how the classical baseline was fitted, when it was
+
+    def predictions(self, name: str) -> np.ndarray:
+        return predictions_of(self.probabilities[name])
+
+
+def score_test_sample(adapter: str | Path, settings: EvalSettings) -> ScoredSample:
+    """The untuned baseline (same base, same seeded head), the adapter and optionally the classical
+    baseline, on one seeded test sample."""
+    adapter_dir = resolve_adapter_dir(adapter)
+    meta = read_adapter_meta(adapter_dir)
+    rows = load_eval_split(meta, settings.model_copy(update={"split": "test"}))
+    adapted, tokenizer = load_adapter(adapter_dir)
+    baseline = build_classifier(meta.base_model_path, meta.head_seed).eval()
+    probabilities = {}
+    for name, model in (("baseline", baseline), ("lora", adapted)):
+        logits, _ = predict_logits(
+            model, tokenizer, rows.texts, max_length=meta.max_length, batch_size=settings.batch_size, progress=True,
+            desc=f"Scoring {name}",
+        )
+        probabilities[name] = softmax(logits)
+    scored = ScoredSample(adapter_dir, rows, settings.seed, probabilities)
+    if settings.with_classical:
+        from yelp_lora.evaluation.classical import fit_classical
+
+        fitted = fit_classical(adapter_dir)
+        probabilities["classical"] = fitted.probabilities(rows.texts)
+        scored.classical = fitted.summary
+    return scored
+
+
+def compare_result(scored: ScoredSample) -> CompareResult:
+    rows = scored.rows
+    predictions = {name: scored.predictions(name) for name in scored.probabilities}
+    scores = {name: Headline(**headline(rows.labels, preds)) for name, preds in predictions.items()}
+    shift, reversals = label_shift(predictions["baseline"], predictions["lora"])
+    return CompareResult(
+        n=len(rows),
+        seed=scored.seed,
+        adapter=str(scored.adapter_dir),
+        data=rows.summary(),
+        **scores,
+        gain=Headline(**{key: getattr(scores["lora"], key) - getattr(scores["baseline"], key) for key in Headline.model_fields}),
+        label_shift=shift,
+        extreme_reversals=reversals,
+        ordinal={name: Ordinal(**ordinal(rows.labels, preds)) for name, preds in predictions.items()},
+        ece={name: calibration(rows.labels, p)["ece"] for name, p in scored.probabilities.items()},
+        mcnemar={
+            f"lora_vs_{other}": McNemar(**mcnemar(rows.labels, predictions["lora"], predictions[other]))
+            for other in predictions if other != "lora"
+        },
+        detailed={name: Detailed(**detailed(rows.labels, preds)) for name, preds in predictions.items()},
+        classical_fit=scored.classical,
+    )
+
+
+def compare(adapter: str | Path, settings: EvalSettings) -> CompareResult:
+    """The untuned baseline (same base, same seeded head) against the adapter on one test sample."""
+    return compare_result(score_test_sample(adapter, settings))
+
+
+def format_compare(result: CompareResult) -> str:
+    base, lora, gain = result.baseline, result.lora, result.gain
+    lines = [
+        f"===== Evaluation Results (Yelp Test, N={result.n}) =====",
+        f"Baseline Accuracy : {base.accuracy:.4f}",
+        f"LoRA Accuracy     : {lora.accuracy:.4f}",
+        "",
+        f"Baseline Macro-F1 : {base.macro_f1:.4f}",
+        f"LoRA Macro-F1     : {lora.macro_f1:.4f}",
+        "",
+        "===== Summary =====",
+        f"Accuracy Gain     : {gain.accuracy:+.4f}",
+        f"Macro-F1 Gain     : {gain.macro_f1:+.4f}",
+        "",
+        "===== Label Shift (baseline → LoRA) =====",
+    ]
+    lines += [f"{move.source} → {move.target} : {move.count}" for move in result.label_shift] or ["(no changes)"]
+    lines += ["", f"Extreme reversals (strong_positive ↔ strong_negative): {result.extreme_reversals}"]
+    if result.classical is not None:
+        classical = result.classical
+        lines += [
+            "",
+            "===== Classical Baseline (TF-IDF 1-2 grams + logistic regression, same training rows) =====",
+            f"Classical Accuracy: {classical.accuracy:.4f}",
+            f"Classical Macro-F1: {classical.macro_f1:.4f}",
+            f"LoRA − Classical  : accuracy {lora.accuracy - classical.accuracy:+.4f}, "
+            f"macro-F1 {lora.macro_f1 - classical.macro_f1:+.4f}",
+        ]
+    lines += ["", "===== Ordinal (stars) =====", f"{'':<10} {'MAE':>6} {'within-1':>9} {'QWK':>7} {'ECE':>7}"]
+    for name, scores in result.ordinal.items():
+        qwk = "n/a" if scores.qwk is None else f"{scores.qwk:.4f}"
+        lines.append(
+            f"{name:<10} {scores.mae_stars:>6.3f} {scores.within_one_star:>9.4f} {qwk:>7} {result.ece[name]:>7.4f}"
+        )
+    lines += ["", "===== McNemar (paired, same reviews) ====="]
+    for pair, test in result.mcnemar.items():
+        lines.append(
+            f"{pair}: LoRA alone right {test.only_first_right}, other alone right {test.only_second_right}, "
+            f"p = {test.p_value:.4g} ({test.method})"
+        )
+    return "\n".join(lines)
+
+
+def format_detailed(result: Detailed) -> str:
+    ids = range(len(LABEL_NAMES))
+    lines = [
+        f"Accuracy : {result.accuracy:.4f}",
+        f"Macro-F1 : {result.macro_f1:.4f}",
+        "",
+        f"{'label':<16} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>8}",
+    ]
+    for name, row in result.per_class.items():
+        lines.append(f"{name:<16} {row.precision:>9.4f} {row.recall:>9.4f} {row.f1:>9.4f} {row.support:>8}")
+    lines += ["", "Confusion matrix (rows: true, columns: predicted)", " " * 16 + "".join(f"{i:>6}" for i in ids)]
+    for name, row in zip(LABEL_NAMES, result.confusion_matrix):
+        lines.append(f"{name:<16}" + "".join(f"{count:>6}" for count in row))
+    return "\n".join(lines)

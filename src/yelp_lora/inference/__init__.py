@@ -1,0 +1,1 @@
+"""Prediction: a loaded adapter (torch or ONNX Runtime) and batch jobs over files."""

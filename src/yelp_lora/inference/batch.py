@@ -1,0 +1,277 @@
+"""Batch prediction over files of any size: streamed in chunks, written as it goes, resumable, shardable.
+
+The input is read chunk by chunk (CSV / JSONL / Parquet / plain lines). Each chunk's predictions
+are written atomically as one part file under OUT.parts/, so the part files are the progress
+record: `--resume` skips the chunks whose part exists. Under torchrun, rank r predicts chunks
+r, r+W, r+2W, ...; once every rank is done, rank 0 merges the parts in input order into OUT
+(JSONL, CSV or Parquet by suffix, written under a temporary name and renamed) and removes them.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+from yelp_lora.artifacts import Record, read_record, resolve_adapter_dir, write_record
+from yelp_lora.config import LABEL_NAMES
+from yelp_lora.data.rows import InputText, iter_texts
+from yelp_lora.errors import DataError
+from yelp_lora.inference.predictor import Predictor, to_prediction
+from yelp_lora.util.atomic import atomic_write_bytes, save_errors
+
+CHUNK_ROWS = 2048
+OUTPUT_FORMATS = (".jsonl", ".csv", ".parquet")
+JOB_FILE = "manifest.json"
+COLUMNS = ["row", "source_row", "label", "stars", "confidence", *(f"p_{name}" for name in LABEL_NAMES), "truncated", "error"]
+
+
+def parts_dir(output: Path) -> Path:
+    return output.with_name(output.name + ".parts")
+
+
+def _part_path(parts: Path, chunk: int, suffix: str) -> Path:
+    return parts / f"chunk-{chunk:08d}{suffix}"
+
+
+def _rss_mib() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def _chunks(input_path: Path, chunk_rows: int) -> Iterator[list[InputText]]:
+    rows = iter_texts(input_path)
+    while chunk := list(itertools.islice(rows, chunk_rows)):
+        yield chunk
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size); under torchrun, also joins the gloo process group used for barriers."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")  # CPU collectives; only barriers are needed here
+    return dist.get_rank(), world
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+class BatchJob(Record):
+    """OUT.parts/manifest.json: what a resumed run must share with the interrupted one (input, model, numerics)."""
+
+    input: str
+    input_bytes: int
+    input_mtime_ns: int
+    adapter: str
+    chunk_rows: int
+    backend: str
+    bf16: bool
+
+
+def _job(input_path: Path, adapter_dir: Path, chunk_rows: int, backend: str, bf16: bool) -> BatchJob:
+    stat = input_path.stat()
+    return BatchJob(
+        input=str(input_path.resolve()), input_bytes=stat.st_size, input_mtime_ns=stat.st_mtime_ns,
+        adapter=str(adapter_dir.resolve()), chunk_rows=chunk_rows, backend=backend, bf16=bf16,
+    )
+
+
+def _prepare_parts(parts: Path, job: BatchJob, resume: bool) -> None:
+    """Create OUT.parts with its job record, or check that --resume continues the same job."""
+    recorded = parts / JOB_FILE
+    if recorded.is_file():
+        if not resume:
+            done = len(list(parts.glob("chunk-*")))
+            raise DataError(
+                f"{parts} holds {done} finished chunk(s) of an interrupted run: "
+                "pass --resume to continue it, or delete that directory to start over"
+            )
+        before = read_record(BatchJob, recorded)
+        changed = [f"{key}: {getattr(before, key)!r} -> {value!r}" for key, value in job if getattr(before, key) != value]
+        if changed:
+            raise DataError(f"--resume: {parts} belongs to a different job ({'; '.join(changed)})")
+        return
+    write_record(recorded, job)
+
+
+def _records(
+    source: Path, chunk_index: int, chunk_rows: int, chunk: list[InputText], predictor: Predictor, skip_bad_rows: bool
+) -> list[dict]:
+    first_row = chunk_index * chunk_rows
+    good, records = [], []
+    for offset, row in enumerate(chunk):
+        record = dict.fromkeys(COLUMNS)
+        record.update(row=first_row + offset, source_row=row.where)
+        if row.problem and not skip_bad_rows:
+            raise DataError(f"{source}: {row.where}: {row.problem} (--skip-bad-rows writes it with an error instead)")
+        record["error"] = row.problem
+        records.append(record)
+        if not row.problem:
+            good.append((record, row.text))
+    probabilities, truncated = predictor.probabilities([text for _, text in good])
+    for (record, _), probs, cut in zip(good, probabilities, truncated):
+        prediction = to_prediction(probs, bool(cut))
+        record.update(
+            label=prediction.label, stars=prediction.stars, confidence=prediction.confidence, truncated=prediction.truncated,
+            **{f"p_{name}": p for name, p in prediction.probabilities.items()},
+        )
+    return records
+
+
+def _encode(records: list[dict], suffix: str) -> bytes:
+    if suffix == ".jsonl":
+        return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
+    if suffix == ".csv":
+        buffer = io.StringIO(newline="")
+        csv.DictWriter(buffer, COLUMNS).writerows(records)
+        return buffer.getvalue().encode("utf-8")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sink = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(records, schema=_arrow_schema()), sink)
+    return sink.getvalue()
+
+
+def _arrow_schema():
+    import pyarrow as pa
+
+    floats = [(name, pa.float64()) for name in COLUMNS if name == "confidence" or name.startswith("p_")]
+    return pa.schema(
+        [("row", pa.int64()), ("source_row", pa.string()), ("label", pa.string()), ("stars", pa.int64()), *floats,
+         ("truncated", pa.bool_()), ("error", pa.string())]
+    )
+
+
+def _merge(parts: Path, chunks: int, output: Path) -> None:
+    """Concatenate the parts in chunk order into OUT, under a temporary name then renamed."""
+    suffix = output.suffix.lower()
+    missing = [i for i in range(chunks) if not _part_path(parts, i, suffix).is_file()]
+    if missing:
+        raise DataError(f"cannot merge {output}: chunk(s) {missing[:5]} missing in {parts}; run again with --resume")
+    staging = output.with_name(f".{output.name}.tmp-{os.getpid()}")
+    try:
+        with save_errors(output):
+            if suffix == ".parquet":
+                import pyarrow.parquet as pq
+
+                with pq.ParquetWriter(staging, _arrow_schema()) as writer:
+                    for i in range(chunks):
+                        writer.write_table(pq.read_table(_part_path(parts, i, suffix)))
+            else:
+                with open(staging, "wb") as out:
+                    if suffix == ".csv":
+                        out.write((",".join(COLUMNS) + "\r\n").encode("utf-8"))
+                    for i in range(chunks):
+                        with open(_part_path(parts, i, suffix), "rb") as part:
+                            shutil.copyfileobj(part, out)
+            with open(staging, "rb") as handle:
+                os.fsync(handle.fileno())
+            os.replace(staging, output)
+    finally:
+        staging.unlink(missing_ok=True)
+    shutil.rmtree(parts, ignore_errors=True)
+
+
+def predict_file(
+    adapter: str | Path,
+    input_path: str | Path,
+    output: str | Path,
+    *,
+    chunk_rows: int = CHUNK_ROWS,
+    resume: bool = False,
+    skip_bad_rows: bool = False,
+    bf16: bool = False,
+    batch_size: int | None = None,
+    backend: str = "torch",
+    progress: bool = True,
+) -> dict:
+    """Predict every row of INPUT into OUTPUT; returns a summary (rows, chunks, speed, memory)."""
+    from tqdm.auto import tqdm
+
+    input_path, output = Path(input_path), Path(output)
+    suffix = output.suffix.lower()
+    if suffix not in OUTPUT_FORMATS:
+        raise DataError(f"--output {output}: unknown format '{suffix}'; use one of {', '.join(OUTPUT_FORMATS)}")
+    if not input_path.is_file():
+        raise DataError(f"input file not found: {input_path}")
+    if chunk_rows < 1:
+        raise DataError(f"--chunk-size must be at least 1, not {chunk_rows}")
+    rank, world = _distributed()
+    parts = parts_dir(output)
+    if rank == 0:  # before loading the model, so a refused resume is refused at once
+        _prepare_parts(parts, _job(input_path, resolve_adapter_dir(adapter), chunk_rows, backend, bf16), resume)
+    _barrier(world)
+    predictor = Predictor(adapter, bf16=bf16, batch_size=batch_size, backend=backend)
+
+    started = time.time()
+    done_rows = resumed_chunks = predicted_chunks = chunks = 0
+    rss_first = rss_peak = None
+    bar = tqdm(desc=f"Predicting (rank {rank}/{world})" if world > 1 else "Predicting", unit="rows",
+               disable=not progress, mininterval=2.0, file=sys.stderr)
+    for chunks, chunk in enumerate(_chunks(input_path, chunk_rows), start=1):
+        index = chunks - 1
+        if index % world != rank:
+            continue
+        part = _part_path(parts, index, suffix)
+        if part.is_file():
+            resumed_chunks += 1
+            continue
+        atomic_write_bytes(part, _encode(_records(input_path, index, chunk_rows, chunk, predictor, skip_bad_rows), suffix))
+        predicted_chunks += 1
+        done_rows += len(chunk)
+        rss = _rss_mib()
+        rss_first = rss if rss_first is None else rss_first
+        rss_peak = rss if predicted_chunks > 1 and (rss_peak is None or rss > rss_peak) else rss_peak
+        bar.update(len(chunk))
+        bar.set_postfix(chunk=index, rss_mib=f"{rss:.0f}", refresh=False)
+    bar.close()
+    elapsed = time.time() - started
+    _barrier(world)
+    if rank == 0:
+        _merge(parts, chunks, output)
+    _barrier(world)
+    return {
+        "output": str(output),
+        "rank": rank,
+        "world_size": world,
+        "chunks": chunks,
+        "chunk_rows": chunk_rows,
+        "predicted_rows": done_rows,
+        "predicted_chunks": predicted_chunks,
+        "resumed_chunks": resumed_chunks,
+        "seconds": elapsed,
+        "rows_per_second": done_rows / elapsed if elapsed else None,
+        "rss_mib_after_first_chunk": rss_first,
+        "rss_mib_peak_later_chunks": rss_peak,
+    }
+
+
+def format_batch_summary(summary: dict) -> str:
+    memory = ""
+    if summary["rss_mib_after_first_chunk"] is not None:
+        memory = f"; RSS {summary['rss_mib_after_first_chunk']:.0f} MiB after the first chunk"
+        if summary["rss_mib_peak_later_chunks"] is not None:
+            memory += f", {summary['rss_mib_peak_later_chunks']:.0f} MiB peak after it"
+    rate = f", {summary['rows_per_second']:.0f} rows/s" if summary["rows_per_second"] else ""
+    who = f"rank {summary['rank']}/{summary['world_size']}: " if summary["world_size"] > 1 else ""
+    return (
+        f"{who}predicted {summary['predicted_rows']:,} rows in {summary['predicted_chunks']} chunk(s) "
+        f"({summary['resumed_chunks']} already done) in {summary['seconds']:.1f}s{rate}{memory}"
+    )

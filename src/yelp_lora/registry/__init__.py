@@ -1,0 +1,1 @@
+"""The versioned adapter registry: verified versions (store), their manifests, model cards and merged exports."""

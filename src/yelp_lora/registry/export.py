@@ -1,0 +1,34 @@
+"""A registry version as a full transformers model directory (LoRA merged), for plain `pipeline(...)` users."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from yelp_lora.errors import RegistryError
+from yelp_lora.modeling.base import load_adapter
+from yelp_lora.registry.card import model_card
+from yelp_lora.registry.store import CARD_FILE, Registry
+from yelp_lora.util.atomic import atomic_dir
+
+
+def export_merged(registry: Registry, ref: str, target: str | Path) -> Path:
+    """A full transformers model directory (LoRA merged, head, id2label, tokenizer) for `pipeline(...)`."""
+    target = Path(target)
+    marker = "yelp_lora_export.json"
+    if target.exists() and any(target.iterdir()) and not (target / marker).is_file():
+        raise RegistryError(f"{target} exists and is not an earlier yelp-lora export; choose an empty or new directory")
+    adapter_dir, manifest = registry.open(ref)
+    model, tokenizer = load_adapter(adapter_dir, merge=True)
+    # pipeline(..., truncation=True) then cuts where the adapter was trained to cut.
+    tokenizer.model_max_length = manifest.max_length
+    with atomic_dir(target) as staging:
+        model.save_pretrained(str(staging))  # safetensors
+        tokenizer.save_pretrained(str(staging))
+        dumped = manifest.model_dump(mode="json")
+        info = {k: dumped[k] for k in ("version", "name", "adapter_sha256", "base_model", "label_map", "max_length")}
+        (staging / marker).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        (staging / CARD_FILE).write_text(
+            model_card(manifest).replace("library_name: peft", "library_name: transformers"), encoding="utf-8"
+        )
+    return target

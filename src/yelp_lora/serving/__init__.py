@@ -1,0 +1,1 @@
+"""Serving: the HTTP service (app, batcher, schemas) and the MCP agent tool."""

@@ -1,0 +1,271 @@
+"""The training recipe: a RunConfig in, the best epoch's adapter and run.json out, through transformers' Trainer.
+
+Validation every epoch, model selection by macro-F1, only the best adapter kept.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from yelp_lora.artifacts import (
+    CHECKPOINT_DIRNAME,
+    RESUME_CONFIG_FILE,
+    RUN_FILE,
+    STAGING_PREFIX,
+    AdapterMeta,
+    EpochScore,
+    Parameters,
+    Resolved,
+    RunData,
+    RunRecord,
+    StepLog,
+    write_record,
+)
+from yelp_lora.config import RunConfig, TrainConfig
+from yelp_lora.data.sampling import train_val_split
+from yelp_lora.data.sources import load_split, resolve_source
+from yelp_lora.data.tokenize import tokenize
+from yelp_lora.errors import ConfigError
+from yelp_lora.metrics import headline, predictions_of
+from yelp_lora.modeling import dropout as dropout_stage
+from yelp_lora.modeling.base import build_classifier, load_tokenizer, resolve_model_path
+from yelp_lora.modeling.hardware import attention_implementation, attention_kernel, bf16_supported, pick_device
+from yelp_lora.modeling.lora import apply_lora, parameter_line
+from yelp_lora.training.trainer import keep_best_callback, lora_trainer_class, save_every_epoch_callback
+from yelp_lora.util.atomic import atomic_write_text
+from yelp_lora.util.provenance import environment
+
+
+def _check_resume_config(config: RunConfig, checkpoints: Path, resume: bool, is_main: bool) -> None:
+    """Record the config of a checkpointed run; on --resume, refuse a config that differs from it."""
+    recorded = checkpoints / RESUME_CONFIG_FILE
+    current = config.model_dump()
+    if resume:
+        if not any(checkpoints.glob("checkpoint-*")):
+            raise ConfigError(f"--resume: no checkpoint to resume from in {checkpoints}")
+        if recorded.is_file():
+            before = json.loads(recorded.read_text(encoding="utf-8"))
+            changed = [
+                f"{section}.{key}: {before[section].get(key)!r} -> {value!r}"
+                for section, values in current.items()
+                for key, value in values.items()
+                if before.get(section, {}).get(key) != value
+            ]
+            if changed:
+                raise ConfigError(f"--resume: the settings differ from the interrupted run's: {'; '.join(changed)}")
+        if is_main:  # a kill mid-save leaves only a hidden staging directory behind
+            for stale in checkpoints.glob(f"{STAGING_PREFIX}*"):
+                shutil.rmtree(stale, ignore_errors=True)
+    elif is_main:
+        atomic_write_text(recorded, json.dumps(current, indent=2) + "\n")
+
+
+# Per-device batches when the config leaves them to the device (null).
+AUTO_TRAIN_BATCH = {"cpu": (16, 16), "cuda": (64, 128)}
+# Rows per forward pass under group_by_length when micro_batch_size is null. CPU: measured
+# (docs/performance.md); CUDA: the same quarter of its step, not yet measured on a GPU.
+AUTO_MICRO_BATCH = {"cpu": 4, "cuda": 16}
+
+
+def step_batches(train: TrainConfig, device: torch.device) -> tuple[int, int]:
+    """(rows per forward pass, forward passes per optimizer step) for this config on this device."""
+    kind = "cuda" if device.type == "cuda" else "cpu"
+    batch = train.train_batch_size or AUTO_TRAIN_BATCH[kind][0]
+    if not train.group_by_length or train.pad_to_max_length:
+        return batch, 1  # nothing to sort: one random batch per step, as the usual way runs it
+    if train.micro_batch_size is None:
+        micro = math.gcd(batch, AUTO_MICRO_BATCH[kind])
+    elif batch % train.micro_batch_size:
+        raise ConfigError(
+            f"train.micro_batch_size {train.micro_batch_size} must divide the training batch size {batch} "
+            f"(train.train_batch_size{'' if train.train_batch_size else ', auto on ' + kind})"
+        )
+    else:
+        micro = train.micro_batch_size
+    return micro, batch // micro
+
+
+def build_training_model(config: RunConfig, device: torch.device):
+    """The untuned classifier wrapped in LoRA, set up to train with the config's attention and dropout kernels."""
+    attention = attention_implementation(config.model.attention, device)
+    fast = config.model.dropout_kernel == "fast" or (config.model.dropout_kernel == "auto" and device.type != "cuda")
+    if fast and attention == "eager":
+        dropout_stage.register_attention()
+        attention = dropout_stage.ATTENTION
+    classifier = build_classifier(
+        config.model.name_or_path, config.train.seed, attention=attention,
+        attention_dropout=config.model.attention_dropout,
+    )
+    model = apply_lora(classifier, config.lora)
+    if fast:
+        dropout_stage.use_fast_dropout(model)
+    return model
+
+
+def training_arguments(config: RunConfig, output_dir: Path, device: torch.device, resume_possible: bool, **overrides):
+    """The Trainer's arguments for this config on this device; `overrides` replace any of them (the bench's short runs)."""
+    from transformers import TrainingArguments
+
+    train = config.train
+    use_bf16 = train.precision == "bf16" or (train.precision == "auto" and bf16_supported(device))
+    cuda = device.type == "cuda"
+    auto_eval_batch = AUTO_TRAIN_BATCH["cuda" if cuda else "cpu"][1]
+    micro_batch, accumulation = step_batches(train, device)
+    arguments = dict(
+        output_dir=str(output_dir / CHECKPOINT_DIRNAME),
+        learning_rate=train.learning_rate,
+        lr_scheduler_type=train.lr_scheduler,
+        warmup_steps=train.warmup_ratio,
+        num_train_epochs=train.epochs,
+        max_steps=train.max_steps,
+        per_device_train_batch_size=micro_batch,
+        gradient_accumulation_steps=accumulation,
+        per_device_eval_batch_size=train.eval_batch_size or auto_eval_batch,
+        weight_decay=train.weight_decay,
+        seed=train.seed,
+        data_seed=train.seed,
+        bf16=use_bf16,
+        use_cpu=not cuda,
+        tf32=True if cuda and torch.cuda.get_device_capability()[0] >= 8 else None,
+        eval_strategy="epoch",
+        save_strategy="steps" if train.save_steps else ("epoch" if resume_possible else "no"),
+        save_steps=train.save_steps or 500,
+        save_total_limit=1,
+        logging_strategy="steps",
+        logging_steps=train.logging_steps,
+        train_sampling_strategy="group_by_length" if train.group_by_length else "random",
+        # Under torchrun/accelerate on CPUs: gloo (NCCL needs GPUs). Single-process runs name no backend.
+        ddp_backend="gloo" if not cuda and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
+        # The classifier's loss is already a per-example mean; left on, Trainer scales it by the
+        # number of processes (meant for token-summed LM losses), doubling loss and gradients under DDP.
+        average_tokens_across_devices=False,
+        # On CUDA, tokenised batches are collated by workers into pinned memory while the GPU works.
+        dataloader_pin_memory=cuda,
+        dataloader_num_workers=2 if cuda else 0,
+        report_to=[],
+        disable_tqdm=not sys.stderr.isatty(),
+    )
+    arguments.update(overrides)
+    return TrainingArguments(**arguments)
+
+
+def _epoch_history(log_history: list[dict]) -> tuple[list[StepLog], list[EpochScore]]:
+    steps, epochs = [], []
+    for entry in log_history:
+        if "loss" in entry:
+            steps.append(StepLog(**{k: entry.get(k) for k in ("step", "epoch", "loss", "grad_norm", "learning_rate")}))
+        elif "eval_macro_f1" in entry:
+            epochs.append(EpochScore(
+                epoch=entry.get("epoch"), step=entry.get("step"), accuracy=entry["eval_accuracy"],
+                macro_f1=entry["eval_macro_f1"], loss=entry.get("eval_loss"),
+            ))
+    return steps, epochs
+
+
+def train(config: RunConfig, output_dir: str | Path, *, resume: bool = False) -> RunRecord | None:
+    """Run one training job; returns the run record also written to OUTPUT_DIR/run.json (None on ranks > 0)."""
+    output_dir = Path(output_dir)
+    checkpoints = output_dir / CHECKPOINT_DIRNAME
+    checkpointing = bool(config.train.save_steps) or resume
+    if checkpointing:
+        _check_resume_config(config, checkpoints, resume, is_main=int(os.environ.get("RANK", "0")) == 0)
+    device = pick_device()
+    args = training_arguments(config, output_dir, device, resume_possible=checkpointing)  # bad settings fail here
+    source = resolve_source(config.data.source)
+    full_train = load_split(source, "train", skip_bad_rows=config.data.skip_bad_rows)
+    train_split, val_split = train_val_split(full_train, config.data.val_samples, config.data.train_samples, config.train.seed)
+    base_path = resolve_model_path(config.model.name_or_path)
+    tokenizer = load_tokenizer(config.model.name_or_path)
+    pad = config.train.pad_to_max_length
+    train_set = tokenize(train_split, tokenizer, config.model.max_length, pad)
+    val_set = tokenize(val_split, tokenizer, config.model.max_length, pad)
+
+    from transformers import DataCollatorWithPadding  # after the data checks: bad data fails fast
+
+    model = build_training_model(config, device)
+    line = parameter_line(model)
+    print(line, flush=True)
+    trainable, total = model.get_nb_trainable_parameters()
+
+    meta = AdapterMeta(
+        base_model=config.model.name_or_path, base_model_path=base_path, data_source=source,
+        head_seed=config.train.seed, max_length=config.model.max_length,
+    )
+    # With disable_tqdm (output not a terminal) the Trainer prints plain log lines instead of bars.
+    callbacks = [keep_best_callback(output_dir, tokenizer, meta)]
+    if config.train.save_steps:
+        callbacks.append(save_every_epoch_callback())
+    trainer = lora_trainer_class()(
+        model=model,
+        args=args,
+        train_dataset=train_set,
+        eval_dataset=val_set,
+        processing_class=tokenizer,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        compute_metrics=lambda eval_pred: headline(eval_pred.label_ids, predictions_of(eval_pred.predictions)),
+        callbacks=callbacks,
+    )
+    started = time.time()
+    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    wall = time.time() - started
+    if not trainer.is_world_process_zero():
+        return None
+
+    steps, epochs = _epoch_history(trainer.state.log_history)
+    samples_per_second = result.metrics.get("train_samples_per_second")
+    mean_tokens = float(np.mean(train_set["length"]))
+    record = RunRecord(
+        config=config,
+        resolved=Resolved(
+            data_source=source, base_model_path=base_path, device=str(device), bf16=args.bf16,
+            attention=attention_kernel(model.get_base_model().config),
+            micro_batch_size=args.per_device_train_batch_size,
+            gradient_accumulation_steps=args.gradient_accumulation_steps,
+        ),
+        data=RunData(
+            train_file_rows=len(full_train),
+            skipped_bad_rows=len(full_train.skipped),
+            skipped_examples=full_train.skipped[:10],
+            duplicates_dropped=full_train.duplicates_dropped,
+            train=train_split.summary(),
+            validation=val_split.summary(),
+        ),
+        parameters=Parameters(trainable=trainable, total=total, line=line),
+        environment=environment(),
+        history=steps,
+        validation=epochs,
+        best_epoch=max(epochs, key=lambda e: e.macro_f1) if epochs else None,
+        train_runtime=result.metrics.get("train_runtime", wall),
+        train_samples_per_second=samples_per_second,
+        train_steps_per_second=result.metrics.get("train_steps_per_second"),
+        train_tokens_per_second=mean_tokens * samples_per_second,
+        mean_tokens_per_sample=mean_tokens,
+        global_step=result.global_step,
+        world_size=args.world_size,
+    )
+    write_record(output_dir / RUN_FILE, record)
+    shutil.rmtree(checkpoints, ignore_errors=True)  # only the best adapter is kept
+    return record
+
+
+def format_run_summary(record: RunRecord) -> str:
+    lines = ["Validation (carved from train):"]
+    for epoch in record.validation:
+        lines.append(f"  epoch {epoch.epoch:.2f}: accuracy {epoch.accuracy:.4f}  macro-F1 {epoch.macro_f1:.4f}")
+    best = record.best_epoch
+    if best:
+        lines.append(f"Best epoch {best.epoch:.2f} (macro-F1 {best.macro_f1:.4f}) kept in {record.adapter_dir}/")
+    lines.append(
+        f"train_runtime {record.train_runtime:.1f}s, {record.train_samples_per_second:.2f} samples/s, "
+        f"{record.train_tokens_per_second:.0f} tokens/s"
+    )
+    return "\n".join(lines)

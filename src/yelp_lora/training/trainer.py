@@ -1,0 +1,150 @@
+"""transformers' Trainer as this project runs it: step-sorted micro-batches, the step's mean loss,
+checkpoints that appear only complete, and the callbacks that keep the best adapter.
+
+Every private Trainer method this project overrides is overridden here and nowhere else
+(`_get_train_sampler`, `_get_output_dir`, `_save_checkpoint`); tests/test_private_apis.py fails,
+naming the method, if a transformers upgrade renames or re-signs one.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+
+from yelp_lora.artifacts import ADAPTER_DIRNAME, STAGING_PREFIX, AdapterMeta, save_adapter
+from yelp_lora.util.atomic import publish_dir, save_errors
+
+
+def keep_best_callback(output_dir: Path, tokenizer, meta: AdapterMeta):
+    from transformers import TrainerCallback
+
+    class KeepBestAdapter(TrainerCallback):
+        """After each validation, save the adapter if its macro-F1 is the best so far.
+
+        Selection lives here rather than in `load_best_model_at_end` so checkpoints (kept
+        only for --resume) can follow their own schedule and be deleted at the end.
+        """
+
+        def __init__(self):
+            self.best: float | None = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            # On --resume, the restored history already holds the earlier epochs' scores.
+            scores = [e["eval_macro_f1"] for e in state.log_history if "eval_macro_f1" in e]
+            self.best = max(scores) if scores else None
+
+        def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
+            score = (metrics or {}).get("eval_macro_f1")
+            if score is None or not args.should_save:
+                return
+            if self.best is None or score > self.best:
+                self.best = score
+                save_adapter(model, tokenizer, output_dir / ADAPTER_DIRNAME, meta)
+
+    return KeepBestAdapter()
+
+
+def save_every_epoch_callback():
+    from transformers import TrainerCallback
+
+    class SaveEveryEpoch(TrainerCallback):
+        """With step checkpoints, also checkpoint at each epoch end (after its validation)."""
+
+        def on_epoch_end(self, args, state, control, **kwargs):
+            control.should_save = True
+
+    return SaveEveryEpoch()
+
+
+class StepSortedSampler(torch.utils.data.Sampler):
+    """Every optimizer step's rows drawn at random, then sorted longest first within the step.
+
+    The Trainer cuts the order into micro-batches and accumulates their gradients, so each
+    micro-batch pads only to similar lengths while each step still learns from a random batch,
+    as the usual way's does. (transformers' LengthGroupedSampler sorts mega-batches of up to 50
+    steps instead, so its steps run from long reviews to short ones; with one seed that read
+    lower validation macro-F1 than the usual way, docs/performance.md.) The longest row of the
+    epoch is moved into the first micro-batch, so running out of memory shows at once.
+    """
+
+    def __init__(self, lengths: list[int], micro_batch_size: int, micro_batches_per_step: int):
+        self.lengths = list(lengths)
+        self.micro_batch_size = micro_batch_size
+        self.micro_batches_per_step = micro_batches_per_step
+
+    def __len__(self):
+        return len(self.lengths)
+
+    def __iter__(self):
+        from transformers.trainer_pt_utils import get_length_grouped_indices
+
+        # Drawn from torch's global generator, which the Trainer seeds with train.seed.
+        return iter(get_length_grouped_indices(self.lengths, self.micro_batch_size, self.micro_batches_per_step))
+
+
+def step_mean_cross_entropy(outputs, labels, num_items_in_batch=None):
+    """Cross-entropy summed over a micro-batch, divided by the rows of its whole optimizer step.
+
+    The Trainer counts the step's rows across its micro-batches. The model's own loss, a mean
+    per micro-batch, would instead be summed over them, scaling the gradient by their number.
+    """
+    total = torch.nn.functional.cross_entropy(outputs.logits.float(), labels, reduction="sum")
+    return total / (num_items_in_batch if num_items_in_batch is not None else labels.numel())
+
+
+def lora_trainer_class():
+    """transformers' Trainer with step-sorted batches under group_by_length and atomic checkpoints."""
+    from transformers import Trainer
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+
+    class LoraTrainer(Trainer):
+        """A Trainer whose checkpoints appear only complete, and whose length grouping stays within a step.
+
+        Its loss is `step_mean_cross_entropy`, so accumulated micro-batches give the step's mean.
+        Trainer writes checkpoint-N in place, so a kill mid-save would leave a partial
+        checkpoint-N that `resume_from_checkpoint=True` picks as the latest. Here it is written
+        under a hidden staging directory, fsynced, then renamed into place.
+        """
+
+        _staging_root: str | None = None
+
+        def __init__(self, *args, **kwargs):
+            kwargs.setdefault("compute_loss_func", step_mean_cross_entropy)
+            super().__init__(*args, **kwargs)
+
+        def _get_train_sampler(self, train_dataset=None):
+            if self.args.train_sampling_strategy != "group_by_length":
+                return super()._get_train_sampler(train_dataset)
+            # Under DDP the sharded loader deals consecutive micro-batches to the ranks in turn.
+            per_step = self.args.gradient_accumulation_steps * max(1, self.args.world_size)
+            # data.tokenize's length column; the loader's copy of the set has had it removed.
+            lengths = self.train_dataset["length"]
+            return StepSortedSampler(lengths, self.args.per_device_train_batch_size, per_step)
+
+        def _get_output_dir(self, trial):
+            return self._staging_root or super()._get_output_dir(trial)
+
+        def _save_checkpoint(self, model, trial):
+            root = Path(self.args.output_dir)
+            name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            staging = root / f"{STAGING_PREFIX}{name}"
+            if self.args.should_save:
+                shutil.rmtree(staging, ignore_errors=True)
+            self.accelerator.wait_for_everyone()  # every rank writes its own RNG state into staging
+            self._staging_root = str(staging)
+            try:
+                with save_errors(root / name):
+                    super()._save_checkpoint(model, trial)
+            finally:
+                self._staging_root = None
+            self.accelerator.wait_for_everyone()
+            if self.args.should_save:
+                with save_errors(root / name):
+                    publish_dir(staging / name, root / name)
+                shutil.rmtree(staging, ignore_errors=True)
+                rotate_checkpoints(output_dir=str(root), save_total_limit=self.args.save_total_limit, use_mtime=False)
+            self.accelerator.wait_for_everyone()
+
+    return LoraTrainer

@@ -1,0 +1,1 @@
+"""Helpers every stage may use: atomic writes, progress bars, provenance, hashing."""

@@ -1,0 +1,108 @@
+"""Writes that appear only complete: a temporary name, fsync, then rename."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from yelp_lora.errors import SaveError
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# Rust-backed writers (tokenizers, safetensors) raise a plain Exception that carries the
+# OS error only in its text: "File too large (os error 27)" or "Os { code: 28, ... }".
+_RUST_OS_ERROR = re.compile(r"os error (\d+)|Os \{ code: (\d+)")
+
+
+@contextlib.contextmanager
+def save_errors(target: str | Path) -> Iterator[None]:
+    """Turn an I/O failure while writing `target` into one SaveError naming it and the OS reason."""
+    try:
+        yield
+    except SaveError:
+        raise
+    except Exception as err:
+        if isinstance(err, OSError) and err.errno is not None:
+            code = err.errno
+        elif match := _RUST_OS_ERROR.search(str(err)):
+            code = int(match.group(1) or match.group(2))
+        else:
+            raise
+        raise SaveError(code, f"cannot write {target}: {os.strerror(code)}; any previous copy is unchanged") from None
+
+
+def _fsync_tree(root: Path) -> None:
+    # mkdtemp/mkstemp create private (0700/0600) entries; give the result ordinary permissions.
+    mask = _umask()
+    for path in sorted(root.rglob("*")) + [root]:
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+    with contextlib.suppress(OSError):  # directory fsync is not allowed everywhere
+        fd = os.open(root, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def publish_dir(staging: Path, target: Path) -> None:
+    """fsync a finished directory and rename it to `target`, replacing any previous one whole."""
+    _fsync_tree(staging)
+    if target.exists():
+        retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        os.replace(target, retired / target.name)
+        os.replace(staging, target)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        os.replace(staging, target)
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | Path) -> Iterator[Path]:
+    """Yield a fresh temporary directory beside `target`; on success it replaces `target` whole."""
+    target = Path(target)
+    with save_errors(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        try:
+            yield staging
+            publish_dir(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    path = Path(path)
+    tmp = None
+    with save_errors(path):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(tmp, 0o666 & ~_umask())
+            os.replace(tmp, path)
+        except BaseException:
+            if tmp:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+            raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
