@@ -6,9 +6,9 @@ import contextlib
 from multiprocessing import get_context
 
 
-def _run_worker(worker, connection, *args) -> None:
+def _run_worker(worker, connection, options: dict) -> None:
     try:
-        worker(connection, *args)
+        worker(connection, **options)
     except Exception as err:  # reported to the parent, which raises it
         connection.send(err)
 
@@ -22,10 +22,11 @@ class PathProcess:
     ready, answers each turn's work with (seconds, output), and its result when told to close.
     """
 
-    def __init__(self, worker, *args):
+    def __init__(self, worker, **options):
+        """Start `worker(connection, **options)` in a spawned process and wait for what it says it is."""
         context = get_context("spawn")
         self.connection, child = context.Pipe()
-        self.process = context.Process(target=_run_worker, args=(worker, child, *args), daemon=True)
+        self.process = context.Process(target=_run_worker, args=(worker, child, options), daemon=True)
         self.process.start()
         self.info = self._receive()
         self.seconds: list[float] = []

@@ -36,7 +36,7 @@ PATH_OPTIONS = {
 }
 
 
-def _predict_worker(connection, path: str, adapter_dir: str, settings: BenchSettings) -> None:
+def _predict_worker(connection, *, path: str, adapter_dir: str, settings: BenchSettings) -> None:
     """One prediction path: load and tell the parent; then predict each chunk of texts it sends
     (timing only the prediction) until it sends None; then report peak memory."""
     from yelp_lora.inference.predictor import Predictor
@@ -77,7 +77,7 @@ def _predict_worker(connection, path: str, adapter_dir: str, settings: BenchSett
 
 
 def bench_prediction(
-    paths: list[str], adapter_dir: Path, test_split, settings: BenchSettings, measure_round_peak, progress
+    paths: list[str], adapter_dir: Path, test_split, *, settings: BenchSettings, measure_round_peak, progress
 ) -> list[dict]:
     """Every prediction path on the same test rows, in rounds (one chunk each per round)."""
     from transformers import AutoConfig
@@ -93,7 +93,7 @@ def bench_prediction(
     with path_processes() as processes:
         for path in paths:
             progress(f"prediction: loading {PREDICT_PATHS[path]} ...")
-            processes.append(PathProcess(_predict_worker, path, str(adapter_dir), settings))
+            processes.append(PathProcess(_predict_worker, path=path, adapter_dir=str(adapter_dir), settings=settings))
 
         def before_round(number: int) -> None:
             measure_round_peak()

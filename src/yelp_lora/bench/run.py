@@ -93,7 +93,8 @@ def run_bench(settings: BenchSettings, progress=print) -> dict:
     training = []
     if train_paths:
         training = bench_training(
-            train_paths, base, train_split, val_split, settings, str(workdir), measure_round_peak, progress
+            train_paths, base, train_split, val_split, settings=settings, workdir=str(workdir),
+            measure_round_peak=measure_round_peak, progress=progress,
         )
 
     paths = [
@@ -107,14 +108,18 @@ def run_bench(settings: BenchSettings, progress=print) -> dict:
         if not Path(adapter).exists():
             raise ModelError("no adapter to predict with: pass --adapter or keep the 'ours' training path")
         adapter_dir = resolve_adapter_dir(adapter)
-        prediction = bench_prediction(paths, adapter_dir, test_split, settings, measure_round_peak, progress)
+        prediction = bench_prediction(
+            paths, adapter_dir, test_split, settings=settings, measure_round_peak=measure_round_peak, progress=progress
+        )
 
     service = {"available": False, "reason": "--no-service"}
     ours = [r for r in prediction if r["path"] in PATH_OPTIONS]
     if settings.service and ours:  # ours is empty without prediction paths, so adapter_dir is set here
         fastest = max(ours, key=lambda r: r["samples_per_s"])["path"]  # served the way it runs fastest offline
         progress(f"service ({PREDICT_PATHS[fastest]}) ...")
-        service = bench_service(str(adapter_dir), test_split.texts, settings, workdir / "serve.log", fastest)
+        service = bench_service(
+            str(adapter_dir), test_split.texts, settings=settings, log_file=workdir / "serve.log", path=fastest
+        )
 
     # Measured at the start, before each round and at the end: on a shared machine the
     # best is the closest to what the hardware can do, and the fraction of it the most conservative.

@@ -79,7 +79,7 @@ class ServeProcess:
         self.stop()
 
 
-def bench_service(adapter_dir: str, texts: list[str], settings: BenchSettings, log_file: Path, path: str) -> dict:
+def bench_service(adapter_dir: str, texts: list[str], *, settings: BenchSettings, log_file: Path, path: str) -> dict:
     """Throughput and latency of `yelp-lora serve` on prediction path `path` under 1, 8, 32 concurrent
     clients (one review per request)."""
     import httpx

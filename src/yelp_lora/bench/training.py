@@ -29,7 +29,9 @@ TRAIN_PATHS = {
 }
 
 
-def _train_worker(connection, path: str, base: str, train_split, val_split, settings: BenchSettings, workdir: str) -> None:
+def _train_worker(
+    connection, *, path: str, base: str, train_split, val_split, settings: BenchSettings, workdir: str
+) -> None:
     """One training path: build it and tell the parent its step count; run the steps each turn
     asks for (timing only those steps); once told to close, score it and send the result."""
     from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments, default_data_collator
@@ -129,14 +131,18 @@ def _train_worker(connection, path: str, base: str, train_split, val_split, sett
 
 
 def bench_training(
-    paths: list[str], base: str, train_split, val_split, settings: BenchSettings, workdir: str, measure_round_peak, progress
+    paths: list[str], base: str, train_split, val_split, *, settings: BenchSettings, workdir: str, measure_round_peak,
+    progress,
 ) -> list[dict]:
     """Every training path over the same rows, one pass, in rounds (a share of the steps each per round)."""
     results = []
     with path_processes() as processes:
         for path in paths:
             progress(f"training: building {TRAIN_PATHS[path]} ...")
-            processes.append(PathProcess(_train_worker, path, base, train_split, val_split, settings, workdir))
+            processes.append(PathProcess(
+                _train_worker, path=path, base=base, train_split=train_split, val_split=val_split,
+                settings=settings, workdir=workdir,
+            ))
         steps = processes[0].info["steps"]
         turns = [len(chunk) for chunk in np.array_split(np.arange(steps), min(settings.rounds, steps))]
 

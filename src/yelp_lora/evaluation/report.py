@@ -146,7 +146,7 @@ def figure_training(folder: Path, record: RunRecord) -> str:
     return _save(fig, folder, "training_curves.png")
 
 
-def _heatmap(ax, matrix: np.ndarray, title: str, xlabel: str, ylabel: str, shading: np.ndarray | None = None) -> None:
+def _heatmap(ax, matrix: np.ndarray, title: str, *, xlabel: str, ylabel: str, shading: np.ndarray | None = None) -> None:
     ax.imshow(matrix if shading is None else shading, cmap="Blues", vmin=0)
     for i in range(NUM_LABELS):
         for j in range(NUM_LABELS):
@@ -164,7 +164,8 @@ def figure_confusion(folder: Path, result: CompareResult, names: list[str]) -> s
     for ax, name in zip(axes[0], names):
         matrix = np.array(result.detailed[name].confusion_matrix)
         recall_share = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)  # colour: share of the true class
-        _heatmap(ax, matrix, f"{MODEL_TITLES[name]} (acc {result.detailed[name].accuracy:.3f})", "predicted", "true", recall_share)
+        title = f"{MODEL_TITLES[name]} (acc {result.detailed[name].accuracy:.3f})"
+        _heatmap(ax, matrix, title, xlabel="predicted", ylabel="true", shading=recall_share)
     fig.tight_layout()
     return _save(fig, folder, "confusion_matrices.png")
 
@@ -245,7 +246,7 @@ def figure_label_shift(folder: Path, scored: ScoredSample) -> str:
     moves = np.zeros((NUM_LABELS, NUM_LABELS), dtype=int)
     np.add.at(moves, (scored.predictions("baseline"), scored.predictions("lora")), 1)
     fig, ax = plt.subplots(figsize=(5.2, 4.8))
-    _heatmap(ax, moves, "label shift: baseline → LoRA (same reviews)", "LoRA predicts", "baseline predicted")
+    _heatmap(ax, moves, "label shift: baseline → LoRA (same reviews)", xlabel="LoRA predicts", ylabel="baseline predicted")
     for i, j in EXTREMES:
         ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="#d62728", linewidth=2.5))
     fig.tight_layout()
@@ -290,7 +291,7 @@ def _quote(scored: ScoredSample, index: int, caption: str) -> Block:
     return Block("quote", excerpt(scored.rows.texts[index]), source=f"{caption} · row {scored.rows.row_ids[index]}")
 
 
-def build_blocks(record: RunRecord, run_dir: Path, scored: ScoredSample, result: CompareResult, intervals: dict,
+def build_blocks(record: RunRecord, run_dir: Path, scored: ScoredSample, result: CompareResult, *, intervals: dict,
                  calibrations: dict, figures: dict[str, str]) -> list[Block]:
     names = list(scored.probabilities)
     config = record.config
@@ -423,7 +424,9 @@ def build_report(run: str | Path, settings: EvalSettings, out_dir: str | Path | 
             "reliability": figure_reliability(staging, calibrations, names),
             "label_shift": figure_label_shift(staging, scored),
         }
-        blocks = build_blocks(record, run_dir, scored, result, intervals, calibrations, figures)
+        blocks = build_blocks(
+            record, run_dir, scored, result, intervals=intervals, calibrations=calibrations, figures=figures
+        )
         title = blocks[0].text
         (staging / REPORT_HTML).write_text(render_html(title, blocks), encoding="utf-8")
         (staging / REPORT_MD).write_text(render_markdown(blocks), encoding="utf-8")

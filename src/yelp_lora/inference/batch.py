@@ -84,7 +84,7 @@ class BatchJob(Record):
     bf16: bool
 
 
-def _job(input_path: Path, adapter_dir: Path, chunk_rows: int, backend: str, bf16: bool) -> BatchJob:
+def _job(input_path: Path, adapter_dir: Path, *, chunk_rows: int, backend: str, bf16: bool) -> BatchJob:
     stat = input_path.stat()
     return BatchJob(
         input=str(input_path.resolve()), input_bytes=stat.st_size, input_mtime_ns=stat.st_mtime_ns,
@@ -111,9 +111,8 @@ def _prepare_parts(parts: Path, job: BatchJob, resume: bool) -> None:
 
 
 def _records(
-    source: Path, chunk_index: int, chunk_rows: int, chunk: list[InputText], predictor: Predictor, skip_bad_rows: bool
+    source: Path, chunk: list[InputText], *, first_row: int, predictor: Predictor, skip_bad_rows: bool
 ) -> list[dict]:
-    first_row = chunk_index * chunk_rows
     good, records = [], []
     for offset, row in enumerate(chunk):
         record = dict.fromkeys(COLUMNS)
@@ -216,7 +215,8 @@ def predict_file(
     rank, world = _distributed()
     parts = parts_dir(output)
     if rank == 0:  # before loading the model, so a refused resume is refused at once
-        _prepare_parts(parts, _job(input_path, resolve_adapter_dir(adapter), chunk_rows, backend, bf16), resume)
+        job = _job(input_path, resolve_adapter_dir(adapter), chunk_rows=chunk_rows, backend=backend, bf16=bf16)
+        _prepare_parts(parts, job, resume)
     _barrier(world)
     predictor = Predictor(adapter, bf16=bf16, batch_size=batch_size, backend=backend)
 
@@ -233,7 +233,8 @@ def predict_file(
         if part.is_file():
             resumed_chunks += 1
             continue
-        atomic_write_bytes(part, _encode(_records(input_path, index, chunk_rows, chunk, predictor, skip_bad_rows), suffix))
+        records = _records(input_path, chunk, first_row=index * chunk_rows, predictor=predictor, skip_bad_rows=skip_bad_rows)
+        atomic_write_bytes(part, _encode(records, suffix))
         predicted_chunks += 1
         done_rows += len(chunk)
         rss = _rss_mib()

@@ -94,7 +94,7 @@ def _now() -> str:
 
 
 def build_manifest(
-    version: str, name: str | None, run_root: Path, run: RunRecord, compare: CompareResult | None, meta: AdapterMeta,
+    *, version: str, name: str | None, run_root: Path, run: RunRecord, compare: CompareResult | None, meta: AdapterMeta,
     base: BaseModelRecord, adapter_dir: Path, id2label: dict[str, str] | None,
 ) -> Manifest:
     """The manifest of a new version (its `files` are hashed once the version's directory is complete)."""

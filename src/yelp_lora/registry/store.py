@@ -230,7 +230,10 @@ class Registry:
             version = f"v{int(versions[-1][1:]) + 1 if versions else 1}"
             with atomic_dir(self.root / version) as staging:
                 shutil.copytree(adapter_dir, staging / ADAPTER_DIRNAME)
-                manifest = build_manifest(version, name, run_root, run, compare, meta, base, adapter_dir, id2label)
+                manifest = build_manifest(
+                    version=version, name=name, run_root=run_root, run=run, compare=compare, meta=meta, base=base,
+                    adapter_dir=adapter_dir, id2label=id2label,
+                )
                 (staging / CARD_FILE).write_text(model_card(manifest), encoding="utf-8")
                 manifest.files = _tree_hashes(staging)
                 (staging / MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
