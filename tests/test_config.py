@@ -70,3 +70,39 @@ def test_missing_config_file():
 
 def test_defaults_are_valid():
     assert RunConfig().train.seed == 42
+
+
+def test_set_overrides_any_field_and_names_unknown_ones():
+    from yelp_lora.config import parse_set
+
+    config = load_config(None, parse_set(["lora.r=16", "lora.target_modules=[query,key,value]", "train.learning_rate=1e-3"]))
+    assert (config.lora.r, config.lora.target_modules, config.train.learning_rate) == (16, ["query", "key", "value"], 1e-3)
+    with pytest.raises(ConfigError, match="unknown config field 'lora_r'"):
+        load_config(None, parse_set(["lora_r=16"]))
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        parse_set(["lora.r"])
+
+
+def test_command_settings_are_validated_when_built_and_frozen():
+    from pydantic import ValidationError
+
+    from yelp_lora.config import BenchSettings, EvalSettings, ServeSettings, build_settings
+
+    with pytest.raises(ConfigError, match=r"--max-batch \(8\) must be at least --max-texts \(64\)"):
+        build_settings(ServeSettings, max_batch=8)
+    with pytest.raises(ConfigError, match=r"--n must be at least 1 \(got 0\)"):
+        build_settings(EvalSettings, n=0)
+    with pytest.raises(ConfigError, match="--model 'nope': expected minilm, bert-base or a model directory"):
+        build_settings(BenchSettings, model="nope")
+    settings = build_settings(ServeSettings, max_texts=8, max_batch=8)
+    with pytest.raises(ValidationError):
+        settings.max_texts = 9
+    assert settings.max_body_bytes == 8 * (20_000 * 4 + 16) + 1024
+
+
+def test_the_api_key_comes_from_the_environment_by_default(monkeypatch):
+    from yelp_lora.config import ServeSettings
+
+    monkeypatch.setenv("YELP_LORA_API_KEY", "from-env")
+    assert ServeSettings().api_key == "from-env"
+    assert ServeSettings(api_key="given").api_key == "given"

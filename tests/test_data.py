@@ -148,3 +148,13 @@ def test_prediction_inputs(tmp_path):
     (tmp_path / "no-text.csv").write_text("id,review\n1,hello\n")
     with pytest.raises(DataError, match="cannot tell the columns"):
         list(iter_texts(tmp_path / "no-text.csv"))
+
+
+def test_training_and_prediction_read_files_through_one_reader(tmp_path):
+    """The same rows, in the same order, whichever stage reads the file; only a line break ends a JSONL row."""
+    texts = ["fine\u2028with a line separator", "next\u0085row", "plain"]
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps({"label": i, "text": t}, ensure_ascii=False) + "\n" for i, t in enumerate(texts)),
+                    encoding="utf-8")
+    assert load_split(str(path), "train").texts == texts
+    assert [row.text for row in iter_texts(path)] == texts

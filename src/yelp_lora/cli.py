@@ -60,7 +60,7 @@ def cmd_train(args: argparse.Namespace) -> None:
             raise UserError(f"--seeds must be at least 1, not {args.seeds}")
         if args.resume:
             raise UserError("--seeds reruns only unfinished seeds by itself; drop --resume")
-        settings = _eval_settings(argparse.Namespace(), **({"n": args.compare_n} if args.compare_n else {}))
+        settings = _eval_settings(argparse.Namespace(), **({"n": args.compare_n} if args.compare_n is not None else {}))
         summary = sweep(config, args.output_dir, args.seeds, settings)
         print(format_sweep(summary))
         print(f"Sweep written to {Path(args.output_dir) / SWEEP_FILE} (one run per seed in seed-S/)")

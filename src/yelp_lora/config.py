@@ -163,10 +163,10 @@ class _Settings(BaseModel):
 Settings = TypeVar("Settings", bound=_Settings)
 
 
-def build_settings(model: type[Settings], **values: Any) -> Settings:
-    """`model(**values)`, with every invalid value reported as the flag that set it (--field-name)."""
+def build_settings(kind: type[Settings], /, **values: Any) -> Settings:
+    """`kind(**values)`, with every invalid value reported as the flag that set it (--field-name)."""
     try:
-        return model(**values)
+        return kind(**values)
     except ValidationError as err:
         raise ConfigError("; ".join(_flag_problem(e) for e in err.errors())) from None
 

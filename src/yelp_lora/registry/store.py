@@ -25,8 +25,6 @@ import shutil
 from pathlib import Path
 from typing import Iterator
 
-from pydantic import ValidationError
-
 from yelp_lora.artifacts import (
     ADAPTER_DIRNAME,
     ADAPTER_WEIGHTS,
@@ -145,15 +143,9 @@ class Registry:
         version = self.resolve(ref)
         file = self.root / version / MANIFEST_FILE
         try:
-            return Manifest.model_validate_json(file.read_bytes())
-        except FileNotFoundError:
-            raise RegistryError(f"{file} is missing: version {version} is damaged") from None
-        except ValidationError as err:
-            first = err.errors()[0]
-            where = ".".join(str(part) for part in first["loc"]) or "the top level"
-            raise RegistryError(
-                f"{file} is not a yelp-lora manifest ({where}: {first['msg']}): version {version} is damaged"
-            ) from None
+            return read_record(Manifest, file, RegistryError)
+        except RegistryError as err:
+            raise RegistryError(f"{err}: version {version} is damaged") from None
 
     def problems(self, ref: str, *, check_base: bool = True) -> list[str]:
         """Every way version `ref` differs from its manifest (empty when intact)."""
