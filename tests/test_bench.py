@@ -168,7 +168,9 @@ def test_streaming_prediction_on_onnx_int8_and_resume_keeps_the_backend(
     # An interrupted int8 run may not be finished by another backend: the parts would mix numerics.
     parts = batch.parts_dir(output)
     parts.mkdir()
-    interrupted = batch._job(source, resolve_adapter_dir(result["adapter"]), chunk_rows=8, backend="onnx-int8", bf16=False)
+    interrupted = batch._job(
+        source, resolve_adapter_dir(result["adapter"]), chunk_rows=8, backend="onnx-int8", batch_size=None, bf16=False
+    )
     (parts / batch.JOB_FILE).write_text(interrupted.to_json(), encoding="utf-8")
     capsys.readouterr()
     assert main([*command, "--resume"]) == 2

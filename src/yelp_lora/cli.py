@@ -204,19 +204,26 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> None:
     from yelp_lora.config import ServeSettings, build_settings
+    from yelp_lora.errors import ModelError
     from yelp_lora.serving.app import serve
 
     settings = build_settings(ServeSettings, **_given(args, ServeSettings.model_fields))  # bad limits fail before loading
     # The worker gathers up to --max-batch texts; the predictor runs them in its own length-sorted batches.
-    serve(_load_predictor(args), host=args.host, port=args.port, settings=settings)
+    predictor = _load_predictor(args)
+    loaded = predictor.info.adapter_sha256
+    if settings.expect_sha256 and loaded != settings.expect_sha256.lower():
+        raise ModelError(f"--expect-sha256 {settings.expect_sha256}: the adapter loaded has sha256 {loaded}; not serving it")
+    serve(predictor, settings)
 
 
 def cmd_mcp(args: argparse.Namespace) -> None:
-    from yelp_lora.serving.agent import build_server
+    from yelp_lora.config import ServeSettings, build_settings
+    from yelp_lora.serving.agent import build_server, run_http
 
-    transport = {"transport": "stdio"} if args.transport == "stdio" else {
-        "transport": "streamable-http", "host": args.host, "port": args.port}
-    build_server(_load_predictor(args)).run(**transport)
+    if args.transport == "stdio":
+        return build_server(_load_predictor(args)).run(transport="stdio")
+    key = build_settings(ServeSettings, **_given(args, ("api_key", "api_key_file"))).api_key  # read and checked as serve does
+    run_http(build_server(_load_predictor(args)), host=args.host, port=args.port, api_key=key)
 
 
 def cmd_tool_schema(args: argparse.Namespace) -> None:
@@ -252,6 +259,16 @@ def _add_model_source(parser: argparse.ArgumentParser) -> None:
 
 def _add_registry_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--registry", metavar="DIR", help="registry directory (default: $YELP_LORA_REGISTRY or ./registry)")
+
+
+def _add_key_options(parser: argparse.ArgumentParser, where: str) -> None:
+    _setting(parser, "--api-key-file", "api_key_file", metavar="FILE",
+             help=f"require the key in FILE {where} (kept out of `ps`; or set YELP_LORA_API_KEY)")
+    _setting(parser, "--api-key", "api_key", help=f"require this key {where} (visible in `ps`: prefer --api-key-file)")
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
 DATA_HELP = "hub data set id, directory with train/test files, or one file (CSV, JSONL, Parquet)"
@@ -370,14 +387,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="HTTP service: POST /v1/classify, /healthz, /readyz, /metrics, a web page at /")
     _add_model_source(p)
-    p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
-    p.add_argument("--port", type=int, default=8000)
-    _setting(p, "--api-key", "api_key", help="require this key on /v1/* (or set YELP_LORA_API_KEY)")
+    _setting(p, "--host", "host", help="bind address (default 127.0.0.1: loopback only)")
+    _setting(p, "--port", "port", type=int, help="default 8000")
+    _add_key_options(p, "on /v1/*")
+    _setting(p, "--allowed-hosts", "allowed_hosts", type=_names, metavar="NAME,NAME",
+             help="Host header values served (default: the loopback names when bound to loopback, any otherwise)")
+    _setting(p, "--expect-sha256", "expect_sha256", metavar="HEX", help="refuse to start unless the adapter has this sha256")
     _setting(p, "--max-texts", "max_texts", type=int, help="texts per request (default 64)")
     _setting(p, "--max-chars", "max_chars", type=int, help="characters per text (default 20,000)")
     _setting(p, "--max-batch", "max_batch", type=int, help="texts per model batch, >= --max-texts (default 64)")
     _setting(p, "--max-wait-ms", "max_wait_ms", type=float,
              help="how long a batch waits for more requests (default 0: it takes what is waiting when the model is free)")
+    _setting(p, "--max-queue", "max_queue", type=int,
+             help="texts that may wait for the model; beyond it 503 + Retry-After at once (default 4 x --max-batch)")
+    _setting(p, "--request-timeout", "request_timeout", type=float,
+             help="seconds a request may wait to be started, then 504 and it is never run (default 30)")
+    _setting(p, "--read-timeout", "read_timeout", type=float,
+             help="seconds a client has to send its headers, and its body, before it is cut (default 10)")
+    _setting(p, "--keep-alive", "keep_alive", type=float, help="seconds an idle connection stays open (default 5)")
+    _setting(p, "--limit-concurrency", "limit_concurrency", type=int,
+             help="connections and requests at once; beyond it 503 (default 256)")
     p.set_defaults(handler=cmd_serve)
 
     p = sub.add_parser("mcp", help="Model Context Protocol server with the classify_review_sentiment tool")
@@ -385,6 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--transport", choices=["stdio", "http"], default="stdio")
     p.add_argument("--host", default="127.0.0.1", help="with --transport http")
     p.add_argument("--port", type=int, default=8001, help="with --transport http (endpoint /mcp)")
+    _add_key_options(p, "with --transport http")
     p.set_defaults(handler=cmd_mcp)
 
     p = sub.add_parser("tool-schema", help="print classify_review_sentiment as an OpenAI function-tool schema")

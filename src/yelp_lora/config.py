@@ -198,24 +198,83 @@ MAX_REQUEST_TEXT_CHARS = 20_000
 API_KEY_ENV = "YELP_LORA_API_KEY"
 
 
-class ServeSettings(_Settings):
-    """Limits and behaviour of the HTTP service."""
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
+
+class ServeSettings(_Settings):
+    """Where the HTTP service listens, what it lets in, and how much work it holds."""
+
+    host: str = Field("127.0.0.1", description="Bind address (loopback only by default).")
+    port: int = Field(8000, ge=0, le=65535)
     max_texts: int = Field(MAX_TEXTS_PER_REQUEST, ge=1, description="Texts per request.")
     max_chars: int = Field(MAX_REQUEST_TEXT_CHARS, ge=1, description="Characters per text.")
     max_batch: int = Field(MAX_TEXTS_PER_REQUEST, ge=1, description="Texts per model batch; a full request always fits.")
     # No waiting for company: batches form while the model is busy (docs/deploy.md).
     max_wait_ms: float = Field(0.0, ge=0.0, description="How long a batch waits for more requests.")
-    api_key: str | None = Field(
-        default_factory=lambda: os.environ.get(API_KEY_ENV) or None,
-        description=f"Key required on /v1/*; default ${API_KEY_ENV}.",
+    max_queue: int | None = Field(
+        None, ge=1, description="Texts that may wait for the model; beyond it, 503 at once. null: 4 batches' worth."
     )
+    request_timeout: float = Field(30.0, gt=0, description="Seconds a request may wait to be started; then 504.")
+    read_timeout: float = Field(10.0, gt=0, description="Seconds a client has to send a request's headers and body; then 408.")
+    keep_alive: float = Field(5.0, gt=0, description="Seconds an idle keep-alive connection stays open.")
+    limit_concurrency: int = Field(256, ge=1, description="Open connections and tasks at once; beyond it, 503.")
+    allowed_hosts: tuple[str, ...] | None = Field(
+        None, description="Host header values accepted (DNS rebinding); null: the loopback names when bound to loopback, "
+        "any host otherwise.",
+    )
+    api_key: str | None = Field(None, description=f"Key required on /v1/*; default ${API_KEY_ENV}.")
+    api_key_file: Path | None = Field(None, description="A file holding the key (kept off the command line).")
+    expect_sha256: str | None = Field(None, description="Refuse to start unless the loaded adapter has this sha256.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _key_from_file_or_environment(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if data.get("api_key_file") is not None:
+            if data.get("api_key") is not None:
+                raise ValueError("give --api-key or --api-key-file, not both")
+            try:
+                data["api_key"] = Path(data["api_key_file"]).read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as err:
+                raise ValueError(f"--api-key-file {data['api_key_file']}: cannot read it ({err})") from None
+        elif data.get("api_key") is None and API_KEY_ENV in os.environ:
+            data["api_key"] = os.environ[API_KEY_ENV]
+        return data
+
+    @field_validator("api_key")
+    @classmethod
+    def _no_empty_key(cls, key: str | None) -> str | None:
+        if key is not None and not key.strip():
+            raise ValueError(
+                f"the API key is empty (from --api-key, --api-key-file or ${API_KEY_ENV}); an empty key would "
+                "turn authentication off: give a key, or none at all"
+            )
+        return key
 
     @model_validator(mode="after")
-    def _a_request_fits_a_batch(self) -> "ServeSettings":
+    def _a_request_fits(self) -> "ServeSettings":
         if self.max_batch < self.max_texts:
             raise ValueError(f"--max-batch ({self.max_batch}) must be at least --max-texts ({self.max_texts})")
+        if self.queue_limit < self.max_texts:
+            raise ValueError(f"--max-queue ({self.queue_limit}) must be at least --max-texts ({self.max_texts})")
         return self
+
+    @property
+    def queue_limit(self) -> int:
+        return self.max_queue or 4 * self.max_batch
+
+    @property
+    def loopback(self) -> bool:
+        return self.host in LOOPBACK_HOSTS or self.host.startswith("127.")
+
+    @property
+    def hosts(self) -> tuple[str, ...] | None:
+        """The Host header names accepted (without port), or None for any."""
+        if self.allowed_hosts is not None:
+            return self.allowed_hosts
+        return (*LOOPBACK_HOSTS, self.host) if self.loopback else None
 
     @property
     def max_body_bytes(self) -> int:

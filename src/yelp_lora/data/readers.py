@@ -13,16 +13,22 @@ from __future__ import annotations
 
 import csv
 import json
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, TextIO
 
 from yelp_lora.errors import DataError
 
 SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")
-# csv's default 128 KiB field limit would turn one over-long review into a whole-file
-# "malformed CSV" error; lifted, the row check reports it (and --skip-bad-rows can skip it).
-CSV_FIELD_LIMIT = 2**31 - 1
+# Reading is bounded whatever a file holds: no line, field or row group is built past these.
+# A review over the row check's own limit (rows.MAX_TEXT_CHARS) is still read, to be reported
+# as that row's problem; a line past MAX_LINE_CHARS (a broken or hostile file) is not.
+MAX_LINE_CHARS = 8_000_000
+# csv's own default (128 Ki characters) would turn one over-long review into a whole-file error;
+# it is raised to MAX_LINE_CHARS only while this module parses a row, never for the process.
+CSV_FIELD_LIMIT = MAX_LINE_CHARS
+MAX_ROW_GROUP_BYTES = 512 * 2**20  # uncompressed bytes of a Parquet row group's columns we read
 PARQUET_BATCH_ROWS = 4096
 LABEL_COLUMNS = ("label", "stars")
 NEEDS_LABEL = "'label' (0-4) or 'stars' (1-5)"
@@ -96,13 +102,39 @@ def _open_text(path: Path, newline: str | None):
     return open(path, encoding="utf-8-sig", errors="surrogateescape", newline=newline)
 
 
+_CSV_LIMIT_LOCK = threading.Lock()
+
+
+def _csv_rows(reader) -> Iterator[list[str]]:
+    """The reader's rows, each parsed with the field limit raised to CSV_FIELD_LIMIT and restored after."""
+    while True:
+        with _CSV_LIMIT_LOCK:
+            previous = csv.field_size_limit(CSV_FIELD_LIMIT)
+            try:
+                fields = next(reader, None)
+            finally:
+                csv.field_size_limit(previous)
+        if fields is None:
+            return
+        yield fields
+
+
+def _bounded_lines(handle: TextIO, path: Path) -> Iterator[str]:
+    """The file's lines, refusing (DataError) one longer than MAX_LINE_CHARS before it is read whole."""
+    number = 0
+    while line := handle.readline(MAX_LINE_CHARS + 1):
+        number += 1
+        if len(line) > MAX_LINE_CHARS:
+            raise DataError(f"{path}: line {number} is over {MAX_LINE_CHARS:,} characters; not a review file")
+        yield line
+
+
 def _csv_table(path: Path) -> Table:
-    csv.field_size_limit(CSV_FIELD_LIMIT)
     handle = _open_text(path, newline="")
-    reader = csv.reader(handle, strict=True)
+    reader = csv.reader(_bounded_lines(handle, path), strict=True)
     try:
-        first = next(reader, None)
-    except csv.Error as err:
+        first = next(_csv_rows(reader), None)
+    except (csv.Error, DataError) as err:
         handle.close()
         raise _malformed(path, reader, err) from None
     if first is None:
@@ -117,13 +149,13 @@ def _csv_table(path: Path) -> Table:
         handle.close()
         raise DataError(
             f"{path}: line 1: cannot tell the columns; expected a header with a 'text' column (and {NEEDS_LABEL} "
-            f"to train on) or headerless '\"stars\",\"text\"' rows, found {first[:3]!r}"
+            f"to train on) or headerless '\"stars\",\"text\"' rows, found {', '.join(shown(name) for name in first[:3])}"
         )
 
     def rows() -> Iterator[Row]:
         with handle:
             try:
-                for fields in _chain(pending, reader):
+                for fields in _chain(pending, _csv_rows(reader)):
                     line = reader.line_num
                     where = f"line {line}"
                     if len(fields) != len(header):
@@ -141,25 +173,58 @@ def _chain(first: list, rest: Iterable) -> Iterator:
     yield from rest
 
 
-def _malformed(path: Path, reader, err: csv.Error) -> DataError:
+def _malformed(path: Path, reader, err: Exception) -> DataError:
+    if isinstance(err, DataError):
+        return err
     return DataError(f"{path}: line {reader.line_num}: malformed CSV ({err}); check for an unclosed quote")
 
 
-def _numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(line number, line) of the non-blank lines; only a line break ends a line (not U+2028 and kin)."""
+def shown(value: object, limit: int = 40) -> str:
+    """A value as it may be quoted in a message: its repr, cut short (whatever its size)."""
+    try:
+        text = repr(value)
+    except ValueError:  # an integer too long for Python to print
+        return f"<an integer of {value.bit_length():,} bits>"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _numbered_lines(path: Path) -> Iterator[tuple[int, str | None]]:
+    """(line number, line) of the non-blank lines; only a line break ends a line (not U+2028 and kin).
+
+    A line over MAX_LINE_CHARS comes back as None, never read whole: the rest of it is skipped.
+    """
     with _open_text(path, newline=None) as handle:
-        for number, line in enumerate(handle, start=1):
-            if line.strip():
+        number = 0
+        while line := handle.readline(MAX_LINE_CHARS + 1):
+            number += 1
+            if len(line) > MAX_LINE_CHARS:
+                while line and not line.endswith("\n"):
+                    line = handle.readline(MAX_LINE_CHARS)
+                yield number, None
+            elif line.strip():
                 yield number, line
+
+
+def _too_long(number: int, path: Path) -> Row:
+    return Row(f"line {number}", f"{path.name}:{number}", problem=f"line is over {MAX_LINE_CHARS:,} characters")
 
 
 def _jsonl_rows(path: Path) -> Iterator[Row]:
     for number, line in _numbered_lines(path):
         where, row_id = f"line {number}", f"{path.name}:{number}"
+        if line is None:
+            yield _too_long(number, path)
+            continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as err:
             yield Row(where, row_id, problem=f"invalid JSON ({err.msg})")
+            continue
+        except ValueError as err:  # an integer of more digits than Python converts
+            yield Row(where, row_id, problem=f"invalid JSON ({err})")
+            continue
+        except RecursionError:
+            yield Row(where, row_id, problem="invalid JSON (nested too deeply)")
             continue
         if not isinstance(record, dict):
             yield Row(where, row_id, problem=f"expected a JSON object, found {type(record).__name__}")
@@ -169,7 +234,10 @@ def _jsonl_rows(path: Path) -> Iterator[Row]:
 
 def _line_rows(path: Path) -> Iterator[Row]:
     for number, line in _numbered_lines(path):
-        yield Row(f"line {number}", f"{path.name}:{number}", {"text": line.rstrip("\r\n")})
+        if line is None:
+            yield _too_long(number, path)
+        else:
+            yield Row(f"line {number}", f"{path.name}:{number}", {"text": line.rstrip("\r\n")})
 
 
 def _parquet_table(path: Path) -> Table:
@@ -183,13 +251,22 @@ def _parquet_table(path: Path) -> Table:
         raise DataError(f"{path}: not a readable Parquet file ({err})") from None
     names = parquet.schema_arrow.names
     wanted = [name for name in names if name in ("text", *LABEL_COLUMNS)]
+    positions = [names.index(name) for name in wanted]
 
     def rows() -> Iterator[Row]:
         index = 0
-        for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=wanted):
-            for values in batch.to_pylist():
-                yield Row(f"row {index}", f"{path.name}:{index}", values)
-                index += 1
+        metadata = parquet.metadata
+        for group in range(metadata.num_row_groups):
+            row_group = metadata.row_group(group)
+            size = sum(row_group.column(position).total_uncompressed_size for position in positions)
+            if size > MAX_ROW_GROUP_BYTES:  # checked before a value of it is built in memory
+                raise DataError(
+                    f"{path}: row group {group} (rows {index}-{index + row_group.num_rows - 1}) holds {size:,} bytes "
+                    f"of text and labels, over the {MAX_ROW_GROUP_BYTES:,}-byte limit; not a review file"
+                )
+            for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, row_groups=[group], columns=wanted):
+                for values in batch.to_pylist():
+                    yield Row(f"row {index}", f"{path.name}:{index}", values)
+                    index += 1
 
     return Table(str(path), names, rows())
-

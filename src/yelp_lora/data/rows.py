@@ -17,7 +17,7 @@ import numpy as np
 
 from yelp_lora.artifacts import SplitSummary
 from yelp_lora.config import NUM_LABELS
-from yelp_lora.data.readers import Table, open_table
+from yelp_lora.data.readers import Table, shown, open_table
 from yelp_lora.errors import DataError
 
 # Real reviews stay under ~5,000 characters; a far longer "review" is a broken file.
@@ -75,8 +75,11 @@ class Split:
 # ---------------------------------------------------------------- row checks
 
 
+_INTEGER = re.compile(r"[+-]?[0-9]{1,6}")  # ASCII digits only: int() would also take '²' or '١'
+
+
 def check_label(value: object, stars: bool) -> int | str:
-    """The 0-4 label, or a sentence saying what is wrong with the value."""
+    """The 0-4 label, or a sentence saying what is wrong with the value (whatever its type or size)."""
     column = "stars" if stars else "label"
     low, high = (1, 5) if stars else (0, NUM_LABELS - 1)
     if value is None or (isinstance(value, str) and not value.strip()):
@@ -87,12 +90,12 @@ def check_label(value: object, stars: bool) -> int | str:
         number = int(value)
     elif isinstance(value, float) and value.is_integer():
         number = int(value)
-    elif isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+    elif isinstance(value, str) and _INTEGER.fullmatch(value.strip()):
         number = int(value.strip())
     else:
-        return f"{column} {value!r} is not an integer {low}-{high}"
+        return f"{column} {shown(value)} is not an integer {low}-{high}"
     if not low <= number <= high:
-        return f"{column} {number} is out of range {low}-{high}"
+        return f"{column} {shown(number)} is out of range {low}-{high}"
     return number - low
 
 
@@ -197,7 +200,8 @@ def labelled_split(table: Table, split: str, source: str, skip_bad_rows: bool) -
         stars = "label" not in values and "stars" in values
         if "text" not in values or not ("label" in values or stars):
             missing = "text" if "text" not in values else "label"
-            collector.problem(row.where, f"missing column '{missing}' (has {sorted(values)})")
+            has = ", ".join(shown(name) for name in sorted(values)[:10]) or "none"
+            collector.problem(row.where, f"missing column '{missing}' (has {has})")
             continue
         collector.add(row.where, row.row_id, values["text"], values["stars" if stars else "label"], stars=stars)
     return collector.finish()

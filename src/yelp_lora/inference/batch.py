@@ -20,12 +20,13 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from yelp_lora.artifacts import Record, read_record, resolve_adapter_dir, write_record
+from yelp_lora.artifacts import ADAPTER_WEIGHTS, Record, read_record, resolve_adapter_dir, write_record
 from yelp_lora.config import LABEL_NAMES
 from yelp_lora.data.rows import InputText, iter_texts
 from yelp_lora.errors import DataError
 from yelp_lora.inference.predictor import Predictor, to_prediction
 from yelp_lora.util.atomic import atomic_write_bytes, save_errors
+from yelp_lora.util.hashing import file_sha256
 
 CHUNK_ROWS = 2048
 OUTPUT_FORMATS = (".jsonl", ".csv", ".parquet")
@@ -73,22 +74,26 @@ def _barrier(world: int) -> None:
 
 
 class BatchJob(Record):
-    """OUT.parts/manifest.json: what a resumed run must share with the interrupted one (input, model, numerics)."""
+    """OUT.parts/manifest.json: what a resumed run must share with the interrupted one: the same input
+    bytes, the same adapter bytes, the same numerics."""
 
     input: str
     input_bytes: int
-    input_mtime_ns: int
+    input_sha256: str
     adapter: str
+    adapter_sha256: str | None
     chunk_rows: int
     backend: str
+    batch_size: int | None  # as asked; null: the backend's own default
     bf16: bool
 
 
-def _job(input_path: Path, adapter_dir: Path, *, chunk_rows: int, backend: str, bf16: bool) -> BatchJob:
-    stat = input_path.stat()
+def _job(input_path: Path, adapter_dir: Path, *, chunk_rows: int, backend: str, batch_size: int | None, bf16: bool) -> BatchJob:
+    weights = adapter_dir / ADAPTER_WEIGHTS
     return BatchJob(
-        input=str(input_path.resolve()), input_bytes=stat.st_size, input_mtime_ns=stat.st_mtime_ns,
-        adapter=str(adapter_dir.resolve()), chunk_rows=chunk_rows, backend=backend, bf16=bf16,
+        input=str(input_path.resolve()), input_bytes=input_path.stat().st_size, input_sha256=file_sha256(input_path),
+        adapter=str(adapter_dir.resolve()), adapter_sha256=file_sha256(weights) if weights.is_file() else None,
+        chunk_rows=chunk_rows, backend=backend, batch_size=batch_size, bf16=bf16,
     )
 
 
@@ -215,10 +220,14 @@ def predict_file(
     rank, world = _distributed()
     parts = parts_dir(output)
     if rank == 0:  # before loading the model, so a refused resume is refused at once
-        job = _job(input_path, resolve_adapter_dir(adapter), chunk_rows=chunk_rows, backend=backend, bf16=bf16)
+        job = _job(input_path, resolve_adapter_dir(adapter), chunk_rows=chunk_rows, backend=backend,
+                   batch_size=batch_size, bf16=bf16)
         _prepare_parts(parts, job, resume)
     _barrier(world)
     predictor = Predictor(adapter, bf16=bf16, batch_size=batch_size, backend=backend)
+    if rank == 0 and predictor.info.adapter_sha256 != job.adapter_sha256:
+        raise DataError(f"the adapter changed while the job started (sha256 {predictor.info.adapter_sha256}, "
+                        f"recorded {job.adapter_sha256}): run it again")
 
     started = time.time()
     done_rows = resumed_chunks = predicted_chunks = chunks = 0

@@ -1,6 +1,8 @@
 """ONNX Runtime inference for a merged adapter: fp32, or int8 with dynamic quantization.
 
-The merged model is exported once per adapter (and library versions) into a cache directory,
+The merged model is exported once per adapter, base model and library versions into a cache
+directory (keyed by the adapter's bytes and the base's hash; each file's sha256 recorded at export
+and checked at every load, so a cached file changed since is rebuilt, never run),
 its BERT blocks fused into ONNX Runtime's kernels (Attention, EmbedLayerNormalization, BiasGelu;
 residual + LayerNorm stay plain ops, measured faster), its last layer cut to the one token the
 classifier reads, then served by an `OnnxClassifier` that `modeling.forward.predict_logits` drives like a
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import logging
 import os
 import warnings
@@ -20,10 +23,14 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from yelp_lora.artifacts import tokenizer_source
+from yelp_lora.artifacts import adapter_base, tokenizer_source
 from yelp_lora.errors import ModelError
 from yelp_lora.modeling.base import load_adapter, load_tokenizer
+from yelp_lora.registry.store import base_model_fingerprint
 from yelp_lora.util.atomic import atomic_dir
+from yelp_lora.util.hashing import file_sha256
+
+log = logging.getLogger("yelp_lora.inference")
 
 BACKENDS = ("torch", "onnx", "onnx-int8")
 CACHE_ENV = "YELP_LORA_CACHE"
@@ -31,6 +38,7 @@ FP32_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
 OPSET = 17
 GRAPH_FORMAT = "fused-v4-first-token"  # bump when export() changes, so cached files are rebuilt
+HASHES_FILE = "sha256.json"  # {file name: sha256} of the exported files, written with them
 # ONNX Runtime's CPU SkipLayerNormalization kernel measured slower than the same arithmetic as
 # plain vectorised ops; these session transformers would fuse it back.
 UNFUSED_AT_LOAD = ["SkipLayerNormFusion", "LayerNormFusion"]
@@ -40,11 +48,14 @@ def cache_root() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "yelp_lora") / "onnx"
 
 
-def _cache_key(adapter_dir: Path) -> str:
-    """The adapter's own files plus the versions that shape the exported graph."""
+def _cache_key(adapter_dir: Path, base: str) -> str:
+    """The adapter's own files, the base model's hash and the versions that shape the exported graph."""
     import onnxruntime
 
-    digest = hashlib.sha256(f"{torch.__version__}|{onnxruntime.__version__}|opset{OPSET}|{GRAPH_FORMAT}".encode())
+    base_hash = base_model_fingerprint(base, base).sha256 or f"unhashed:{base}"
+    digest = hashlib.sha256(
+        f"{torch.__version__}|{onnxruntime.__version__}|opset{OPSET}|{GRAPH_FORMAT}|base:{base_hash}".encode()
+    )
     for name in ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin", "config.json"):
         path = adapter_dir / name
         if path.is_file():
@@ -52,13 +63,13 @@ def _cache_key(adapter_dir: Path) -> str:
     return digest.hexdigest()[:20]
 
 
-def export(adapter_dir: Path, target: Path) -> None:
+def export(adapter_dir: Path, target: Path, *, base: str | None = None, origin: Path | None = None) -> None:
     """Write TARGET/model.onnx (merged, fused fp32) and TARGET/model.int8.onnx (int8 weights, dynamic activations)."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.transformers.optimizer import optimize_model
 
-    model, tokenizer = load_adapter(adapter_dir, merge=True)
+    model, tokenizer = load_adapter(adapter_dir, merge=True, base=base, origin=origin)
     # Eager attention traces to the MatMul/Softmax pattern ONNX Runtime fuses into one Attention
     # kernel; SDPA's traced form is not recognised (measured 2x slower in int8).
     model.set_attn_implementation("eager")
@@ -91,6 +102,8 @@ def export(adapter_dir: Path, target: Path) -> None:
                 staging / FP32_FILE, staging / INT8_FILE, weight_type=QuantType.QInt8, per_channel=True,
                 extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
             )
+            hashes = {name: file_sha256(staging / name) for name in (FP32_FILE, INT8_FILE)}
+            (staging / HASHES_FILE).write_text(json.dumps(hashes, indent=2) + "\n", encoding="utf-8")
         finally:
             logging.getLogger().setLevel(quiet)
 
@@ -163,16 +176,33 @@ def decompose_skip_layer_norms(model) -> None:
     graph.node.extend(nodes)
 
 
-def exported_model(adapter_dir: Path, backend: str) -> Path:
-    """The cached ONNX file for `backend` ('onnx' or 'onnx-int8'), exported on first use."""
+def exported_model(adapter_dir: Path, backend: str, *, base: str | None = None, origin: Path | None = None) -> Path:
+    """The cached ONNX file for `backend` ('onnx' or 'onnx-int8'), exported on first use, and
+    rebuilt when its bytes no longer match the hash recorded when it was exported."""
     if backend not in BACKENDS[1:]:
         raise ModelError(f"unknown ONNX backend {backend!r}: expected one of {', '.join(BACKENDS[1:])}")
     if importlib.util.find_spec("onnxruntime") is None:
         raise ModelError(f"backend {backend!r} needs onnxruntime: pip install 'yelp-lora[onnx]'")
-    target = cache_root() / _cache_key(adapter_dir)
-    if not (target / INT8_FILE).is_file():
-        export(adapter_dir, target)
-    return target / (INT8_FILE if backend == "onnx-int8" else FP32_FILE)
+    base = base or adapter_base(adapter_dir)
+    target = cache_root() / _cache_key(adapter_dir, base)
+    name = INT8_FILE if backend == "onnx-int8" else FP32_FILE
+    if (target / INT8_FILE).is_file() and not _intact(target, name):
+        log.warning("cached ONNX file %s does not match the sha256 recorded when it was exported: rebuilding it",
+                    target / name)
+    if not _intact(target, name):
+        export(adapter_dir, target, base=base, origin=origin)
+    if not _intact(target, name):
+        raise ModelError(f"the ONNX file exported to {target / name} does not match its recorded sha256")
+    return target / name
+
+
+def _intact(target: Path, name: str) -> bool:
+    """Whether TARGET/name exists and has the sha256 recorded for it at export."""
+    try:
+        recorded = json.loads((target / HASHES_FILE).read_text(encoding="utf-8"))
+        return isinstance(recorded, dict) and recorded.get(name) == file_sha256(target / name)
+    except (OSError, ValueError):
+        return False
 
 
 class OnnxClassifier:
@@ -212,6 +242,8 @@ class OnnxClassifier:
         return SimpleNamespace(logits=torch.from_numpy(logits))
 
 
-def load_onnx_classifier(adapter_dir: Path, backend: str):
-    """(OnnxClassifier, tokenizer) for an adapter directory, exporting it first if needed."""
-    return OnnxClassifier(exported_model(adapter_dir, backend)), load_tokenizer(tokenizer_source(adapter_dir))
+def load_onnx_classifier(adapter_dir: Path, backend: str, *, base: str | None = None, origin: Path | None = None):
+    """(OnnxClassifier, tokenizer) for an adapter directory, exporting it first if needed (`base`,
+    `origin`: as for `load_adapter`)."""
+    path = exported_model(adapter_dir, backend, base=base, origin=origin)
+    return OnnxClassifier(path), load_tokenizer(tokenizer_source(adapter_dir))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -9,13 +11,14 @@ import numpy as np
 import torch
 from pydantic import BaseModel, Field
 
-from yelp_lora.artifacts import ADAPTER_WEIGHTS, read_adapter_meta, resolve_adapter_dir
+from yelp_lora.artifacts import ADAPTER_DIRNAME, ADAPTER_WEIGHTS, read_adapter_meta, resolve_adapter_dir
+from yelp_lora.errors import RegistryError
 from yelp_lora.config import LABEL_NAMES
 from yelp_lora.modeling.base import load_adapter
 from yelp_lora.modeling.forward import predict_logits, softmax
 from yelp_lora.modeling.hardware import bf16_supported, pick_device
 from yelp_lora.registry.manifest import Manifest
-from yelp_lora.registry.store import Registry
+from yelp_lora.registry.store import Registry, local_base_dir
 from yelp_lora.util.hashing import file_sha256
 
 
@@ -44,7 +47,7 @@ class ModelInfo(BaseModel):
 
     version: str | None = Field(description="Registry version, e.g. 'v2'; null for an unregistered adapter directory")
     base_model: str = Field(description="Base model the LoRA adapter was trained on")
-    adapter_sha256: str | None = Field(description="sha256 of adapter_model.safetensors")
+    adapter_sha256: str | None = Field(description="sha256 of the adapter_model.safetensors bytes this service loaded")
 
 
 class Predictor:
@@ -57,29 +60,39 @@ class Predictor:
         self.adapter_dir = resolve_adapter_dir(adapter)
         self.meta = read_adapter_meta(self.adapter_dir)
         self.manifest = manifest  # set when loaded from the registry
-        weights = self.adapter_dir / ADAPTER_WEIGHTS
-        # Which model answers: registry version (None for a bare adapter), base model, adapter hash.
-        self.info = ModelInfo(
-            version=manifest.version if manifest else None,
-            base_model=self.meta.base_model,
-            adapter_sha256=manifest.adapter_sha256 if manifest else file_sha256(weights) if weights.is_file() else None,
-        )
         self.backend = backend
-        if backend == "torch":
-            self.model, self.tokenizer = load_adapter(self.adapter_dir, merge=True)
-            device = pick_device()
-            auto_batch = AUTO_PREDICT_BATCH[device.type]
-            self.model.to(device)
-            self.bf16 = bf16 and bf16_supported(device)
-            if self.bf16:
-                # Weights cast once: measured faster than autocasting fp32 weights in every batch.
-                self.model.to(torch.bfloat16)
-        else:  # ONNX Runtime on CPU: 'onnx' (fp32) or 'onnx-int8'
-            from yelp_lora.inference.onnx_backend import load_onnx_classifier
+        # A registry version's base is read from the directory its hash was just checked on.
+        base = str(local_base_dir(manifest.base_model.path)) if manifest and manifest.base_model.sha256 else None
+        with tempfile.TemporaryDirectory(prefix="yelp-lora-adapter-") as private:
+            # What is hashed is what is loaded: a private copy, which nothing can change between the two.
+            staged = Path(private) / ADAPTER_DIRNAME
+            shutil.copytree(self.adapter_dir, staged)
+            weights = staged / ADAPTER_WEIGHTS
+            sha256 = file_sha256(weights) if weights.is_file() else None
+            if manifest and sha256 != manifest.adapter_sha256:
+                raise RegistryError(
+                    f"{self.adapter_dir}: the adapter weights changed after verification (sha256 {sha256}, "
+                    f"manifest {manifest.adapter_sha256}); not loading them"
+                )
+            # Which model answers: registry version (None for a bare adapter), base model, adapter hash.
+            self.info = ModelInfo(
+                version=manifest.version if manifest else None, base_model=self.meta.base_model, adapter_sha256=sha256
+            )
+            if backend == "torch":
+                self.model, self.tokenizer = load_adapter(staged, merge=True, base=base, origin=self.adapter_dir)
+                device = pick_device()
+                auto_batch = AUTO_PREDICT_BATCH[device.type]
+                self.model.to(device)
+                self.bf16 = bf16 and bf16_supported(device)
+                if self.bf16:
+                    # Weights cast once: measured faster than autocasting fp32 weights in every batch.
+                    self.model.to(torch.bfloat16)
+            else:  # ONNX Runtime on CPU: 'onnx' (fp32) or 'onnx-int8'
+                from yelp_lora.inference.onnx_backend import load_onnx_classifier
 
-            self.model, self.tokenizer = load_onnx_classifier(self.adapter_dir, backend)
-            self.bf16 = False
-            auto_batch = AUTO_PREDICT_BATCH["onnx"]
+                self.model, self.tokenizer = load_onnx_classifier(staged, backend, base=base, origin=self.adapter_dir)
+                self.bf16 = False
+                auto_batch = AUTO_PREDICT_BATCH["onnx"]
         self.batch_size = batch_size or auto_batch
         self.max_length = self.meta.max_length
 

@@ -83,13 +83,17 @@ def load_failure(err: Exception) -> str:
     return f"a .safetensors weights file is damaged or cut short ({err})"
 
 
-def load_adapter(adapter_dir: str | Path, *, merge: bool = True, base: str | None = None):
-    """(model in eval mode, tokenizer) from a PEFT adapter directory; merged for fast inference."""
+def load_adapter(adapter_dir: str | Path, *, merge: bool = True, base: str | None = None, origin: Path | None = None):
+    """(model in eval mode, tokenizer) from a PEFT adapter directory; merged for fast inference.
+
+    `base` overrides the base named in the adapter's config; `origin` is where the adapter's files
+    came from (they may be read from a private copy), named in errors."""
     from peft import PeftModel
 
     adapter_dir = Path(adapter_dir)
+    shown = origin or adapter_dir
     if not (adapter_dir / ADAPTER_CONFIG_FILE).is_file():
-        raise ModelError(f"{adapter_dir} is not a PEFT adapter directory (no {ADAPTER_CONFIG_FILE})")
+        raise ModelError(f"{shown} is not a PEFT adapter directory (no {ADAPTER_CONFIG_FILE})")
     base = base or adapter_base(adapter_dir)
     from transformers import AutoModelForSequenceClassification, logging as hf_logging
 
@@ -102,7 +106,7 @@ def load_adapter(adapter_dir: str | Path, *, merge: bool = True, base: str | Non
             )
         model = PeftModel.from_pretrained(model, str(adapter_dir))
     except UNREADABLE_MODEL as err:
-        raise ModelError(f"cannot load adapter {adapter_dir} on base '{base}': {load_failure(err)}") from None
+        raise ModelError(f"cannot load adapter {shown} on base '{base}': {load_failure(err)}") from None
     finally:
         hf_logging.set_verbosity(verbosity)
     if merge:

@@ -72,18 +72,25 @@ def _refuse_pickles(where: Path, names: list[str]) -> None:
         )
 
 
+def local_base_dir(base_model_path: str) -> Path:
+    """The directory a base model is read from: a local path, the packaged model, or a hub id's copy
+    in the local cache (never downloaded here; an OSError-like failure when it is not there)."""
+    path = Path(resolve_model_path(base_model_path))
+    if path.is_dir():
+        return path
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(str(path), local_files_only=True))
+
+
 def base_model_fingerprint(base_id: str, base_model_path: str) -> BaseModelRecord:
     """sha256 over the base model's config.json and *.safetensors files, or why it could not be taken."""
-    path = Path(resolve_model_path(base_model_path))
-    if not path.is_dir():
-        try:
-            from huggingface_hub import snapshot_download
-
-            path = Path(snapshot_download(str(path), local_files_only=True))
-        except Exception as err:  # not in the local cache: record why, never download here
-            return BaseModelRecord(
-                id=base_id, path=base_model_path, sha256=None, files=[], note=f"not hashed: {type(err).__name__}"
-            )
+    try:
+        path = local_base_dir(base_model_path)
+    except Exception as err:  # not in the local cache: record why, never download here
+        return BaseModelRecord(
+            id=base_id, path=base_model_path, sha256=None, files=[], note=f"not hashed: {type(err).__name__}"
+        )
     weights = sorted(path.glob("*.safetensors"))
     if not weights:
         _refuse_pickles(path, sorted(p.name for p in path.iterdir()))
@@ -167,20 +174,27 @@ class Registry:
                 found.append(f"{version}/{name}: sha256 differs from the manifest (file changed after registration)")
         base = manifest.base_model
         if check_base and base.sha256:
-            now = base_model_fingerprint(base.id, base.path).sha256
-            if now and now != base.sha256:
+            now = base_model_fingerprint(base.id, base.path)
+            if now.sha256 is None:
+                found.append(f"base model {base.id} at {base.path}: its recorded hash cannot be recomputed here "
+                             f"({now.note}): nothing would check the weights that would be loaded")
+            elif now.sha256 != base.sha256:
                 found.append(f"base model {base.id} at {base.path}: weights or config changed since registration")
         return found
 
     def verify(self, ref: str) -> Manifest:
-        """The manifest of `ref` if every file matches it; else a RegistryError listing each problem."""
-        found = self.problems(ref)
+        """The manifest of `ref` if every file matches it; else a RegistryError listing each problem.
+
+        The reference is resolved once: an alias moved meanwhile does not change what is checked and returned."""
+        version = self.resolve(ref)
+        found = self.problems(version)
         if found:
             raise RegistryError("registry verification failed, refusing to load:\n  " + "\n  ".join(found))
-        return self.manifest(ref)
+        return self.manifest(version)
 
     def open(self, ref: str) -> tuple[Path, Manifest]:
-        """(adapter directory, manifest) of a verified version, ready for `load_adapter`."""
+        """(adapter directory, manifest) of a verified version, ready for `load_adapter` (with the base
+        from `local_base_dir(manifest.base_model.path)`, the directory its hash was checked on)."""
         manifest = self.verify(ref)
         return self.root / manifest.version / ADAPTER_DIRNAME, manifest
 

@@ -19,6 +19,7 @@ from pydantic import Field
 from yelp_lora import __version__
 from yelp_lora.config import MAX_REQUEST_TEXT_CHARS, MAX_TEXTS_PER_REQUEST
 from yelp_lora.inference.predictor import Predictor
+from yelp_lora.serving.app import error_json, key_problem
 from yelp_lora.serving.schemas import Classification, InputError, check_texts, classification
 
 TOOL_NAME = "classify_review_sentiment"
@@ -81,3 +82,24 @@ def openai_tool_schema() -> dict:
         "type": "function",
         "function": {"name": tool.name, "description": tool.description, "parameters": tool.input_schema},
     }
+
+
+class KeyRequired:
+    """ASGI middleware: every request must carry the API key, as the HTTP service's /v1/* requests do."""
+
+    def __init__(self, app, key: str):
+        self.app, self.key = app, key
+
+    async def __call__(self, scope, receive, send):
+        problem = key_problem(scope, self.key) if scope["type"] == "http" else None
+        if problem is not None:
+            return await error_json(problem)(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
+def run_http(server: MCPServer, *, host: str, port: int, api_key: str | None) -> None:
+    """The MCP server on the streamable HTTP transport (endpoint /mcp), behind the API key when one is set."""
+    import uvicorn
+
+    app = server.streamable_http_app(host=host)
+    uvicorn.run(KeyRequired(app, api_key) if api_key else app, host=host, port=port, log_level="info")

@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import importlib.resources
+import logging
+import math
 import secrets
+import sys
 import time
+import uuid
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -21,7 +25,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from yelp_lora import __version__
 from yelp_lora.config import ServeSettings
 from yelp_lora.inference.predictor import Prediction, Predictor
-from yelp_lora.serving.batcher import MicroBatcher, ServiceClosed
+from yelp_lora.serving.batcher import DeadlineExceeded, MicroBatcher, ServiceBusy, ServiceClosed
+from yelp_lora.serving.http import header_deadline_protocol
 from yelp_lora.serving.schemas import (
     Classification,
     ClassifyRequest,
@@ -34,9 +39,13 @@ from yelp_lora.serving.schemas import (
 )
 from yelp_lora.serving.telemetry import ServiceMetrics
 
+log = logging.getLogger("yelp_lora.serving")
 STATIC_DIR = importlib.resources.files("yelp_lora.serving") / "static"
 PROTECTED_PREFIX = "/v1/"
+# Metric labels come from these fixed sets, never from what a client sends.
 KNOWN_PATHS = {"/", "/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/v1/classify", "/v1/model"}
+KNOWN_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
+RETRY_AFTER_S = 1
 # Status for each InputError code: limits are 413 (too large), content problems 422.
 INPUT_ERROR_STATUS = {"too_many_texts": 413, "text_too_long": 413}
 
@@ -52,10 +61,13 @@ ERROR_RESPONSES = {
     for status, description in {
         400: "Malformed JSON",
         401: "Missing or wrong API key",
+        408: "The request's body did not arrive within the read time-out",
         413: "Too many texts, a text over the character limit, or a body over the size limit",
         415: "A body that is not sent as JSON",
         422: "Empty, non-string or missing text",
-        503: "Shutting down or not ready",
+        500: "An internal error; the body names the request id to find in the log",
+        503: "Overloaded (Retry-After), shutting down, or the model worker stopped",
+        504: "Not started within the request time-out",
     }.items()
 }
 
@@ -94,11 +106,50 @@ class _ClientLeft(Exception):
     pass
 
 
+def metric_path(path: str) -> str:
+    """The route a path belongs to, from a fixed set: unknown paths never add a series."""
+    if path in KNOWN_PATHS:
+        return path
+    return "/static/*" if path.startswith("/static/") else "other"
+
+
+def _host_name(value: str) -> str:
+    """'example.com:8000' -> 'example.com'; '[::1]:8000' -> '::1'."""
+    if value.startswith("["):
+        return value[1:].split("]", 1)[0]
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+def key_problem(scope, key: str | None) -> ApiError | None:
+    """Why a request does not carry `key` (as 'Authorization: Bearer KEY' or 'X-API-Key: KEY'), or None."""
+    if not key:
+        return None
+    headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
+    given = headers.get("x-api-key")
+    auth = headers.get("authorization", "")
+    if given is None and auth.lower().startswith("bearer "):
+        given = auth[7:].strip()
+    if given is None:
+        return ApiError(
+            401, "unauthorized", "missing API key: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    if not secrets.compare_digest(given.encode(), key.encode()):
+        return ApiError(401, "unauthorized", "wrong API key", headers={"WWW-Authenticate": "Bearer"})
+    return None
+
+
+def error_json(err: ApiError) -> JSONResponse:
+    body = ErrorResponse(error=ErrorDetail(code=err.code, message=err.message, details=err.details))
+    return JSONResponse(body.model_dump(), status_code=err.status, headers=err.headers)
+
+
 class _Guard:
-    """Plain ASGI middleware: metrics for every request, then API key and body size checks.
+    """Plain ASGI middleware: a request id and metrics for every request, then the Host allow-list,
+    API key, content type, and a body read within its size limit and read time-out.
 
     Runs before routing and body parsing, so a request without the key is refused (401)
-    whatever its body, and an oversized body is never read whole.
+    whatever its body, and an oversized or trickled body is never waited for or read whole.
     """
 
     def __init__(self, app, settings: ServeSettings, metrics: ServiceMetrics, error_response):
@@ -107,20 +158,23 @@ class _Guard:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        path = scope["path"] if scope["path"] in KNOWN_PATHS or scope["path"].startswith("/static/") else "other"
-        method = scope["method"]
+        path = metric_path(scope["path"])
+        method = scope["method"] if scope["method"] in KNOWN_METHODS else "other"
+        request_id = uuid.uuid4().hex[:16]
+        scope.setdefault("state", {})["request_id"] = request_id
         status = {"code": 500}
         started = time.perf_counter()
 
         async def send_recording(message):
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
+                message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", request_id.encode())]}
             await send(message)
 
         try:
-            problem = self._check(scope) or self._check_content_type(scope)
-            if problem is None and method in ("POST", "PUT", "PATCH"):
-                problem, receive = await self._read_body(scope, receive)
+            problem = self._check_host(scope) or self._check_key(scope) or self._check_content_type(scope)
+            if problem is None and scope["method"] in ("POST", "PUT", "PATCH"):
+                problem, receive = await self._read_body(scope, receive, started)
             if problem is not None:
                 await self.error_response(problem)(scope, receive, send_recording)
             else:
@@ -131,23 +185,20 @@ class _Guard:
             self.metrics.requests.labels(method, path, str(status["code"])).inc()
             self.metrics.latency.labels(method, path).observe(time.perf_counter() - started)
 
-    def _check(self, scope) -> ApiError | None:
-        key = self.settings.api_key
-        if not key or not scope["path"].startswith(PROTECTED_PREFIX):
+    def _check_host(self, scope) -> ApiError | None:
+        """The Host header must name this service (DNS rebinding: a page elsewhere may resolve its own name to us)."""
+        allowed = self.settings.hosts
+        if allowed is None:
             return None
-        headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
-        given = headers.get("x-api-key")
-        auth = headers.get("authorization", "")
-        if given is None and auth.lower().startswith("bearer "):
-            given = auth[7:].strip()
-        if given is None:
-            return ApiError(
-                401, "unauthorized", "missing API key: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-        if not secrets.compare_digest(given.encode(), key.encode()):
-            return ApiError(401, "unauthorized", "wrong API key", headers={"WWW-Authenticate": "Bearer"})
-        return None
+        host = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
+        if _host_name(host) in allowed:
+            return None
+        return ApiError(400, "host_not_allowed", f"Host {host!r} is not served here (allowed: {', '.join(allowed)})")
+
+    def _check_key(self, scope) -> ApiError | None:
+        if not scope["path"].startswith(PROTECTED_PREFIX):
+            return None
+        return key_problem(scope, self.settings.api_key)
 
     @staticmethod
     def _check_content_type(scope) -> ApiError | None:
@@ -159,8 +210,9 @@ class _Guard:
             return None
         return ApiError(415, "unsupported_media_type", f"send the body as JSON with 'Content-Type: application/json' (got '{declared}')")
 
-    async def _read_body(self, scope, receive):
-        """(problem, replaying receive): the body read up to the limit, then handed on unchanged."""
+    async def _read_body(self, scope, receive, started: float):
+        """(problem, replaying receive): the body read up to the size limit and within the read time-out,
+        then handed on unchanged."""
         limit = self.settings.max_body_bytes
         too_big = ApiError(413, "body_too_large", f"request body over the limit of {limit:,} bytes")
         headers = dict(scope["headers"])
@@ -170,9 +222,16 @@ class _Guard:
                 return ApiError(400, "bad_content_length", "the Content-Length header is not a number"), receive
             if int(declared) > limit:
                 return too_big, receive
+        deadline = started + self.settings.read_timeout
         chunks, size, more = [], 0, True
         while more:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - time.perf_counter()))
+            except TimeoutError:
+                return ApiError(
+                    408, "request_timeout", f"the request body did not arrive within {self.settings.read_timeout:g} s",
+                    headers={"Connection": "close"},
+                ), receive
             if message["type"] == "http.disconnect":
                 raise _ClientLeft
             chunks.append(message.get("body", b""))
@@ -198,7 +257,8 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> F
     settings = settings or ServeSettings()
     metrics = ServiceMetrics()
     batcher = MicroBatcher(
-        predictor, max_batch=settings.max_batch, max_wait_s=settings.max_wait_ms / 1000, metrics=metrics
+        predictor, max_batch=settings.max_batch, max_wait_s=settings.max_wait_ms / 1000, max_queue=settings.queue_limit,
+        timeout_s=settings.request_timeout, metrics=metrics,
     )
 
     @asynccontextmanager
@@ -221,8 +281,7 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> F
 
     def error_response(err: ApiError) -> JSONResponse:
         metrics.errors.labels(err.code).inc()
-        body = ErrorResponse(error=ErrorDetail(code=err.code, message=err.message, details=err.details))
-        return JSONResponse(body.model_dump(), status_code=err.status, headers=err.headers)
+        return error_json(err)
 
     app.add_middleware(_Guard, settings=settings, metrics=metrics, error_response=error_response)
 
@@ -234,6 +293,13 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> F
     async def on_validation_error(request: Request, err: RequestValidationError):
         return error_response(_validation_error(err))
 
+    @app.exception_handler(Exception)
+    async def on_unexpected_error(request: Request, err: Exception):
+        # The text stays in the log, with the id the client is given: internals are never sent.
+        request_id = request.scope.get("state", {}).get("request_id", "unknown")
+        log.error("request %s: %s %s failed", request_id, request.method, request.url.path, exc_info=err)
+        return error_response(ApiError(500, "internal_error", f"internal error; request id {request_id} (see the service log)"))
+
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(request: Request, err: StarletteHTTPException):
         code = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}.get(err.status_code, "http_error")
@@ -241,7 +307,7 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> F
         return error_response(ApiError(err.status_code, code, message, headers=getattr(err, "headers", None)))
 
     @app.post("/v1/classify", response_model=Classification, summary="Star rating and probabilities per review")
-    async def classify(body: ClassifyRequest) -> Classification:
+    async def classify(body: ClassifyRequest, request: Request) -> Classification:
         if (body.texts is None) == (body.text is None):
             raise ApiError(422, "invalid_request", "send either 'texts' (a list of strings) or 'text' (one string)")
         texts = body.texts if body.texts is not None else [body.text]
@@ -250,12 +316,18 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> F
             future = batcher.submit(texts)
         except InputError as err:
             raise ApiError(INPUT_ERROR_STATUS.get(err.code, 422), err.code, str(err)) from None
+        except ServiceBusy as err:
+            raise ApiError(503, "overloaded", f"{err}; retry shortly", headers={"Retry-After": str(RETRY_AFTER_S)}) from None
         except ServiceClosed as err:
-            raise ApiError(503, "shutting_down", str(err)) from None
+            raise ApiError(503, "unavailable", str(err)) from None
         try:
             predictions: list[Prediction] = await asyncio.wrap_future(future)
-        except Exception as err:  # the model itself failed: say so, in the service's error format
-            raise ApiError(500, "model_error", f"the model failed on this request: {type(err).__name__}: {err}") from None
+        except DeadlineExceeded as err:
+            raise ApiError(504, "timeout", f"the service was too busy: {err}") from None
+        except Exception as err:  # the model itself failed: logged with the request id, not sent
+            request_id = request.scope["state"]["request_id"]
+            log.error("request %s: the model failed", request_id, exc_info=err)
+            raise ApiError(500, "model_error", f"the model failed on this request; request id {request_id}") from None
         return classification(predictor.info, predictions)
 
     @app.get("/v1/model", response_model=ModelResponse, summary="Which model answers: manifest, metrics, limits")
@@ -271,11 +343,16 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> F
                 "max_batch_texts": settings.max_batch,
                 "max_wait_ms": settings.max_wait_ms,
                 "max_body_bytes": settings.max_body_bytes,
+                "max_queued_texts": settings.queue_limit,
+                "request_timeout_s": settings.request_timeout,
+                "read_timeout_s": settings.read_timeout,
             },
         )
 
-    @app.get("/healthz", summary="The process is alive")
+    @app.get("/healthz", summary="The process is alive and its model worker runs", responses={503: {"model": ErrorResponse}})
     async def healthz() -> dict:
+        if not batcher.worker_alive:  # an orchestrator restarts the process on this
+            raise ApiError(503, "worker_stopped", "the model worker has stopped")
         return {"status": "ok"}
 
     @app.get("/readyz", summary="The model is loaded and the batch worker runs", responses={503: {"model": ErrorResponse}})
@@ -298,12 +375,15 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> F
     return app
 
 
-def serve(predictor: Predictor, *, host: str, port: int, settings: ServeSettings, graceful_s: float = 30.0) -> None:
+def serve(predictor: Predictor, settings: ServeSettings, *, graceful_s: float = 30.0) -> None:
     """Run until SIGINT/SIGTERM; uvicorn then stops accepting, answers in-flight requests, and exits."""
     import uvicorn
 
+    if not settings.loopback and not settings.api_key:
+        print(f"yelp-lora serve: warning: listening on {settings.host} beyond loopback without an API key: "
+              "anyone who can reach it can use it (set --api-key-file or $YELP_LORA_API_KEY)", file=sys.stderr)
     uvicorn.run(
-        create_app(predictor, settings), host=host, port=port, log_level="info",
-        timeout_graceful_shutdown=graceful_s,
+        create_app(predictor, settings), host=settings.host, port=settings.port, log_level="info",
+        timeout_graceful_shutdown=graceful_s, limit_concurrency=settings.limit_concurrency,
+        timeout_keep_alive=math.ceil(settings.keep_alive), http=header_deadline_protocol(settings.read_timeout),
     )
-

@@ -4,39 +4,62 @@ The worker takes the first waiting request, gathers whatever else is waiting by 
 `max_wait_s` > 0, whatever arrives within that time), up to `max_batch` texts, runs them as one
 batch and hands each request its own results. Under load, requests pile up while the model runs,
 so it sees full batches, as in offline prediction; alone, a request runs at once.
+
+The work it holds is bounded: at most `max_queue` texts wait (beyond that `submit` refuses at once
+with ServiceBusy), and a request not started within `timeout_s` is dropped, answered with
+DeadlineExceeded, never run for a client that is gone; nor is one whose client cancelled it. The
+worker never dies of an exception: each is logged and counted, and the loop goes on.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from yelp_lora.inference.predictor import Predictor
 from yelp_lora.serving.telemetry import ServiceMetrics
 
+log = logging.getLogger("yelp_lora.serving")
+
 
 class ServiceClosed(RuntimeError):
-    """The service is shutting down and takes no new work."""
+    """The service is shutting down, or its worker has stopped: it takes no new work."""
+
+
+class ServiceBusy(RuntimeError):
+    """The queue holds as many texts as it may: try again shortly."""
+
+
+class DeadlineExceeded(TimeoutError):
+    """The request waited past its deadline without being started, so it was not run."""
 
 
 @dataclass
 class _Job:
     texts: list[str]
-    future: concurrent.futures.Future
+    deadline: float  # time.monotonic() by which the worker must have started it
+    future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
 
 
 class MicroBatcher:
     """Gathers concurrent requests into bounded batches run by one worker thread."""
 
-    def __init__(self, predictor: Predictor, *, max_batch: int, max_wait_s: float, metrics: ServiceMetrics):
+    def __init__(
+        self, predictor: Predictor, *, max_batch: int, max_wait_s: float, max_queue: int, timeout_s: float,
+        metrics: ServiceMetrics,
+    ):
         self.predictor = predictor
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
+        self.max_queue = max_queue
+        self.timeout_s = timeout_s
         self.metrics = metrics
         self._queue: queue.Queue[_Job | None] = queue.Queue()
+        self._queued_texts = 0
         self._closed = False
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="yelp-lora-model", daemon=True)
@@ -48,11 +71,22 @@ class MicroBatcher:
     def running(self) -> bool:
         return self._thread.is_alive() and not self._closed
 
+    @property
+    def worker_alive(self) -> bool:
+        """False once the worker thread has ended; while shutting down it still finishes its jobs."""
+        return self._thread.is_alive()
+
     def submit(self, texts: list[str]) -> concurrent.futures.Future:
-        job = _Job(texts, concurrent.futures.Future())
+        """Queue a request; ServiceBusy when the queue is full, ServiceClosed when no worker will run it."""
+        job = _Job(texts, time.monotonic() + self.timeout_s)
         with self._lock:  # no job may slip in behind the stop sentinel
-            if self._closed:
-                raise ServiceClosed("the service is shutting down")
+            if self._closed or not self._thread.is_alive():
+                raise ServiceClosed("the service is shutting down" if self._closed else "the model worker has stopped")
+            if self._queued_texts + len(texts) > self.max_queue:
+                self.metrics.dropped.labels("queue_full").inc()
+                raise ServiceBusy(f"{self._queued_texts} texts are already waiting for the model (limit {self.max_queue})")
+            self._queued_texts += len(texts)
+            self.metrics.queued_texts.set(self._queued_texts)
             self._queue.put(job)
         return job.future
 
@@ -64,31 +98,58 @@ class MicroBatcher:
                 self._queue.put(None)
         self._thread.join(timeout)
 
+    def _take(self, **wait) -> _Job | None:
+        """The next job to run (or the stop sentinel), skipping those cancelled or past their deadline."""
+        while True:
+            job = self._queue.get(**wait)
+            if job is None:
+                return None
+            with self._lock:
+                self._queued_texts -= len(job.texts)
+                self.metrics.queued_texts.set(self._queued_texts)
+            if job.future.cancelled():
+                self.metrics.dropped.labels("abandoned").inc()
+            elif time.monotonic() > job.deadline:
+                self.metrics.dropped.labels("expired").inc()
+                job.future.set_exception(DeadlineExceeded(f"not started within {self.timeout_s:g} s"))
+            elif job.future.set_running_or_notify_cancel():  # from here on it cannot be cancelled
+                return job
+            else:
+                self.metrics.dropped.labels("abandoned").inc()
+
     def _run(self) -> None:
         carried: _Job | None = None
         while True:
-            job = carried or self._queue.get()
-            carried = None
-            if job is None:
-                return
-            batch, size, stopping = [job], len(job.texts), False
-            deadline = time.monotonic() + self.max_wait_s
-            while size < self.max_batch:
-                try:
-                    waiting = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-                except queue.Empty:
-                    break
-                if waiting is None:
-                    stopping = True
-                    break
-                if size + len(waiting.texts) > self.max_batch:
-                    carried = waiting  # it opens the next batch
-                    break
-                batch.append(waiting)
-                size += len(waiting.texts)
-            self._process(batch, size)
-            if stopping:
-                return
+            batch: list[_Job] = []
+            try:
+                job = carried or self._take()
+                carried = None
+                if job is None:
+                    return
+                batch, size, stopping = [job], len(job.texts), False
+                deadline = time.monotonic() + self.max_wait_s
+                while size < self.max_batch:
+                    try:
+                        waiting = self._take(timeout=max(0.0, deadline - time.monotonic()))
+                    except queue.Empty:
+                        break
+                    if waiting is None:
+                        stopping = True
+                        break
+                    if size + len(waiting.texts) > self.max_batch:
+                        carried = waiting  # it opens the next batch
+                        break
+                    batch.append(waiting)
+                    size += len(waiting.texts)
+                self._process(batch, size)
+                if stopping:
+                    return
+            except Exception as err:  # the worker outlives anything, and answers every job it held
+                self.metrics.worker_errors.inc()
+                log.exception("model worker: unexpected error, carrying on")
+                for held in batch:
+                    if not held.future.done():
+                        held.future.set_exception(err)
 
     def _process(self, batch: list[_Job], size: int) -> None:
         self.metrics.batch_texts.observe(size)
@@ -96,7 +157,7 @@ class MicroBatcher:
         started = time.perf_counter()
         try:
             predictions = self.predictor.predict([text for job in batch for text in job.texts])
-        except Exception as err:  # never let the worker die; one bad request must not fail its batch-mates
+        except Exception as err:  # one bad request must not fail its batch-mates
             if len(batch) > 1:
                 for job in batch:
                     self._process([job], len(job.texts))

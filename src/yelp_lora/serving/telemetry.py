@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 class ServiceMetrics:
@@ -31,3 +31,11 @@ class ServiceMetrics:
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
         self.texts = Counter("yelp_lora_texts_classified", "Review texts classified", registry=self.registry)
+        self.queued_texts = Gauge("yelp_lora_queued_texts", "Texts waiting for the model", registry=self.registry)
+        self.dropped = Counter(
+            "yelp_lora_jobs_dropped", "Requests the worker did not run: queue_full, expired (past their deadline), "
+            "abandoned (the client went away)", ["reason"], registry=self.registry,
+        )
+        self.worker_errors = Counter(
+            "yelp_lora_worker_errors", "Unexpected exceptions caught in the model worker's loop", registry=self.registry
+        )
