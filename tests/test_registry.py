@@ -180,3 +180,12 @@ def test_merged_export_loads_in_a_plain_pipeline_with_equal_logits(registry, tmp
 
     result = cli("export", "v1", "--merged", str(tmp_path), "--registry", str(registry), check=False)
     assert result.returncode == 2 and "is not an earlier yelp-lora export" in result.stderr
+
+
+def test_a_base_whose_recorded_hash_cannot_be_recomputed_is_refused(own_registry):
+    manifest_file = own_registry / "v1" / "manifest.json"
+    manifest = json.loads(manifest_file.read_text())
+    manifest["base_model"]["path"] = "someone/base-not-in-the-local-cache"  # e.g. the registry moved machines
+    manifest_file.write_text(json.dumps(manifest))
+    result = cli("registry", "verify", "v1", "--registry", str(own_registry), check=False)
+    assert result.returncode == 2 and "its recorded hash cannot be recomputed here" in result.stderr

@@ -20,7 +20,8 @@ API_KEY = "test-key-7f3a"
 @pytest.fixture(scope="module")
 def server(registry, tmp_path_factory):
     log = tmp_path_factory.mktemp("serve") / "serve.log"
-    running = Server("--alias", "production", "--registry", str(registry), "--api-key", API_KEY, log=log)
+    # A queue for the 200-request burst below (about 300 texts, more than the default 256 holds).
+    running = Server("--alias", "production", "--registry", str(registry), "--api-key", API_KEY, "--max-queue", "512", log=log)
     yield running.wait_ready()
     assert running.stop() == -signal.SIGTERM and "Finished server process" in log.read_text()
 

@@ -14,14 +14,13 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
-import threading
 import time
 
 import httpx
 import pytest
 from support import Server, review_texts
 
-from yelp_lora.bench.load import rss_mib
+from yelp_lora.bench.load import flood, flood_summary, rss_mib, slow_clients, until_closed
 
 pytestmark = pytest.mark.slow
 QUEUE, REQUEST_TIMEOUT, READ_TIMEOUT = 16, 2.0, 3.0
@@ -50,75 +49,33 @@ def served_quickly(url: str) -> float:
 def test_a_flood_gets_fast_refusals_not_a_backlog(server):
     texts = review_texts(40)
     rss_before = rss_mib(server.process.pid)
-
-    async def flood() -> list[tuple[int, float, dict]]:
-        limits = httpx.Limits(max_connections=100)
-        async with httpx.AsyncClient(base_url=server.url, timeout=60, limits=limits) as http:
-            async def one(index: int):
-                started = time.perf_counter()
-                try:
-                    response = await http.post("/v1/classify", json={"texts": [texts[(index + k) % 40] for k in range(8)]})
-                except httpx.TransportError as err:
-                    return type(err).__name__, time.perf_counter() - started, {}
-                return response.status_code, time.perf_counter() - started, dict(response.headers)
-
-            return await asyncio.gather(*(one(i) for i in range(600)))
-
-    answers = asyncio.run(flood())
-    statuses = [status for status, _, _ in answers]
-    assert set(statuses) <= {200, 503, 504}, sorted(map(str, set(statuses)))
-    assert statuses.count(200) >= 1 and statuses.count(503) >= 1, (statuses.count(200), statuses.count(503))
-    assert all(headers.get("retry-after") == "1" for status, _, headers in answers if status == 503)
+    bodies = [{"texts": [texts[(i + k) % 40] for k in range(8)]} for i in range(600)]
+    answers = asyncio.run(flood(server.url, bodies, connections=100))
+    statuses = [answer["status"] for answer in answers]
+    assert set(statuses) <= {200, 503, 504}, flood_summary(answers)
+    assert statuses.count(200) >= 1 and statuses.count(503) >= 1, flood_summary(answers)
+    assert all(answer["retry_after"] == "1" for answer in answers if answer["status"] == 503)
     # A request waits at most the request time-out to start, then one batch of 8 short texts runs.
-    assert max(seconds for _, seconds, _ in answers) < REQUEST_TIMEOUT + 10
+    assert max(answer["seconds"] for answer in answers) < REQUEST_TIMEOUT + 10, flood_summary(answers)
     assert rss_mib(server.process.pid) - rss_before < 100
     assert served_quickly(server.url) < 1.0
 
 
 def test_slow_bodies_and_headers_are_cut_while_others_are_served(server):
-    host, port = "127.0.0.1", server.port
-    slow_bodies, slow_headers = [], []
-    for _ in range(20):
-        body = socket.create_connection((host, port), timeout=30)
-        body.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: 1000\r\n\r\n{")
-        slow_bodies.append(body)
-        headers = socket.create_connection((host, port), timeout=30)
-        headers.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: 127.0.0.1\r\n")
-        slow_headers.append(headers)
     started = time.monotonic()
-    stop = threading.Event()
-
-    def trickle():  # a byte a second on every connection, as a slowloris client sends, until just before the cut
-        while not stop.wait(1.0) and time.monotonic() - started < READ_TIMEOUT - 1:
-            for sock in slow_bodies + slow_headers:
-                try:
-                    sock.sendall(b" " if sock in slow_bodies else b"X")
-                except OSError:
-                    pass
-
-    sender = threading.Thread(target=trickle, daemon=True)
-    sender.start()
+    trickle_s = READ_TIMEOUT - 1  # stop trickling just before the cut, so the 408 is read before a reset
+    bodies = slow_clients("127.0.0.1", server.port, count=20, trickle_s=trickle_s, headers_only=False)
+    headers = slow_clients("127.0.0.1", server.port, count=20, trickle_s=trickle_s, headers_only=True)
     try:
         assert served_quickly(server.url) < 1.0  # a normal client meanwhile
-        for sock in slow_bodies:
-            reply = read_until_closed(sock)
+        for sock in bodies:
+            reply = until_closed(sock)
             assert reply.startswith(b"HTTP/1.1 408") and b"request_timeout" in reply, reply[:300]
-        for sock in slow_headers:
-            assert sock.recv(4096) == b"", "the connection is closed"
+        assert all(until_closed(sock) == b"" for sock in headers), "closed without an answer"
         assert time.monotonic() - started < READ_TIMEOUT + 5
     finally:
-        stop.set()
-        sender.join()
-        for sock in slow_bodies + slow_headers:
+        for sock in bodies + headers:
             sock.close()
-
-
-def read_until_closed(sock: socket.socket) -> bytes:
-    chunks = []
-    while chunk := sock.recv(4096):
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def test_abandoned_requests_leave_a_working_service(server):
@@ -181,3 +138,27 @@ def test_a_cancelled_job_is_skipped_and_a_stopped_worker_is_reported(tiny_run):
         assert client.get("/healthz").status_code == 503
         refused = client.post("/v1/classify", json={"text": "Fine."})
         assert refused.status_code == 503 and refused.json()["error"]["code"] == "unavailable"
+
+
+def test_expect_sha256_and_a_tampered_onnx_cache(tiny_run, tmp_path, monkeypatch, caplog):
+    from support import run_cli
+
+    from yelp_lora.inference import onnx_backend
+    from yelp_lora.inference.predictor import Predictor
+    from yelp_lora.util.hashing import file_sha256
+
+    refused = run_cli("serve", "--adapter", str(tiny_run), "--expect-sha256", "0" * 64, "--port", "1", check=False)
+    actual = file_sha256(tiny_run / "adapter" / "adapter_model.safetensors")
+    assert refused.returncode == 2 and f"the adapter loaded has sha256 {actual}; not serving it" in refused.stderr
+
+    monkeypatch.setenv("YELP_LORA_CACHE", str(tmp_path))
+    texts = ["The soup was warm and the waiter kind.", "Cold food, rude staff."]
+    first = Predictor(tiny_run, backend="onnx-int8")
+    assert first.info.adapter_sha256 == actual
+    expected = first.probabilities(texts)[0]
+    [cached] = (tmp_path / "onnx").glob(f"*/{onnx_backend.INT8_FILE}")
+    cached.write_bytes(cached.read_bytes()[:-64] + b"\0" * 64)  # tampered with after export
+    with caplog.at_level("WARNING", logger="yelp_lora.inference"):
+        again = Predictor(tiny_run, backend="onnx-int8")
+    assert "does not match the sha256 recorded when it was exported: rebuilding it" in caplog.text
+    assert (again.probabilities(texts)[0] == expected).all()

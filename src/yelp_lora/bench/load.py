@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -117,3 +119,70 @@ async def run_load(url: str, bodies: list[dict], *, concurrency: int, server_pid
             "samples": len(rss),
         },
     }
+
+
+# ---------------------------------------------------------------- hostile load
+
+
+async def flood(url: str, bodies: list[dict], *, connections: int, timeout: float = 60.0) -> list[dict]:
+    """Every body at once over `connections` connections: each answer's status (or the transport
+    error's name), seconds and Retry-After header, in the order sent."""
+    limits = httpx.Limits(max_connections=connections)
+    async with httpx.AsyncClient(base_url=url, timeout=timeout, limits=limits) as http:
+        async def one(body: dict) -> dict:
+            started = time.perf_counter()
+            try:
+                response = await http.post("/v1/classify", json=body)
+            except httpx.TransportError as err:
+                return {"status": type(err).__name__, "seconds": time.perf_counter() - started, "retry_after": None}
+            return {"status": response.status_code, "seconds": time.perf_counter() - started,
+                    "retry_after": response.headers.get("retry-after")}
+
+        return await asyncio.gather(*(one(body) for body in bodies))
+
+
+def flood_summary(answers: list[dict]) -> dict:
+    """Answers by status, with the slowest of each."""
+    by_status = Counter(str(answer["status"]) for answer in answers)
+    return {
+        "answers": dict(sorted(by_status.items())),
+        "slowest_s": {status: round(max(a["seconds"] for a in answers if str(a["status"]) == status), 2)
+                      for status in by_status},
+    }
+
+
+def slow_clients(host: str, port: int, *, count: int, trickle_s: float, headers_only: bool) -> list:
+    """`count` connections that send a request's headers (or only its first header line) and then one
+    byte a second for `trickle_s` seconds, as a slowloris client does: the open sockets."""
+    opening = (b"POST /v1/classify HTTP/1.1\r\nHost: 127.0.0.1\r\n" if headers_only else
+               b"POST /v1/classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+               b"Content-Length: 1000\r\n\r\n{")
+    sockets = []
+    for _ in range(count):
+        sock = socket.create_connection((host, port), timeout=60)
+        sock.sendall(opening)
+        sockets.append(sock)
+
+    def trickle() -> None:
+        started = time.monotonic()
+        while time.monotonic() - started < trickle_s:
+            time.sleep(1.0)
+            for sock in sockets:
+                try:
+                    sock.sendall(b"X" if headers_only else b" ")
+                except OSError:
+                    pass
+
+    threading.Thread(target=trickle, daemon=True).start()
+    return sockets
+
+
+def until_closed(sock) -> bytes:
+    """Everything the server sent on a connection, once it has closed it."""
+    chunks = []
+    try:
+        while chunk := sock.recv(4096):
+            chunks.append(chunk)
+    except ConnectionResetError:
+        pass
+    return b"".join(chunks)

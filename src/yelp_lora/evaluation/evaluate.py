@@ -11,12 +11,14 @@ import numpy as np
 from yelp_lora.artifacts import (
     AdapterMeta,
     ClassicalFit,
+    ClassScore,
     CompareResult,
     Detailed,
     Headline,
     LabelMove,
     McNemar,
     Ordinal,
+    Record,
     SplitSummary,
     resolve_adapter_dir,
     read_adapter_meta,
@@ -32,13 +34,18 @@ from yelp_lora.modeling.forward import predict_logits, softmax
 EXTREMES = {(0, 4), (4, 0)}
 
 
-class EvaluationResult(Detailed):
-    """What `evaluate --json` writes: one adapter's detailed scores on one sample."""
+class EvaluationResult(Record):
+    """What `evaluate --json` writes: one adapter's detailed scores (as in `Detailed`) on one sample."""
 
     adapter: str
     data: SplitSummary
     split: str
     seed: int
+    accuracy: float
+    macro_f1: float
+    n: int
+    per_class: dict[str, ClassScore]
+    confusion_matrix: list[list[int]]
 
 
 def load_eval_split(meta: AdapterMeta, settings: EvalSettings) -> Split:
@@ -183,7 +190,7 @@ def format_compare(result: CompareResult) -> str:
     return "\n".join(lines)
 
 
-def format_detailed(result: Detailed) -> str:
+def format_detailed(result: Detailed | EvaluationResult) -> str:
     ids = range(len(LABEL_NAMES))
     lines = [
         f"Accuracy : {result.accuracy:.4f}",
