@@ -82,12 +82,17 @@ def test_tool_schema_is_the_mcp_tool_in_openai_form(mcp_answers):
     assert printed["function"]["parameters"]["properties"]["texts"]["maxItems"] == 64
 
 
-def test_mcp_over_streamable_http(registry, predicted, tmp_path):
-    port = free_port()
+def test_mcp_over_streamable_http_behind_the_api_key(registry, predicted, tmp_path):
+    import httpx
+    import httpx2
+    from mcp.client.streamable_http import streamable_http_client
+
+    port, key = free_port(), "mcp-key-9d1e"
+    (tmp_path / "key").write_text(key + "\n")
     log = open(tmp_path / "mcp.log", "w")
     process = subprocess.Popen(
         [sys.executable, "-m", "yelp_lora", "mcp", "--alias", "production", "--registry", str(registry),
-         "--transport", "http", "--port", str(port)],
+         "--transport", "http", "--port", str(port), "--api-key-file", str(tmp_path / "key")],
         stdout=log, stderr=subprocess.STDOUT, env=cli_env(), cwd=REPO,
     )
     try:
@@ -100,8 +105,13 @@ def test_mcp_over_streamable_http(registry, predicted, tmp_path):
                     break
             time.sleep(0.3)
 
+        refused = httpx.post(f"http://127.0.0.1:{port}/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "ping"})
+        assert refused.status_code == 401 and refused.json()["error"]["code"] == "unauthorized"
+
         async def call():
-            async with Client(f"http://127.0.0.1:{port}/mcp", read_timeout_seconds=300) as client:
+            keyed = httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=httpx2.Timeout(30, read=300))
+            async with Client(streamable_http_client(f"http://127.0.0.1:{port}/mcp", http_client=keyed),
+                              read_timeout_seconds=300) as client:
                 return await client.call_tool("classify_review_sentiment", {"texts": review_texts()[:2]})
 
         result = asyncio.run(call())

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -124,3 +126,25 @@ def test_bad_rows_stop_with_their_row_or_are_written_with_an_error(adapter, tmp_
     assert [r["error"] for r in records if r["error"]] == ["whitespace-only text", "text contains NUL bytes"]
     assert records[3]["label"] is None and records[3]["source_row"] == "row 3"
     assert all(r["label"] for i, r in enumerate(records) if i not in (3, 7))
+
+
+def test_an_unparsable_jsonl_line_is_a_row_error_and_a_changed_input_is_not_resumed(adapter, tmp_path):
+    source = tmp_path / "reviews.jsonl"
+    lines = [json.dumps({"text": text}) for text in texts(6)]
+    lines[2] = '{"text": "never closed'
+    source.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    output = tmp_path / "out.jsonl"
+    stopped = run_cli(*predict_args(adapter, source, output), check=False, env=TINY_ENV)
+    assert stopped.returncode == 2 and f"{source}: line 3: invalid JSON" in stopped.stderr
+    # The same size and modification time, other bytes: the job record's input hash tells them apart.
+    stat = source.stat()
+    source.write_text(source.read_text(encoding="utf-8").replace("a", "e"), encoding="utf-8")
+    os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    changed = run_cli(*predict_args(adapter, source, output, "--resume"), check=False, env=TINY_ENV)
+    assert changed.returncode == 2 and "belongs to a different job (input_sha256:" in changed.stderr
+    shutil.rmtree(output.with_name(output.name + ".parts"))
+    skipped = run_cli(*predict_args(adapter, source, output, "--skip-bad-rows"), check=False, env=TINY_ENV)
+    assert skipped.returncode == 0, skipped.stderr[-3000:]
+    records = [json.loads(line) for line in output.read_text().splitlines()]
+    assert len(records) == 6 and records[2]["error"].startswith("invalid JSON") and records[2]["label"] is None
+    assert all(record["label"] for i, record in enumerate(records) if i != 2)

@@ -136,3 +136,17 @@ def test_a_huge_parquet_row_group_is_refused_before_it_is_read(tmp_path, monkeyp
         load_split(str(path), "train")
 
 
+
+
+@EXAMPLES
+@given(content=st.one_of(st.binary(max_size=3000), st.text(max_size=3000).map(lambda t: t.encode("utf-8", "surrogatepass"))),
+       suffix=st.sampled_from([".csv", ".jsonl", ".parquet", ".txt"]))
+def test_any_bytes_end_in_rows_or_one_error_naming_the_file(content, suffix):
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / f"data{suffix}"
+        path.write_bytes(content)
+        for read in (lambda: load_split(str(path), "train", skip_bad_rows=True), lambda: list(iter_texts(path))):
+            try:
+                read()
+            except DataError as err:
+                assert str(path) in str(err), str(err)

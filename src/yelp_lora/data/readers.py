@@ -189,11 +189,11 @@ def shown(value: object, limit: int = 40) -> str:
 
 
 def _numbered_lines(path: Path) -> Iterator[tuple[int, str | None]]:
-    """(line number, line) of the non-blank lines; only a line break ends a line (not U+2028 and kin).
+    """(line number, line) of the non-blank lines; only \\n ends a line (not \\r alone, U+2028 or kin).
 
     A line over MAX_LINE_CHARS comes back as None, never read whole: the rest of it is skipped.
     """
-    with _open_text(path, newline=None) as handle:
+    with _open_text(path, newline="\n") as handle:
         number = 0
         while line := handle.readline(MAX_LINE_CHARS + 1):
             number += 1
