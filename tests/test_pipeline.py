@@ -157,9 +157,11 @@ print(json.dumps(probs.tolist()))
 def test_same_command_twice_gives_byte_identical_adapter(minilm_run, data_dir, tmp_path):
     again = tmp_path / "again"
     run_cli("train", "--config", DEMO_CONFIG, "--data", str(data_dir), *MINILM_RUN_ARGS, "--output-dir", str(again))
-    first = (minilm_run / "adapter" / "adapter_model.safetensors").read_bytes()
-    second = (again / "adapter" / "adapter_model.safetensors").read_bytes()
-    assert first == second
+    # Every file, adapter_config.json included (PEFT writes its target_modules set in hash order).
+    files = sorted(p.name for p in (minilm_run / "adapter").iterdir())
+    assert files == sorted(p.name for p in (again / "adapter").iterdir())
+    for name in files:
+        assert (minilm_run / "adapter" / name).read_bytes() == (again / "adapter" / name).read_bytes(), name
     a, b = read_json(minilm_run / "run.json"), read_json(again / "run.json")
     assert a["validation"] == [{**e} for e in b["validation"]]
     assert a["data"]["train"]["fingerprint"] == b["data"]["train"]["fingerprint"]

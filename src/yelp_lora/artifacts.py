@@ -108,7 +108,25 @@ def tokenizer_source(adapter_dir: Path) -> str:
 
 
 def save_adapter(peft_model, tokenizer, target: Path, meta: AdapterMeta) -> None:
-    """The adapter in standard PEFT format plus config.json (id2label) and the tokenizer, atomically."""
+    """The adapter in standard PEFT format plus config.json (id2label) and the tokenizer, atomically.
+
+    PEFT keeps target_modules as a set and writes it in the set's order, which follows Python's
+    per-process string hashing: the same run would write adapter_config.json differently each time.
+    It is written sorted, so the same command gives the same bytes.
+    """
+    configs = list(peft_model.peft_config.values())
+    kept = [config.target_modules for config in configs]
+    for config in configs:
+        if isinstance(config.target_modules, set):
+            config.target_modules = sorted(config.target_modules)
+    try:
+        _save_adapter_files(peft_model, tokenizer, target, meta)
+    finally:
+        for config, modules in zip(configs, kept):
+            config.target_modules = modules
+
+
+def _save_adapter_files(peft_model, tokenizer, target: Path, meta: AdapterMeta) -> None:
     with atomic_dir(target) as staging:
         peft_model.save_pretrained(str(staging))
         peft_model.get_base_model().config.save_pretrained(str(staging))
