@@ -120,6 +120,10 @@ def _host_name(value: str) -> str:
     return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
 
 
+def overloaded(why: str) -> ApiError:
+    return ApiError(503, "overloaded", f"{why}; retry shortly", headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
 def key_problem(scope, key: str | None) -> ApiError | None:
     """Why a request does not carry `key` (as 'Authorization: Bearer KEY' or 'X-API-Key: KEY'), or None."""
     if not key:
@@ -152,8 +156,9 @@ class _Guard:
     whatever its body, and an oversized or trickled body is never waited for or read whole.
     """
 
-    def __init__(self, app, settings: ServeSettings, metrics: ServiceMetrics, error_response):
+    def __init__(self, app, settings: ServeSettings, metrics: ServiceMetrics, error_response, batcher: MicroBatcher):
         self.app, self.settings, self.metrics, self.error_response = app, settings, metrics, error_response
+        self.batcher = batcher
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -172,7 +177,8 @@ class _Guard:
             await send(message)
 
         try:
-            problem = self._check_host(scope) or self._check_key(scope) or self._check_content_type(scope)
+            problem = (self._check_host(scope) or self._check_key(scope) or self._check_content_type(scope)
+                       or self._check_queue(scope))
             if problem is None and scope["method"] in ("POST", "PUT", "PATCH"):
                 problem, receive = await self._read_body(scope, receive, started)
             if problem is not None:
@@ -199,6 +205,14 @@ class _Guard:
         if not scope["path"].startswith(PROTECTED_PREFIX):
             return None
         return key_problem(scope, self.settings.api_key)
+
+    def _check_queue(self, scope) -> ApiError | None:
+        """A full queue refuses a classify request before its body is read or parsed: under a flood the
+        refusals stay cheap (the queue's own check in `submit` still holds for requests let through)."""
+        if scope["path"] != "/v1/classify" or not self.batcher.full:
+            return None
+        self.metrics.dropped.labels("queue_full").inc()
+        return overloaded(f"{self.batcher.max_queue} texts are already waiting for the model")
 
     @staticmethod
     def _check_content_type(scope) -> ApiError | None:
@@ -283,7 +297,7 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> F
         metrics.errors.labels(err.code).inc()
         return error_json(err)
 
-    app.add_middleware(_Guard, settings=settings, metrics=metrics, error_response=error_response)
+    app.add_middleware(_Guard, settings=settings, metrics=metrics, error_response=error_response, batcher=batcher)
 
     @app.exception_handler(ApiError)
     async def on_api_error(request: Request, err: ApiError):
@@ -317,7 +331,7 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> F
         except InputError as err:
             raise ApiError(INPUT_ERROR_STATUS.get(err.code, 422), err.code, str(err)) from None
         except ServiceBusy as err:
-            raise ApiError(503, "overloaded", f"{err}; retry shortly", headers={"Retry-After": str(RETRY_AFTER_S)}) from None
+            raise overloaded(str(err)) from None
         except ServiceClosed as err:
             raise ApiError(503, "unavailable", str(err)) from None
         try:

@@ -72,6 +72,10 @@ class MicroBatcher:
         return self._thread.is_alive() and not self._closed
 
     @property
+    def full(self) -> bool:
+        return self._queued_texts >= self.max_queue
+
+    @property
     def worker_alive(self) -> bool:
         """False once the worker thread has ended; while shutting down it still finishes its jobs."""
         return self._thread.is_alive()
