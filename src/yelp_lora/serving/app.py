@@ -209,7 +209,7 @@ class _Guard:
     def _check_queue(self, scope) -> ApiError | None:
         """A full queue refuses a classify request before its body is read or parsed: under a flood the
         refusals stay cheap (the queue's own check in `submit` still holds for requests let through)."""
-        if scope["path"] != "/v1/classify" or not self.batcher.full:
+        if scope["method"] != "POST" or scope["path"] != "/v1/classify" or not self.batcher.full:
             return None
         self.metrics.dropped.labels("queue_full").inc()
         return overloaded(f"{self.batcher.max_queue} texts are already waiting for the model")
