@@ -177,10 +177,11 @@ class _Guard:
             await send(message)
 
         try:
-            problem = (self._check_host(scope) or self._check_key(scope) or self._check_content_type(scope)
-                       or self._check_queue(scope))
+            problem = self._check_host(scope) or self._check_key(scope) or self._check_content_type(scope)
             if problem is None and scope["method"] in ("POST", "PUT", "PATCH"):
                 problem, receive = await self._read_body(scope, receive, started)
+            # After the body is read (a connection closed on unread bytes resets, losing the answer), before it is parsed.
+            problem = problem or self._check_queue(scope)
             if problem is not None:
                 await self.error_response(problem)(scope, receive, send_recording)
             else:
@@ -207,7 +208,7 @@ class _Guard:
         return key_problem(scope, self.settings.api_key)
 
     def _check_queue(self, scope) -> ApiError | None:
-        """A full queue refuses a classify request before its body is read or parsed: under a flood the
+        """A full queue refuses a classify request before its body is parsed or checked: under a flood the
         refusals stay cheap (the queue's own check in `submit` still holds for requests let through)."""
         if scope["method"] != "POST" or scope["path"] != "/v1/classify" or not self.batcher.full:
             return None

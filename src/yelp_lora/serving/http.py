@@ -2,10 +2,12 @@
 
 uvicorn closes idle keep-alive connections, and the service's guard times out a request body
 (408), but nothing bounds a client that trickles its request line and headers: such a connection
-would stay open for ever. Here a connection whose request has not sent its headers within
-`read_timeout` seconds of opening (or of the previous response) is closed. This subclass of
+would stay open for ever. Here a request's headers must be complete within `read_timeout` seconds
+of the connection opening, or of the request's first byte on a kept-alive connection; else the
+connection is closed. (An idle kept-alive connection is left to uvicorn's own keep-alive time-out:
+closing it sooner would race a client that is about to reuse it.) This subclass of
 `uvicorn.protocols.http.h11_impl.H11Protocol` is the one place that relies on uvicorn's protocol
-internals (`handle_events`, `on_response_complete`, `conn`); tests/test_serve_limits.py fails if they change.
+internals (`data_received`, `handle_events`, `conn`); tests/test_serve_limits.py fails if they change.
 """
 
 from __future__ import annotations
@@ -28,14 +30,15 @@ class HeaderDeadlineProtocol(H11Protocol):
         self._disarm()
         super().connection_lost(exc)
 
+    def data_received(self, data: bytes) -> None:
+        if self._header_deadline is None and self.conn.their_state is h11.IDLE:  # a next request begins
+            self._arm()
+        super().data_received(data)
+
     def handle_events(self) -> None:
         super().handle_events()
         if self.conn.their_state is not h11.IDLE:  # the request line and headers are in
             self._disarm()
-
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        self._arm()
 
     def _arm(self) -> None:
         self._disarm()
