@@ -153,7 +153,8 @@ def test_merged_export_loads_in_a_plain_pipeline_with_equal_logits(registry, tmp
     from transformers import pipeline
 
     from yelp_lora.modeling.base import load_adapter
-    from yelp_lora.modeling.forward import encode, predict_logits
+    from yelp_lora.data.tokenize import encode
+    from yelp_lora.modeling.forward import predict_logits
 
     target = tmp_path / "merged"
     out = cli("export", "production", "--merged", str(target), "--registry", str(registry)).stdout

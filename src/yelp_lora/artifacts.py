@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer
 
-from yelp_lora.config import LABEL_NAMES, RunConfig
+from yelp_lora.config import LABEL_NAMES, RunConfig, kept_head
 from yelp_lora.errors import DataError, ModelError
 from yelp_lora.util.atomic import atomic_dir, atomic_write_text
 
@@ -73,6 +73,13 @@ class AdapterMeta(Record):
     head_seed: int = 42
     max_length: int = 256
     label_names: list[str] = Field(default_factory=lambda: list(LABEL_NAMES))
+    truncation: str = "head"
+    head_tokens: int | None = Field(None, description="ids kept from the start of a cut review (head+tail)")
+    temperature: float = Field(1.0, gt=0, description="divide the logits by it before the softmax (fitted on validation)")
+
+    @property
+    def kept_head(self) -> int:
+        return kept_head(self.truncation, self.head_tokens, self.max_length)
 
 
 def resolve_adapter_dir(path: str | Path) -> Path:
@@ -150,6 +157,13 @@ class SplitSummary(Record):
     duplicates_dropped: int = 0
 
 
+class SourceRows(SplitSummary):
+    """One training source's part of the training rows: what was drawn from how many."""
+
+    file_rows: int
+    overlap_dropped: int = Field(0, description="drawn rows whose text was already a validation or training row")
+
+
 class Resolved(Record):
     """What the config's 'auto' settings became on the machine that ran it."""
 
@@ -169,6 +183,7 @@ class RunData(Record):
     duplicates_dropped: int
     train: SplitSummary
     validation: SplitSummary
+    sources: list[SourceRows] = Field(default_factory=list)
 
 
 class Parameters(Record):
@@ -212,6 +227,16 @@ class EpochScore(Record):
     accuracy: float
     macro_f1: float
     loss: float | None = None
+    # With train.calibrate: the temperature fitted on this epoch's validation logits, and the
+    # expected calibration error before and after dividing by it.
+    temperature: float | None = None
+    ece: float | None = None
+    ece_calibrated: float | None = None
+
+    @model_serializer(mode="wrap")
+    def _calibration_when_fitted(self, handler):
+        return {key: value for key, value in handler(self).items()
+                if key not in ("temperature", "ece", "ece_calibrated") or value is not None}
 
 
 class RunRecord(Record):

@@ -267,6 +267,25 @@ def _add_key_options(parser: argparse.ArgumentParser, where: str) -> None:
     _setting(parser, "--api-key", "api_key", help=f"require this key {where} (visible in `ps`: prefer --api-key-file)")
 
 
+def _train_source(text: str) -> dict:
+    """SOURCE[:N|:FRACTION][:balanced] -> a data.extra_train entry."""
+    source, *options = text.split(":")
+    entry: dict = {"source": source}
+    for option in options:
+        if option == "balanced":
+            entry["balance"] = True
+        elif option.isdigit():
+            entry["samples"] = int(option)
+        else:
+            try:
+                entry["fraction"] = float(option)
+            except ValueError:
+                raise argparse.ArgumentTypeError(
+                    f"{text!r}: expected SOURCE[:N|:FRACTION][:balanced], and {option!r} is none of those"
+                ) from None
+    return entry
+
+
 def _names(text: str) -> tuple[str, ...]:
     return tuple(name.strip() for name in text.split(",") if name.strip())
 
@@ -298,7 +317,23 @@ def _add_train_parser(sub) -> None:
     _setting(p, "--batch-size", "train.train_batch_size", type=int, help="training batch size (rows per optimizer step)")
     _setting(p, "--micro-batch-size", "train.micro_batch_size", type=int,
              help="rows per forward pass of a length-sorted step (divides --batch-size; default: 4 on CPU, 16 on CUDA)")
+    _setting(p, "--extra-train", "data.extra_train", type=_train_source, action="append", metavar="SOURCE[:N|:FRACTION][:balanced]",
+             help="another training source (repeatable; replaces the config's list), e.g. "
+             "../shared/data/yelp_review_full/open_dataset_train.csv:6000:balanced; validation stays from --data")
     _setting(p, "--max-length", "model.max_length", type=int, help="tokens per review (longer ones are cut)")
+    _setting(p, "--truncation", "model.truncation", choices=["head", "head+tail"],
+             help="how a longer review is cut: its head, or its head and tail (default head)")
+    _setting(p, "--head-tokens", "model.head_tokens", type=int,
+             help="with head+tail: tokens kept from the start (default a quarter of --max-length)")
+    _setting(p, "--class-weights", "train.class_weights", choices=["none", "auto"],
+             help="auto: weight the loss by inverse label frequency (for skewed sources)")
+    _setting(p, "--label-smoothing", "train.label_smoothing", type=float)
+    _setting(p, "--ordinal-weight", "train.ordinal_weight", type=float,
+             help="add this times the expected distance in stars to the loss (default 0)")
+    _setting(p, "--no-calibrate", "train.calibrate", action="store_false",
+             help="fit no softmax temperature on the validation rows")
+    _setting(p, "--report-to", "train.report_to", choices=["none", "tensorboard", "mlflow"],
+             help="log the run through the Trainer's integration (needs the [tracking] extra)")
     _setting(p, "--pad-to-max-length", "train.pad_to_max_length", action="store_true",
              help="pad every text to max length (fixed shapes)")
     _setting(p, "--precision", "train.precision", choices=["auto", "fp32", "bf16"])

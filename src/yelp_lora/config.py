@@ -48,6 +48,33 @@ class ModelConfig(_Section):
         description="How training draws dropout masks. fast = 16-bit draws (yelp_lora.modeling.dropout), measured ~3x cheaper "
         "than torch's per-element ones on CPU; auto = fast on CPU, torch on CUDA (its fused kernels).",
     )
+    truncation: Literal["head", "head+tail"] = Field(
+        "head",
+        description="How a review longer than max_length is cut, in training, evaluation and prediction alike: "
+        "head keeps its first tokens; head+tail keeps the first head_tokens and the last "
+        "max_length - head_tokens (Sun et al. 2019 found it best on Yelp).",
+    )
+    head_tokens: int | None = Field(
+        None, ge=2, description="With head+tail: tokens kept from the start ([CLS] included); null = a quarter of max_length."
+    )
+
+    @model_validator(mode="after")
+    def _head_fits(self) -> "ModelConfig":
+        if self.head_tokens is not None and self.head_tokens >= self.max_length:
+            raise ValueError(f"head_tokens ({self.head_tokens}) must be below max_length ({self.max_length})")
+        return self
+
+    @property
+    def kept_head(self) -> int:
+        """Tokens kept from the start of a review that is cut (the rest come from its end)."""
+        return kept_head(self.truncation, self.head_tokens, self.max_length)
+
+
+def kept_head(truncation: str, head_tokens: int | None, max_length: int) -> int:
+    """head: all but the closing [SEP]; head+tail: head_tokens, by default a quarter of max_length."""
+    if truncation == "head":
+        return max_length - 1
+    return head_tokens if head_tokens is not None else max_length // 4
 
 
 class LoraSettings(_Section):
@@ -58,6 +85,21 @@ class LoraSettings(_Section):
     bias: Literal["none", "all", "lora_only"] = "none"
 
 
+class TrainSource(_Section):
+    """One more source of training rows, beside data.source's train split."""
+
+    source: str = Field(description="A file, a directory (its train split) or a hub data set id (its train split).")
+    samples: int | None = Field(None, ge=1, description="Rows drawn from it (seeded); null = all, unless fraction.")
+    fraction: float | None = Field(None, gt=0.0, le=1.0, description="Share of its rows drawn, instead of samples.")
+    balance: bool = Field(False, description="Draw the same number of rows of every label (as many as the rarest allows).")
+
+    @model_validator(mode="after")
+    def _one_size(self) -> "TrainSource":
+        if self.samples is not None and self.fraction is not None:
+            raise ValueError(f"{self.source}: give samples or fraction, not both")
+        return self
+
+
 class DataConfig(_Section):
     source: str = Field(
         "auto",
@@ -66,6 +108,11 @@ class DataConfig(_Section):
     )
     train_samples: int | None = Field(None, ge=1, description="Seeded stratified subsample of train; null = all.")
     val_samples: int = Field(400, ge=1, description="Validation rows carved from the train split, never from test.")
+    extra_train: list[TrainSource] = Field(
+        default_factory=list,
+        description="More training sources; validation still comes from data.source alone, carved before anything "
+        "is drawn, and any extra row whose text is a validation or training row already is dropped.",
+    )
     skip_bad_rows: bool = False
 
 
@@ -94,6 +141,21 @@ class TrainConfig(_Section):
     )
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="auto = bf16 autocast where the CPU or GPU supports it, else fp32."
+    )
+    class_weights: Literal["none", "auto"] = Field(
+        "none", description="auto: weight each label's loss by its inverse frequency among the training rows."
+    )
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    ordinal_weight: float = Field(
+        0.0, ge=0.0,
+        description="Adds this times the expected distance in stars (sum of p(k) * |k - label|) to the "
+        "cross-entropy: the labels are ordered, so predicting 4 stars for a 5 costs less than 1.",
+    )
+    calibrate: bool = Field(
+        True, description="Fit a softmax temperature on the validation rows of the kept epoch; stored in the adapter."
+    )
+    report_to: Literal["none", "tensorboard", "mlflow"] = Field(
+        "none", description="The Trainer's own tracking integration (the [tracking] extra)."
     )
     logging_steps: int = Field(10, ge=1)
     save_steps: int | None = Field(None, ge=1, description="Also checkpoint every N steps (for --resume).")

@@ -148,3 +148,19 @@ def calibration(labels, probabilities, bins: int = 10) -> dict:
         rows.append({"low": float(edges[b]), "high": float(edges[b + 1]), "count": count,
                      "accuracy": accuracy, "confidence": mean_confidence})
     return {"ece": float(ece), "bins": rows}
+
+
+def fit_temperature(logits, labels) -> float:
+    """The softmax temperature T that minimises the negative log-likelihood of `labels` under
+    softmax(logits / T) (Guo et al. 2017): one number, so the predicted labels never change."""
+    from scipy.optimize import minimize_scalar
+    from scipy.special import log_softmax
+
+    logits = np.asarray(logits, dtype=np.float64)
+    labels = np.asarray(labels)
+
+    def nll(log_t: float) -> float:
+        return float(-log_softmax(logits / np.exp(log_t), axis=-1)[np.arange(len(labels)), labels].mean())
+
+    # T between 0.05 and 20; the bound keeps a degenerate validation set from a runaway fit.
+    return float(np.exp(minimize_scalar(nll, bounds=(-3.0, 3.0), method="bounded").x))

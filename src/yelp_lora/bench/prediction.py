@@ -15,7 +15,7 @@ from yelp_lora.config import LABEL2ID, BenchSettings
 from yelp_lora.artifacts import read_adapter_meta
 from yelp_lora.metrics import headline
 from yelp_lora.modeling.base import load_adapter, load_tokenizer, quiet_upstream_warnings, resolve_model_path
-from yelp_lora.modeling.forward import encode
+from yelp_lora.data.tokenize import encode
 from yelp_lora.modeling.hardware import pick_device
 
 

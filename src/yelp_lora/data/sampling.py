@@ -37,3 +37,17 @@ def train_val_split(train: Split, val_samples: int, train_samples: int | None, s
 
 def sample_split(split: Split, n: int | None, seed: int) -> Split:
     return split.select(stratified_indices(split.labels, n, seed))
+
+
+def balanced_indices(labels: list[int], n: int | None, seed: int) -> np.ndarray:
+    """A seeded draw of the same number of rows of every label present: n / labels each, or as
+    many as the rarest label has when n is None or asks for more."""
+    rng = np.random.default_rng(seed)
+    labels_array = np.asarray(labels)
+    present = np.unique(labels_array)
+    rarest = min(int((labels_array == label).sum()) for label in present)
+    per_label = rarest if n is None else min(rarest, n // len(present))
+    if per_label < 1:
+        raise DataError(f"a balanced draw of {n} rows over {len(present)} labels leaves none per label")
+    chosen = [rng.choice(np.flatnonzero(labels_array == label), size=per_label, replace=False) for label in present]
+    return rng.permutation(np.concatenate(chosen))

@@ -60,7 +60,7 @@ def evaluate(adapter: str | Path, settings: EvalSettings) -> EvaluationResult:
     rows = load_eval_split(meta, settings)
     model, tokenizer = load_adapter(adapter_dir)
     logits, _ = predict_logits(
-        model, tokenizer, rows.texts, max_length=meta.max_length, batch_size=settings.batch_size, progress=True,
+        model, tokenizer, rows.texts, max_length=meta.max_length, head=meta.kept_head, batch_size=settings.batch_size, progress=True,
         desc="Evaluating",
     )
     return EvaluationResult(
@@ -103,7 +103,7 @@ def score_test_sample(adapter: str | Path, settings: EvalSettings) -> ScoredSamp
     probabilities = {}
     for name, model in (("baseline", baseline), ("lora", adapted)):
         logits, _ = predict_logits(
-            model, tokenizer, rows.texts, max_length=meta.max_length, batch_size=settings.batch_size, progress=True,
+            model, tokenizer, rows.texts, max_length=meta.max_length, head=meta.kept_head, batch_size=settings.batch_size, progress=True,
             desc=f"Scoring {name}",
         )
         probabilities[name] = softmax(logits)

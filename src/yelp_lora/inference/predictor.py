@@ -105,7 +105,7 @@ class Predictor:
     def probabilities(self, texts: list[str], *, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """(probabilities [n, 5], truncated [n])."""
         logits, truncated = predict_logits(
-            self.model, self.tokenizer, texts, max_length=self.max_length, batch_size=self.batch_size,
+            self.model, self.tokenizer, texts, max_length=self.max_length, head=self.meta.kept_head, batch_size=self.batch_size,
             bf16=False, progress=progress,  # bf16 weights carry their precision: no autocast needed
         )
         return softmax(logits), truncated

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from yelp_lora.config import NUM_LABELS
+from yelp_lora.data.tokenize import encode
 from yelp_lora.util.progress import progress as progress_bar
 
 
@@ -18,6 +19,7 @@ def predict_logits(
     texts: list[str],
     *,
     max_length: int = 256,
+    head: int | None = None,
     batch_size: int = 64,
     bf16: bool = False,
     progress: bool = False,
@@ -25,11 +27,12 @@ def predict_logits(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(logits [n, 5] float32, truncated [n] bool), in the order of `texts`.
 
-    Texts are tokenised once and run in length-sorted batches, so each batch pads only to
-    its own longest text.
+    Texts are tokenised once (a long one cut as `data.tokenize.encode` cuts it, keeping `head`
+    ids from its start) and run in length-sorted batches, so each batch pads only to its own
+    longest text.
     """
     device = model.device  # a transformers model, or an onnx_backend.OnnxClassifier
-    input_ids, truncated = encode(tokenizer, texts, max_length)
+    input_ids, truncated = encode(tokenizer, texts, max_length, head)
     lengths = np.array([len(ids) for ids in input_ids])
     order = np.argsort(-lengths, kind="stable")
     logits = np.zeros((len(texts), NUM_LABELS), dtype=np.float32)
@@ -51,25 +54,6 @@ def predict_logits(
         for index, rows in progress_bar(results, desc=desc, enabled=progress, unit="batch", total=len(batches)):
             logits[index] = rows
     return logits, truncated
-
-
-def encode(tokenizer, texts: list[str], max_length: int) -> tuple[list[list[int]], np.ndarray]:
-    """(token ids cut to max_length, whether each text was cut), from one tokenizer pass.
-
-    Cutting by hand keeps the closing special token, exactly as `truncation=True` does for a
-    single sequence, while still telling which texts lost tokens.
-    """
-    from transformers import logging as hf_logging
-
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the "longer than the model's maximum" notice: we cut below
-    try:
-        full = tokenizer(list(texts), truncation=False, add_special_tokens=True)["input_ids"] if texts else []
-    finally:
-        hf_logging.set_verbosity(verbosity)
-    truncated = np.array([len(ids) > max_length for ids in full], dtype=bool)
-    cut = [ids[: max_length - 1] + ids[-1:] if len(ids) > max_length else ids for ids in full]
-    return cut, truncated
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -30,17 +30,19 @@ from yelp_lora.artifacts import (
     StepLog,
     write_record,
 )
-from yelp_lora.config import RunConfig, TrainConfig
-from yelp_lora.data.sampling import train_val_split
-from yelp_lora.data.sources import load_split, resolve_source
+from yelp_lora.config import NUM_LABELS, RunConfig, TrainConfig
+from yelp_lora.data.mixing import training_rows
+from yelp_lora.data.sources import resolve_source
 from yelp_lora.data.tokenize import tokenize
 from yelp_lora.errors import ConfigError
-from yelp_lora.metrics import headline, predictions_of
+from yelp_lora.metrics import calibration, fit_temperature, headline, predictions_of
 from yelp_lora.modeling import dropout as dropout_stage
+from yelp_lora.modeling.forward import softmax
 from yelp_lora.modeling.base import build_classifier, load_tokenizer, resolve_model_path
 from yelp_lora.modeling.hardware import attention_implementation, attention_kernel, bf16_supported, pick_device
 from yelp_lora.modeling.lora import apply_lora, parameter_line
-from yelp_lora.training.trainer import keep_best_callback, lora_trainer_class, save_every_epoch_callback
+from yelp_lora.training.tracking import tracked
+from yelp_lora.training.trainer import keep_best_callback, lora_trainer_class, save_every_epoch_callback, step_mean_loss
 from yelp_lora.util.atomic import atomic_write_text
 from yelp_lora.util.provenance import environment
 
@@ -151,7 +153,7 @@ def training_arguments(config: RunConfig, output_dir: Path, device: torch.device
         # On CUDA, tokenised batches are collated by workers into pinned memory while the GPU works.
         dataloader_pin_memory=cuda,
         dataloader_num_workers=2 if cuda else 0,
-        report_to=[],
+        report_to=[] if train.report_to == "none" else [train.report_to],
         disable_tqdm=not sys.stderr.isatty(),
     )
     arguments.update(overrides)
@@ -166,13 +168,43 @@ def _epoch_history(log_history: list[dict]) -> tuple[list[StepLog], list[EpochSc
         elif "eval_macro_f1" in entry:
             epochs.append(EpochScore(
                 epoch=entry.get("epoch"), step=entry.get("step"), accuracy=entry["eval_accuracy"],
-                macro_f1=entry["eval_macro_f1"], loss=entry.get("eval_loss"),
+                macro_f1=entry["eval_macro_f1"], loss=entry.get("eval_loss"), temperature=entry.get("eval_temperature"),
+                ece=entry.get("eval_ece"), ece_calibrated=entry.get("eval_ece_calibrated"),
             ))
     return steps, epochs
 
 
-def train(config: RunConfig, output_dir: str | Path, *, resume: bool = False) -> RunRecord | None:
-    """Run one training job; returns the run record also written to OUTPUT_DIR/run.json (None on ranks > 0)."""
+def validation_metrics(calibrate: bool):
+    """Trainer's compute_metrics: accuracy and macro-F1 and, when calibrating, the temperature fitted
+    on these logits with the calibration error before and after it."""
+
+    def compute(eval_pred) -> dict[str, float]:
+        logits, labels = eval_pred.predictions, eval_pred.label_ids
+        scores = headline(labels, predictions_of(logits))
+        if calibrate:
+            temperature = fit_temperature(logits, labels)
+            scores.update(
+                temperature=temperature,
+                ece=calibration(labels, softmax(logits))["ece"],
+                ece_calibrated=calibration(labels, softmax(np.asarray(logits) / temperature))["ece"],
+            )
+        return scores
+
+    return compute
+
+
+def class_weights(labels: list[int]) -> torch.Tensor:
+    """Inverse label frequency among the training rows, scaled so the weights average 1 per row."""
+    counts = np.bincount(labels, minlength=NUM_LABELS).astype(np.float64)
+    weights = np.where(counts > 0, len(labels) / (NUM_LABELS * np.maximum(counts, 1)), 0.0)
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def train(config: RunConfig, output_dir: str | Path, *, resume: bool = False, callbacks: list | None = None) -> RunRecord | None:
+    """Run one training job; returns the run record also written to OUTPUT_DIR/run.json (None on ranks > 0).
+
+    `callbacks` are further TrainerCallbacks (tune's pruning); they see each epoch's validation metrics.
+    """
     output_dir = Path(output_dir)
     checkpoints = output_dir / CHECKPOINT_DIRNAME
     checkpointing = bool(config.train.save_steps) or resume
@@ -180,14 +212,14 @@ def train(config: RunConfig, output_dir: str | Path, *, resume: bool = False) ->
         _check_resume_config(config, checkpoints, resume, is_main=int(os.environ.get("RANK", "0")) == 0)
     device = pick_device()
     args = training_arguments(config, output_dir, device, resume_possible=checkpointing)  # bad settings fail here
+    rows = training_rows(config.data, config.train.seed)
+    train_split, val_split, full_train = rows.train, rows.validation, rows.primary
     source = resolve_source(config.data.source)
-    full_train = load_split(source, "train", skip_bad_rows=config.data.skip_bad_rows)
-    train_split, val_split = train_val_split(full_train, config.data.val_samples, config.data.train_samples, config.train.seed)
     base_path = resolve_model_path(config.model.name_or_path)
     tokenizer = load_tokenizer(config.model.name_or_path)
-    pad = config.train.pad_to_max_length
-    train_set = tokenize(train_split, tokenizer, config.model.max_length, pad)
-    val_set = tokenize(val_split, tokenizer, config.model.max_length, pad)
+    pad, head = config.train.pad_to_max_length, config.model.kept_head
+    train_set = tokenize(train_split, tokenizer, config.model.max_length, head, pad)
+    val_set = tokenize(val_split, tokenizer, config.model.max_length, head, pad)
 
     from transformers import DataCollatorWithPadding  # after the data checks: bad data fails fast
 
@@ -198,62 +230,69 @@ def train(config: RunConfig, output_dir: str | Path, *, resume: bool = False) ->
 
     meta = AdapterMeta(
         base_model=config.model.name_or_path, base_model_path=base_path, data_source=source,
-        head_seed=config.train.seed, max_length=config.model.max_length,
+        head_seed=config.train.seed, max_length=config.model.max_length, truncation=config.model.truncation,
+        head_tokens=config.model.kept_head if config.model.truncation != "head" else None,
     )
     # With disable_tqdm (output not a terminal) the Trainer prints plain log lines instead of bars.
-    callbacks = [keep_best_callback(output_dir, tokenizer, meta)]
+    callbacks = [keep_best_callback(output_dir, tokenizer, meta), *(callbacks or [])]
     if config.train.save_steps:
         callbacks.append(save_every_epoch_callback())
-    trainer = lora_trainer_class()(
-        model=model,
-        args=args,
-        train_dataset=train_set,
-        eval_dataset=val_set,
-        processing_class=tokenizer,
-        data_collator=DataCollatorWithPadding(tokenizer),
-        compute_metrics=lambda eval_pred: headline(eval_pred.label_ids, predictions_of(eval_pred.predictions)),
-        callbacks=callbacks,
-    )
-    started = time.time()
-    result = trainer.train(resume_from_checkpoint=True if resume else None)
-    wall = time.time() - started
-    if not trainer.is_world_process_zero():
-        return None
-
-    steps, epochs = _epoch_history(trainer.state.log_history)
-    samples_per_second = result.metrics.get("train_samples_per_second")
-    mean_tokens = float(np.mean(train_set["length"]))
-    record = RunRecord(
-        config=config,
-        resolved=Resolved(
-            data_source=source, base_model_path=base_path, device=str(device), bf16=args.bf16,
-            attention=attention_kernel(model.get_base_model().config),
-            micro_batch_size=args.per_device_train_batch_size,
-            gradient_accumulation_steps=args.gradient_accumulation_steps,
-        ),
-        data=RunData(
-            train_file_rows=len(full_train),
-            skipped_bad_rows=len(full_train.skipped),
-            skipped_examples=full_train.skipped[:10],
-            duplicates_dropped=full_train.duplicates_dropped,
-            train=train_split.summary(),
-            validation=val_split.summary(),
-        ),
-        parameters=Parameters(trainable=trainable, total=total, line=line),
-        environment=environment(),
-        history=steps,
-        validation=epochs,
-        best_epoch=max(epochs, key=lambda e: e.macro_f1) if epochs else None,
-        train_runtime=result.metrics.get("train_runtime", wall),
-        train_samples_per_second=samples_per_second,
-        train_steps_per_second=result.metrics.get("train_steps_per_second"),
-        train_tokens_per_second=mean_tokens * samples_per_second,
-        mean_tokens_per_sample=mean_tokens,
-        global_step=result.global_step,
-        world_size=args.world_size,
-    )
-    write_record(output_dir / RUN_FILE, record)
-    shutil.rmtree(checkpoints, ignore_errors=True)  # only the best adapter is kept
+    train_config = config.train
+    weights = class_weights(train_split.labels) if train_config.class_weights == "auto" else None
+    with tracked(train_config, output_dir) as log_final:
+        trainer = lora_trainer_class()(
+            model=model,
+            args=args,
+            train_dataset=train_set,
+            eval_dataset=val_set,
+            processing_class=tokenizer,
+            data_collator=DataCollatorWithPadding(tokenizer),
+            compute_metrics=validation_metrics(train_config.calibrate),
+            compute_loss_func=step_mean_loss(weights, train_config.label_smoothing, train_config.ordinal_weight),
+            callbacks=callbacks,
+        )
+        started = time.time()
+        result = trainer.train(resume_from_checkpoint=True if resume else None)
+        wall = time.time() - started
+        if not trainer.is_world_process_zero():
+            return None
+        steps, epochs = _epoch_history(trainer.state.log_history)
+        samples_per_second = result.metrics.get("train_samples_per_second")
+        mean_tokens = float(np.mean(train_set["length"]))
+        record = RunRecord(
+            config=config,
+            resolved=Resolved(
+                data_source=source, base_model_path=base_path, device=str(device), bf16=args.bf16,
+                attention=attention_kernel(model.get_base_model().config),
+                micro_batch_size=args.per_device_train_batch_size,
+                gradient_accumulation_steps=args.gradient_accumulation_steps,
+            ),
+            data=RunData(
+                train_file_rows=len(full_train),
+                skipped_bad_rows=len(full_train.skipped),
+                skipped_examples=full_train.skipped[:10],
+                duplicates_dropped=full_train.duplicates_dropped,
+                train=train_split.summary(),
+                validation=val_split.summary(),
+                sources=rows.sources,
+            ),
+            parameters=Parameters(trainable=trainable, total=total, line=line),
+            environment=environment(),
+            history=steps,
+            validation=epochs,
+            best_epoch=max(epochs, key=lambda e: e.macro_f1) if epochs else None,
+            train_runtime=result.metrics.get("train_runtime", wall),
+            train_samples_per_second=samples_per_second,
+            train_steps_per_second=result.metrics.get("train_steps_per_second"),
+            train_tokens_per_second=mean_tokens * samples_per_second,
+            mean_tokens_per_sample=mean_tokens,
+            global_step=result.global_step,
+            world_size=args.world_size,
+        )
+        write_record(output_dir / RUN_FILE, record)
+        shutil.rmtree(checkpoints, ignore_errors=True)  # only the best adapter is kept
+        best = record.best_epoch
+        log_final({"best_macro_f1": best.macro_f1 if best else None, "best_accuracy": best.accuracy if best else None})
     return record
 
 

@@ -41,7 +41,9 @@ def keep_best_callback(output_dir: Path, tokenizer, meta: AdapterMeta):
                 return
             if self.best is None or score > self.best:
                 self.best = score
-                save_adapter(model, tokenizer, output_dir / ADAPTER_DIRNAME, meta)
+                # The temperature fitted on this epoch's validation logits (metrics.fit_temperature), if any.
+                temperature = (metrics or {}).get("eval_temperature", 1.0)
+                save_adapter(model, tokenizer, output_dir / ADAPTER_DIRNAME, meta.model_copy(update={"temperature": temperature}))
 
     return KeepBestAdapter()
 
@@ -84,14 +86,28 @@ class StepSortedSampler(torch.utils.data.Sampler):
         return iter(get_length_grouped_indices(self.lengths, self.micro_batch_size, self.micro_batches_per_step))
 
 
-def step_mean_cross_entropy(outputs, labels, num_items_in_batch=None):
-    """Cross-entropy summed over a micro-batch, divided by the rows of its whole optimizer step.
+def step_mean_loss(class_weights: torch.Tensor | None = None, label_smoothing: float = 0.0, ordinal_weight: float = 0.0):
+    """The training loss, summed over a micro-batch and divided by the rows of its whole optimizer step.
 
     The Trainer counts the step's rows across its micro-batches. The model's own loss, a mean
     per micro-batch, would instead be summed over them, scaling the gradient by their number.
+    Cross-entropy (optionally class-weighted and label-smoothed), plus `ordinal_weight` times the
+    expected distance in stars, sum_k p(k) |k - label|, which costs a near miss less than a far one.
     """
-    total = torch.nn.functional.cross_entropy(outputs.logits.float(), labels, reduction="sum")
-    return total / (num_items_in_batch if num_items_in_batch is not None else labels.numel())
+
+    def loss(outputs, labels, num_items_in_batch=None):
+        logits = outputs.logits.float()
+        weight = class_weights.to(logits.device) if class_weights is not None else None
+        total = torch.nn.functional.cross_entropy(
+            logits, labels, weight=weight, label_smoothing=label_smoothing, reduction="sum"
+        )
+        if ordinal_weight:
+            stars = torch.arange(logits.shape[-1], device=logits.device, dtype=logits.dtype)
+            distance = (stars[None, :] - labels[:, None].to(logits.dtype)).abs()
+            total = total + ordinal_weight * (logits.softmax(-1) * distance).sum()
+        return total / (num_items_in_batch if num_items_in_batch is not None else labels.numel())
+
+    return loss
 
 
 def lora_trainer_class():
@@ -102,7 +118,7 @@ def lora_trainer_class():
     class LoraTrainer(Trainer):
         """A Trainer whose checkpoints appear only complete, and whose length grouping stays within a step.
 
-        Its loss is `step_mean_cross_entropy`, so accumulated micro-batches give the step's mean.
+        Its loss is a `step_mean_loss`, so accumulated micro-batches give the step's mean.
         Trainer writes checkpoint-N in place, so a kill mid-save would leave a partial
         checkpoint-N that `resume_from_checkpoint=True` picks as the latest. Here it is written
         under a hidden staging directory, fsynced, then renamed into place.
@@ -111,7 +127,7 @@ def lora_trainer_class():
         _staging_root: str | None = None
 
         def __init__(self, *args, **kwargs):
-            kwargs.setdefault("compute_loss_func", step_mean_cross_entropy)
+            kwargs.setdefault("compute_loss_func", step_mean_loss())
             super().__init__(*args, **kwargs)
 
         def _get_train_sampler(self, train_dataset=None):

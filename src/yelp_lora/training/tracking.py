@@ -1,0 +1,80 @@
+"""Experiment tracking through the Trainer's own integrations (`train.report_to`).
+
+TensorBoard writes its event files to RUN_DIR/tensorboard/ (the Trainer's default, under the
+checkpoint directory, is deleted when a run ends). MLflow logs to $MLFLOW_TRACKING_URI, by default
+a SQLite store in the run directory; the run is opened here, so the Trainer's callback logs its
+parameters and per-step metrics into it, and the kept adapter is logged as an artifact once the
+run is over. Inside an active MLflow run (a `tune` study's) it is a nested run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+from yelp_lora.artifacts import ADAPTER_DIRNAME
+from yelp_lora.config import TrainConfig
+from yelp_lora.errors import ConfigError
+
+MLFLOW_DB = "mlflow.db"
+TENSORBOARD_DIRNAME = "tensorboard"
+
+
+def default_mlflow_uri(directory: Path) -> str:
+    return f"sqlite:///{(directory / MLFLOW_DB).resolve()}"
+
+
+@contextlib.contextmanager
+def _environment(**values: str):
+    """Set environment variables for the duration of one run, then restore them."""
+    before = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@contextlib.contextmanager
+def tracked(train: TrainConfig, output_dir: Path):
+    """The tracking context of one training run; yields a function that logs its final figures."""
+    if train.report_to == "none":
+        yield lambda figures: None
+        return
+    if train.report_to == "tensorboard":
+        _require("tensorboard", "tensorboard")
+        with _environment(TENSORBOARD_LOGGING_DIR=str(output_dir / TENSORBOARD_DIRNAME)):
+            yield lambda figures: None
+        return
+    mlflow = _require("mlflow", "mlflow")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if mlflow.active_run() is None:  # a study sets its own store and experiment
+        mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or default_mlflow_uri(output_dir))
+        mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME") or "yelp-lora")
+    with mlflow.start_run(run_name=output_dir.name, nested=mlflow.active_run() is not None):
+        # The Trainer's callback finds this run active and logs into it rather than opening its own.
+        with _environment(MLFLOW_TRACKING_URI=mlflow.get_tracking_uri()):
+            yield lambda figures: _finish_mlflow(mlflow, output_dir, figures)
+
+
+def _finish_mlflow(mlflow, output_dir: Path, figures: dict[str, float]) -> None:
+    mlflow.log_metrics({key: value for key, value in figures.items() if value is not None})
+    adapter = output_dir / ADAPTER_DIRNAME
+    if adapter.is_dir():
+        mlflow.log_artifacts(str(adapter), artifact_path=ADAPTER_DIRNAME)
+
+
+def _require(module: str, package: str):
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ConfigError(
+            f"train.report_to={module} needs the {package} package: pip install 'yelp-lora[tracking]'"
+        ) from None
