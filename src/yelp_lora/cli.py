@@ -270,19 +270,30 @@ def _add_key_options(parser: argparse.ArgumentParser, where: str) -> None:
 def _train_source(text: str) -> dict:
     """SOURCE[:N|:FRACTION][:balanced] -> a data.extra_train entry."""
     source, *options = text.split(":")
+
+    def refuse(why: str) -> argparse.ArgumentTypeError:
+        return argparse.ArgumentTypeError(f"{text!r}: expected SOURCE[:N|:FRACTION][:balanced]; {why}")
+
+    if not source.strip():
+        raise refuse("the source is empty")
     entry: dict = {"source": source}
     for option in options:
         if option == "balanced":
-            entry["balance"] = True
+            key, value = "balance", True
         elif option.isdigit():
-            entry["samples"] = int(option)
+            key, value = "samples", int(option)
+            if value < 1:
+                raise refuse(f"N is a number of rows, at least 1 (got {option})")
         else:
             try:
-                entry["fraction"] = float(option)
+                key, value = "fraction", float(option)
             except ValueError:
-                raise argparse.ArgumentTypeError(
-                    f"{text!r}: expected SOURCE[:N|:FRACTION][:balanced], and {option!r} is none of those"
-                ) from None
+                raise refuse(f"{option!r} is none of those") from None
+            if not 0.0 < value <= 1.0:  # NaN fails this too
+                raise refuse(f"FRACTION is a share of the rows, above 0 and at most 1.0 (got {option})")
+        if key in entry or (key in ("samples", "fraction") and ({"samples", "fraction"} & entry.keys())):
+            raise refuse(f"{option!r} repeats a size or 'balanced' already given")
+        entry[key] = value
     return entry
 
 
@@ -319,7 +330,8 @@ def _add_train_parser(sub) -> None:
              help="rows per forward pass of a length-sorted step (divides --batch-size; default: 4 on CPU, 16 on CUDA)")
     _setting(p, "--extra-train", "data.extra_train", type=_train_source, action="append", metavar="SOURCE[:N|:FRACTION][:balanced]",
              help="another training source (repeatable; replaces the config's list), e.g. "
-             "../shared/data/yelp_review_full/open_dataset_train.csv:6000:balanced; validation stays from --data")
+             "../shared/data/yelp_review_full/open_dataset_train.csv:6000:balanced (N: rows; FRACTION: a share "
+             "with a decimal point, 1.0 = all); validation stays from --data")
     _setting(p, "--max-length", "model.max_length", type=int, help="tokens per review (longer ones are cut)")
     _setting(p, "--truncation", "model.truncation", choices=["head", "head+tail"],
              help="how a longer review is cut: its head, or its head and tail (default head)")
