@@ -58,11 +58,14 @@ class ModelConfig(_Section):
         None, ge=2, description="With head+tail: tokens kept from the start ([CLS] included); null = a quarter of max_length."
     )
 
-    @model_validator(mode="after")
-    def _head_fits(self) -> "ModelConfig":
-        if self.head_tokens is not None and self.head_tokens >= self.max_length:
-            raise ValueError(f"head_tokens ({self.head_tokens}) must be below max_length ({self.max_length})")
-        return self
+    @field_validator("head_tokens")
+    @classmethod
+    def _head_fits(cls, value: int | None, info) -> int | None:
+        # A field check (not a model one), so the error names model.head_tokens and its value alone.
+        max_length = info.data.get("max_length")
+        if value is not None and max_length is not None and value >= max_length:
+            raise ValueError(f"must be below model.max_length ({max_length}): the tail needs at least [SEP]")
+        return value
 
     @property
     def kept_head(self) -> int:
@@ -111,7 +114,7 @@ class DataConfig(_Section):
     extra_train: list[TrainSource] = Field(
         default_factory=list,
         description="More training sources; validation still comes from data.source alone, carved before anything "
-        "is drawn, and any extra row whose text is a validation or training row already is dropped.",
+        "is drawn; an extra row whose text is a validation or training row already is left out before its draw.",
     )
     skip_bad_rows: bool = False
 
@@ -194,7 +197,8 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     except ValidationError as err:
         where = f"config {path}" if path else "config"
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e.get('input')!r})" for e in err.errors()
+            f"{'.'.join(str(p) for p in e['loc'])}: {str(e['msg']).removeprefix('Value error, ')} (got {e.get('input')!r})"
+            for e in err.errors()
         )
         raise ConfigError(f"{where}: {problems}") from None
 
