@@ -161,7 +161,9 @@ class SourceRows(SplitSummary):
     """One training source's part of the training rows: what was drawn from how many."""
 
     file_rows: int
-    overlap_dropped: int = Field(0, description="drawn rows whose text was already a validation or training row")
+    overlap_dropped: int = Field(
+        0, description="its rows left out before the draw: their text was already a validation or training row"
+    )
 
 
 class Resolved(Record):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from yelp_lora.artifacts import SourceRows
 from yelp_lora.config import DataConfig, TrainSource
-from yelp_lora.data.rows import Split
+from yelp_lora.data.rows import MAX_REPORTED_PROBLEMS, Split
 from yelp_lora.data.sampling import balanced_indices, stratified_indices, train_val_split
 from yelp_lora.data.sources import load_split, resolve_source
 from yelp_lora.errors import DataError
@@ -26,21 +26,25 @@ def training_rows(data: DataConfig, seed: int) -> TrainingRows:
     source = resolve_source(data.source)
     primary = load_split(source, "train", skip_bad_rows=data.skip_bad_rows)
     train, validation = train_val_split(primary, data.val_samples, data.train_samples, seed)
-    sources = [SourceRows(**train.summary().model_dump(), file_rows=len(primary))]
+    sources = [_source_rows(train, primary)]
     seen = set(validation.texts) | set(train.texts)
     parts = [train]
     for number, extra in enumerate(data.extra_train, start=1):
         rows = load_split(_extra_path(extra), "train", skip_bad_rows=data.skip_bad_rows)
-        drawn = rows.select(_draw(extra, rows, seed + number), f"extra {number}")
-        kept = [i for i, text in enumerate(drawn.texts) if text not in seen]
-        part = drawn.select(kept)
+        # Rows already there are left out before the draw, so its size and balance hold for what is added.
+        fresh = rows.select([i for i, text in enumerate(rows.texts) if text not in seen], f"extra {number}")
+        if not len(fresh):
+            raise DataError(
+                f"extra training source {extra.source} adds no rows: all {len(rows)} of its rows are validation "
+                "or training rows already (is it data.source itself?)"
+            )
+        try:
+            part = fresh.select(_draw(extra, fresh, len(rows), seed + number))
+        except DataError as err:
+            raise DataError(f"extra training source {extra.source}: {err}") from None
         seen.update(part.texts)
         part.row_ids = [f"{part.source}:{row_id}" for row_id in part.row_ids]
-        summary = part.summary().model_dump() | {
-            "skipped_bad_rows": len(rows.skipped), "skipped_examples": rows.skipped[:10],
-            "duplicates_dropped": rows.duplicates_dropped,
-        }
-        sources.append(SourceRows(**summary, file_rows=len(rows), overlap_dropped=len(drawn) - len(kept)))
+        sources.append(_source_rows(part, rows, overlap_dropped=len(rows) - len(fresh)))
         parts.append(part)
     if len(parts) > 1:
         train = Split(
@@ -51,12 +55,26 @@ def training_rows(data: DataConfig, seed: int) -> TrainingRows:
     return TrainingRows(train, validation, primary, sources)
 
 
+def _source_rows(part: Split, file: Split, overlap_dropped: int = 0) -> SourceRows:
+    """One source's entry in run.json: the rows it gave, and what its file had skipped and deduplicated."""
+    summary = part.summary().model_dump() | {
+        "skipped_bad_rows": len(file.skipped), "skipped_examples": file.skipped[:MAX_REPORTED_PROBLEMS],
+        "duplicates_dropped": file.duplicates_dropped,
+    }
+    return SourceRows(**summary, file_rows=len(file), overlap_dropped=overlap_dropped)
+
+
+def _looks_like_test(path: Path) -> bool:
+    stem = path.stem.lower()
+    return stem == "test" or stem.endswith(("_test", "-test", ".test"))
+
+
 def _extra_path(extra: TrainSource) -> str:
     """The extra source, refused if it is, or looks like, a test split: test rows are never trained on."""
     resolved = resolve_source(extra.source)
     path = Path(resolved).expanduser()
-    stem = path.stem.lower()
-    if path.is_file() and (stem == "test" or stem.endswith(("_test", "-test", ".test"))):
+    # A link is judged by its target's name too (train.csv -> test.csv is still test rows).
+    if path.is_file() and (_looks_like_test(path) or _looks_like_test(path.resolve())):
         raise DataError(
             f"extra training source {extra.source}: its name says it is a test split, and test rows are "
             "for evaluation only; rename it if it really holds training rows"
@@ -64,8 +82,9 @@ def _extra_path(extra: TrainSource) -> str:
     return resolved
 
 
-def _draw(extra: TrainSource, rows: Split, seed: int):
-    n = extra.samples if extra.fraction is None else max(1, round(extra.fraction * len(rows)))
+def _draw(extra: TrainSource, rows: Split, file_rows: int, seed: int):
+    """Row indices into `rows`: extra.samples of them, or extra.fraction of the source's file_rows."""
+    n = extra.samples if extra.fraction is None else max(1, round(extra.fraction * file_rows))
     if extra.balance:
         return balanced_indices(rows.labels, n, seed)
     return stratified_indices(rows.labels, n, seed)

@@ -48,6 +48,8 @@ def balanced_indices(labels: list[int], n: int | None, seed: int) -> np.ndarray:
     rarest = min(int((labels_array == label).sum()) for label in present)
     per_label = rarest if n is None else min(rarest, n // len(present))
     if per_label < 1:
-        raise DataError(f"a balanced draw of {n} rows over {len(present)} labels leaves none per label")
+        raise DataError(
+            f"a balanced draw of {n} rows over {len(present)} labels leaves none per label: ask for at least {len(present)}"
+        )
     chosen = [rng.choice(np.flatnonzero(labels_array == label), size=per_label, replace=False) for label in present]
     return rng.permutation(np.concatenate(chosen))
