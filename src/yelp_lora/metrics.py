@@ -158,9 +158,16 @@ def fit_temperature(logits, labels) -> float:
 
     logits = np.asarray(logits, dtype=np.float64)
     labels = np.asarray(labels)
+    if not len(labels) or not np.isfinite(logits).all():
+        return 1.0
 
     def nll(log_t: float) -> float:
         return float(-log_softmax(logits / np.exp(log_t), axis=-1)[np.arange(len(labels)), labels].mean())
 
     # T between 0.05 and 20; the bound keeps a degenerate validation set from a runaway fit.
-    return float(np.exp(minimize_scalar(nll, bounds=(-3.0, 3.0), method="bounded").x))
+    log_t = minimize_scalar(nll, bounds=(-3.0, 3.0), method="bounded").x
+    # Logits that carry no information about T (all equal, or every row right by a huge margin) leave
+    # the likelihood flat, and the optimiser's stopping point arbitrary: keep them as they are.
+    if not nll(log_t) < nll(0.0) - 1e-9:
+        return 1.0
+    return float(np.exp(log_t))

@@ -194,9 +194,11 @@ def validation_metrics(calibrate: bool):
 
 
 def class_weights(labels: list[int]) -> torch.Tensor:
-    """Inverse label frequency among the training rows, scaled so the weights average 1 per row."""
+    """Inverse label frequency among the training rows, scaled so the weights average 1 per row; a label
+    absent from them gets 0 (no row is weighted by it; its share of label smoothing is dropped)."""
     counts = np.bincount(labels, minlength=NUM_LABELS).astype(np.float64)
-    weights = np.where(counts > 0, len(labels) / (NUM_LABELS * np.maximum(counts, 1)), 0.0)
+    present = int((counts > 0).sum())
+    weights = np.where(counts > 0, len(labels) / (present * np.maximum(counts, 1)), 0.0)
     return torch.tensor(weights, dtype=torch.float32)
 
 
