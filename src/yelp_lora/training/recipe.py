@@ -41,7 +41,7 @@ from yelp_lora.modeling.forward import softmax
 from yelp_lora.modeling.base import build_classifier, load_tokenizer, resolve_model_path
 from yelp_lora.modeling.hardware import attention_implementation, attention_kernel, bf16_supported, pick_device
 from yelp_lora.modeling.lora import apply_lora, parameter_line
-from yelp_lora.training.tracking import tracked
+from yelp_lora.training.tracking import require as require_tracking, tracked
 from yelp_lora.training.trainer import keep_best_callback, lora_trainer_class, save_every_epoch_callback, step_mean_loss
 from yelp_lora.util.atomic import atomic_write_text
 from yelp_lora.util.provenance import environment
@@ -213,6 +213,7 @@ def train(config: RunConfig, output_dir: str | Path, *, resume: bool = False, ca
     if checkpointing:
         _check_resume_config(config, checkpoints, resume, is_main=int(os.environ.get("RANK", "0")) == 0)
     device = pick_device()
+    require_tracking(config.train)  # a tracking integration not installed fails first
     args = training_arguments(config, output_dir, device, resume_possible=checkpointing)  # bad settings fail here
     rows = training_rows(config.data, config.train.seed)
     train_split, val_split, full_train = rows.train, rows.validation, rows.primary
