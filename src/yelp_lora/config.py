@@ -170,17 +170,29 @@ class RunConfig(_Section):
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
     """Read a YAML preset (or the defaults) and apply dotted overrides such as {"train.seed": 7}."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
-        except (yaml.YAMLError, UnicodeDecodeError) as err:
-            raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"config file {path} must hold a mapping, not {type(raw).__name__}")
+    raw = read_mapping(Path(path), "config file") if path is not None else {}
+    return _validated_config(_overridden(raw, overrides), f"config {path}" if path else "config")
+
+
+def with_overrides(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
+    """`config` with dotted overrides applied, validated as a whole (load_config's rules)."""
+    return _validated_config(_overridden(config.model_dump(), overrides), "config")
+
+
+def read_mapping(path: Path, what: str) -> dict[str, Any]:
+    """A YAML file that holds a mapping (a run config, a search space); `what` names it in errors."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{what} not found: {path}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{what} {path} is not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{what} {path} must hold a mapping, not {type(raw).__name__}")
+    return raw
+
+
+def _overridden(raw: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
     for dotted, value in (overrides or {}).items():
         if value is None:
             continue
@@ -189,14 +201,27 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             sections = ", ".join(RunConfig.model_fields)
             raise ConfigError(f"unknown config field {dotted!r}: expected SECTION.KEY with SECTION one of {sections}")
         raw.setdefault(section, {})[key] = value
+    return raw
+
+
+def _validated_config(raw: dict[str, Any], where: str) -> RunConfig:
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as err:
-        where = f"config {path}" if path else "config"
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e.get('input')!r})" for e in err.errors()
         )
         raise ConfigError(f"{where}: {problems}") from None
+
+
+def changed_fields(before: dict[str, dict], after: dict[str, dict]) -> list[str]:
+    """`SECTION.KEY: old -> new` for every field of two sectioned dumps (a config's, a search space's) that differs."""
+    return [
+        f"{section}.{key}: {before.get(section, {}).get(key)!r} -> {value!r}"
+        for section, values in after.items()
+        for key, value in values.items()
+        if before.get(section, {}).get(key) != value
+    ]
 
 
 def parse_set(assignments: list[str]) -> dict[str, Any]:
