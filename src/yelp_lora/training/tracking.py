@@ -2,9 +2,10 @@
 
 TensorBoard writes its event files to RUN_DIR/tensorboard/ (the Trainer's default, under the
 checkpoint directory, is deleted when a run ends). MLflow logs to $MLFLOW_TRACKING_URI, by default
-a SQLite store in the run directory; the run is opened here, so the Trainer's callback logs its
-parameters and per-step metrics into it, and the kept adapter is logged as an artifact once the
-run is over. Inside an active MLflow run (a `tune` study's) it is a nested run.
+a SQLite store in the run directory with its artifacts in RUN_DIR/mlartifacts/; the run is opened
+here, so the Trainer's callback logs its parameters and per-step metrics into it, and the kept
+adapter is logged as an artifact once the run is over. Inside an active MLflow run (a `tune`
+study's) it is a nested run.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from yelp_lora.config import TrainConfig
 from yelp_lora.errors import ConfigError
 
 MLFLOW_DB = "mlflow.db"
+MLFLOW_ARTIFACTS = "mlartifacts"
 TENSORBOARD_DIRNAME = "tensorboard"
 
 
@@ -52,14 +54,26 @@ def tracked(train: TrainConfig, output_dir: Path):
             yield lambda figures: None
         return
     mlflow = _require("mlflow", "mlflow")
-    output_dir.mkdir(parents=True, exist_ok=True)
     if mlflow.active_run() is None:  # a study sets its own store and experiment
-        mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or default_mlflow_uri(output_dir))
-        mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME") or "yelp-lora")
+        _open_store(mlflow, output_dir)
     with mlflow.start_run(run_name=output_dir.name, nested=mlflow.active_run() is not None):
         # The Trainer's callback finds this run active and logs into it rather than opening its own.
         with _environment(MLFLOW_TRACKING_URI=mlflow.get_tracking_uri()):
             yield lambda figures: _finish_mlflow(mlflow, output_dir, figures)
+
+
+def _open_store(mlflow, directory: Path) -> None:
+    """$MLFLOW_TRACKING_URI, else a SQLite store in `directory` whose artifacts are kept beside it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    experiment = os.environ.get("MLFLOW_EXPERIMENT_NAME") or "yelp-lora"
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    else:
+        mlflow.set_tracking_uri(default_mlflow_uri(directory))
+        if mlflow.get_experiment_by_name(experiment) is None:
+            # Left to itself, MLflow would put them in ./mlruns of wherever the command was run.
+            mlflow.create_experiment(experiment, artifact_location=(directory / MLFLOW_ARTIFACTS).resolve().as_uri())
+    mlflow.set_experiment(experiment)
 
 
 def _finish_mlflow(mlflow, output_dir: Path, figures: dict[str, float]) -> None:
