@@ -62,6 +62,22 @@ def tracked(train: TrainConfig, output_dir: Path):
             yield lambda figures: _finish_mlflow(mlflow, output_dir, figures)
 
 
+@contextlib.contextmanager
+def study_run(train: TrainConfig, output_dir: Path, name: str, run_id: str | None = None):
+    """The parent MLflow run of a `tune` study, when its base config reports to MLflow (else yields None):
+    each trial's training run nests in it. `run_id`: an earlier invocation's parent run, reopened on
+    resume if this store holds it. Yields the mlflow module, with the parent run active."""
+    if train.report_to != "mlflow":
+        yield None
+        return
+    mlflow = _require("mlflow", "mlflow")
+    _open_store(mlflow, output_dir)
+    if run_id is not None and not _holds_run(mlflow, run_id):
+        run_id = None  # another store ($MLFLOW_TRACKING_URI changed): start afresh there
+    with mlflow.start_run(run_id=run_id, run_name=None if run_id else name):
+        yield mlflow
+
+
 def _open_store(mlflow, directory: Path) -> None:
     """$MLFLOW_TRACKING_URI, else a SQLite store in `directory` whose artifacts are kept beside it."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -74,6 +90,14 @@ def _open_store(mlflow, directory: Path) -> None:
             # Left to itself, MLflow would put them in ./mlruns of wherever the command was run.
             mlflow.create_experiment(experiment, artifact_location=(directory / MLFLOW_ARTIFACTS).resolve().as_uri())
     mlflow.set_experiment(experiment)
+
+
+def _holds_run(mlflow, run_id: str) -> bool:
+    try:
+        mlflow.get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        return False
+    return True
 
 
 def _finish_mlflow(mlflow, output_dir: Path, figures: dict[str, float]) -> None:
