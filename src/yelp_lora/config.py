@@ -1,5 +1,5 @@
 """Every settings model: the run config (a YAML preset plus CLI overrides) and the settings of
-evaluation, serving and the bench. Each is validated when built and immutable afterwards; the
+evaluation, tuning, serving and the bench. Each is validated when built and immutable afterwards; the
 CLI's flags are named after their fields, so a flag maps to its setting by name alone."""
 
 from __future__ import annotations
@@ -278,6 +278,21 @@ class EvalSettings(_Settings):
     skip_bad_rows: bool = False
     with_classical: bool = Field(False, description="Also TF-IDF + logistic regression on the adapter's training rows.")
     resamples: int = Field(1000, ge=1, description="Bootstrap resamples (report).")
+
+
+class TuneSettings(_Settings):
+    """How long `yelp-lora tune` searches, how it prunes, and where its study lives."""
+
+    output_dir: Path = Field(description="The study's directory: trials/, best.yaml, trials.csv, figures, study.db.")
+    trials: int = Field(20, ge=1, description="Finished trials (complete or pruned) the study should hold; "
+                        "a resumed study runs only the rest.")
+    timeout: float | None = Field(None, gt=0, description="Minutes after which no new trial starts (a running one finishes).")
+    storage: str | None = Field(None, description="SQLAlchemy URL of the study's database; null = sqlite OUTPUT_DIR/study.db.")
+    study_name: str = Field("yelp-lora", min_length=1)
+    seed: int | None = Field(None, description="The sampler's seed; null = the base config's train.seed.")
+    prune_startup_trials: int = Field(
+        3, ge=0, description="Trials run whole before the median pruner may stop one after an epoch."
+    )
 
 
 MAX_TEXTS_PER_REQUEST = 64
