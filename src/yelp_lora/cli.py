@@ -46,13 +46,19 @@ def _eval_settings(args: argparse.Namespace, **values):
 # ---------------------------------------------------------------- commands
 
 
-def cmd_train(args: argparse.Namespace) -> None:
+def _run_config(args: argparse.Namespace):
+    """The run config from --config, the run-config flags given (their dest is a dotted field) and --set."""
     from yelp_lora.config import load_config, parse_set
+
+    overrides = {dest: value for dest, value in vars(args).items() if "." in dest}
+    return load_config(args.config, {**overrides, **parse_set(args.set)})
+
+
+def cmd_train(args: argparse.Namespace) -> None:
     from yelp_lora.errors import UserError
     from yelp_lora.training.recipe import format_run_summary, train
 
-    overrides = {dest: value for dest, value in vars(args).items() if "." in dest}
-    config = load_config(args.config, {**overrides, **parse_set(args.set)})
+    config = _run_config(args)
     if args.seeds is not None:
         from yelp_lora.evaluation.seeds import SWEEP_FILE, format_sweep, sweep
 
@@ -69,6 +75,16 @@ def cmd_train(args: argparse.Namespace) -> None:
     if record:
         print(format_run_summary(record))
         print(f"Run written to {args.output_dir}/ (adapter/, run.json)")
+
+
+def cmd_tune(args: argparse.Namespace) -> None:
+    from yelp_lora.config import TuneSettings, build_settings
+    from yelp_lora.training.space import load_space
+    from yelp_lora.training.tune import format_tune_summary, tune
+
+    settings = build_settings(TuneSettings, **_given(args, TuneSettings.model_fields))
+    result = tune(_run_config(args), load_space(args.space), settings)
+    print(format_tune_summary(result))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -313,8 +329,8 @@ def _add_eval_options(parser: argparse.ArgumentParser, n_help: str = "seeded str
     _setting(parser, "--batch-size", "batch_size", type=int, help="texts per forward pass (default 64)")
 
 
-def _add_train_parser(sub) -> None:
-    p = sub.add_parser("train", help="fine-tune with LoRA; writes DIR/adapter/ and DIR/run.json")
+def _add_run_config_options(p: argparse.ArgumentParser) -> None:
+    """--config, every run-config flag but --seed and --save-steps, and --set: what train and tune share."""
     p.add_argument("--config", help="YAML preset, e.g. configs/demo.yaml or configs/seed.yaml")
     _setting(p, "--model", "model.name_or_path", help="hub id, local directory, or 'minilm' (the packaged model)")
     _setting(p, "--data", "data.source", help=DATA_HELP)
@@ -324,7 +340,6 @@ def _add_train_parser(sub) -> None:
     _setting(p, "--epochs", "train.epochs", type=float)
     _setting(p, "--max-steps", "train.max_steps", type=int, help="stop after N optimizer steps")
     _setting(p, "--lr", "train.learning_rate", type=float, help="peak learning rate (linear decay)")
-    _setting(p, "--seed", "train.seed", type=int)
     _setting(p, "--batch-size", "train.train_batch_size", type=int, help="training batch size (rows per optimizer step)")
     _setting(p, "--micro-batch-size", "train.micro_batch_size", type=int,
              help="rows per forward pass of a length-sorted step (divides --batch-size; default: 4 on CPU, 16 on CUDA)")
@@ -353,10 +368,16 @@ def _add_train_parser(sub) -> None:
              help="attention kernel (auto: eager on CPU, sdpa on CUDA)")
     _setting(p, "--attention-dropout", "model.attention_dropout", type=float,
              help="dropout on attention probabilities (default: the base model's)")
-    _setting(p, "--save-steps", "train.save_steps", type=int, help="checkpoint every N steps so --resume can continue")
     _setting(p, "--logging-steps", "train.logging_steps", type=int, help="log loss, learning rate and grad norm every N steps")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="set any config field, e.g. --set lora.r=16 --set lora.target_modules=[query,key,value]")
+
+
+def _add_train_parser(sub) -> None:
+    p = sub.add_parser("train", help="fine-tune with LoRA; writes DIR/adapter/ and DIR/run.json")
+    _add_run_config_options(p)
+    _setting(p, "--seed", "train.seed", type=int)
+    _setting(p, "--save-steps", "train.save_steps", type=int, help="checkpoint every N steps so --resume can continue")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in DIR")
     p.add_argument("--seeds", type=int, metavar="K", help="train seeds SEED..SEED+K-1 into DIR/seed-S/ and report "
                    "mean ± std of the test metrics in DIR/sweep.json")
@@ -365,10 +386,30 @@ def _add_train_parser(sub) -> None:
     p.set_defaults(handler=cmd_train)
 
 
+def _add_tune_parser(sub) -> None:
+    p = sub.add_parser("tune", help="hyperparameter search with Optuna; writes DIR/best.yaml, trials.csv, figures")
+    _add_run_config_options(p)  # the base config: every trial starts from it
+    p.add_argument("--space", metavar="YAML", help="search space file laid out as a run config, each field a range "
+                   "{low, high, log}, a list of choices, one value (fixed) or null (the base config's); "
+                   "fields it leaves out keep the default space's")
+    _setting(p, "--trials", "trials", type=int, help="finished trials the study should hold in all (default 20)")
+    _setting(p, "--timeout", "timeout", type=float, metavar="MIN", help="start no trial after MIN minutes")
+    _setting(p, "--storage", "storage", metavar="URL",
+             help="SQLAlchemy URL of the study's database (default: sqlite DIR/study.db)")
+    _setting(p, "--study-name", "study_name", help="default yelp-lora; an existing study of that name is resumed")
+    _setting(p, "--seed", "seed", type=int,
+             help="the sampler's seed (default: the config's train.seed; trials train with train.seed, --set train.seed=N)")
+    _setting(p, "--prune-startup-trials", "prune_startup_trials", type=int,
+             help="trials run whole before the median pruner may stop one (default 3)")
+    _setting(p, "--output-dir", "output_dir", required=True, help="the study's directory")
+    p.set_defaults(handler=cmd_tune)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="yelp-lora", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_train_parser(sub)
+    _add_tune_parser(sub)
 
     p = sub.add_parser("evaluate", help="accuracy, macro-F1, per-class scores and confusion matrix")
     p.add_argument("--adapter", required=True, help="run directory or adapter directory")

@@ -1,5 +1,5 @@
 """Every settings model: the run config (a YAML preset plus CLI overrides) and the settings of
-evaluation, serving and the bench. Each is validated when built and immutable afterwards; the
+evaluation, tuning, serving and the bench. Each is validated when built and immutable afterwards; the
 CLI's flags are named after their fields, so a flag maps to its setting by name alone."""
 
 from __future__ import annotations
@@ -173,17 +173,29 @@ class RunConfig(_Section):
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
     """Read a YAML preset (or the defaults) and apply dotted overrides such as {"train.seed": 7}."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
-        except (yaml.YAMLError, UnicodeDecodeError) as err:
-            raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"config file {path} must hold a mapping, not {type(raw).__name__}")
+    raw = read_mapping(Path(path), "config file") if path is not None else {}
+    return _validated_config(_overridden(raw, overrides), f"config {path}" if path else "config")
+
+
+def with_overrides(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
+    """`config` with dotted overrides applied, validated as a whole (load_config's rules)."""
+    return _validated_config(_overridden(config.model_dump(), overrides), "config")
+
+
+def read_mapping(path: Path, what: str) -> dict[str, Any]:
+    """A YAML file that holds a mapping (a run config, a search space); `what` names it in errors."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{what} not found: {path}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{what} {path} is not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{what} {path} must hold a mapping, not {type(raw).__name__}")
+    return raw
+
+
+def _overridden(raw: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
     for dotted, value in (overrides or {}).items():
         if value is None:
             continue
@@ -192,15 +204,28 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             sections = ", ".join(RunConfig.model_fields)
             raise ConfigError(f"unknown config field {dotted!r}: expected SECTION.KEY with SECTION one of {sections}")
         raw.setdefault(section, {})[key] = value
+    return raw
+
+
+def _validated_config(raw: dict[str, Any], where: str) -> RunConfig:
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as err:
-        where = f"config {path}" if path else "config"
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'])}: {str(e['msg']).removeprefix('Value error, ')} (got {e.get('input')!r})"
             for e in err.errors()
         )
         raise ConfigError(f"{where}: {problems}") from None
+
+
+def changed_fields(before: dict[str, dict], after: dict[str, dict]) -> list[str]:
+    """`SECTION.KEY: old -> new` for every field of two sectioned dumps (a config's, a search space's) that differs."""
+    return [
+        f"{section}.{key}: {before.get(section, {}).get(key)!r} -> {value!r}"
+        for section, values in after.items()
+        for key, value in values.items()
+        if before.get(section, {}).get(key) != value
+    ]
 
 
 def parse_set(assignments: list[str]) -> dict[str, Any]:
@@ -257,6 +282,21 @@ class EvalSettings(_Settings):
     skip_bad_rows: bool = False
     with_classical: bool = Field(False, description="Also TF-IDF + logistic regression on the adapter's training rows.")
     resamples: int = Field(1000, ge=1, description="Bootstrap resamples (report).")
+
+
+class TuneSettings(_Settings):
+    """How long `yelp-lora tune` searches, how it prunes, and where its study lives."""
+
+    output_dir: Path = Field(description="The study's directory: trials/, best.yaml, trials.csv, figures, study.db.")
+    trials: int = Field(20, ge=1, description="Finished trials (complete or pruned) the study should hold; "
+                        "a resumed study runs only the rest.")
+    timeout: float | None = Field(None, gt=0, description="Minutes after which no new trial starts (a running one finishes).")
+    storage: str | None = Field(None, description="SQLAlchemy URL of the study's database; null = sqlite OUTPUT_DIR/study.db.")
+    study_name: str = Field("yelp-lora", min_length=1)
+    seed: int | None = Field(None, description="The sampler's seed; null = the base config's train.seed.")
+    prune_startup_trials: int = Field(
+        3, ge=0, description="Trials run whole before the median pruner may stop one after an epoch."
+    )
 
 
 MAX_TEXTS_PER_REQUEST = 64

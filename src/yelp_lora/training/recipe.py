@@ -30,7 +30,7 @@ from yelp_lora.artifacts import (
     StepLog,
     write_record,
 )
-from yelp_lora.config import NUM_LABELS, RunConfig, TrainConfig
+from yelp_lora.config import NUM_LABELS, RunConfig, TrainConfig, changed_fields
 from yelp_lora.data.mixing import training_rows
 from yelp_lora.data.sources import resolve_source
 from yelp_lora.data.tokenize import tokenize
@@ -56,12 +56,7 @@ def _check_resume_config(config: RunConfig, checkpoints: Path, resume: bool, is_
             raise ConfigError(f"--resume: no checkpoint to resume from in {checkpoints}")
         if recorded.is_file():
             before = json.loads(recorded.read_text(encoding="utf-8"))
-            changed = [
-                f"{section}.{key}: {before[section].get(key)!r} -> {value!r}"
-                for section, values in current.items()
-                for key, value in values.items()
-                if before.get(section, {}).get(key) != value
-            ]
+            changed = changed_fields(before, current)
             if changed:
                 raise ConfigError(f"--resume: the settings differ from the interrupted run's: {'; '.join(changed)}")
         if is_main:  # a kill mid-save leaves only a hidden staging directory behind

@@ -5,8 +5,8 @@ checkpoint directory, is deleted when a run ends). MLflow logs to $MLFLOW_TRACKI
 a SQLite store in the run directory (RUN_DIR/mlflow.db, its artifacts in RUN_DIR/mlartifacts/); the
 run is opened here, so the Trainer's callback logs its parameters and per-step metrics into it, and
 the kept adapter is logged as an artifact once the run is over. Inside an active MLflow run (a
-`tune` study's) it is a nested run. Environment variables and mlflow's tracking URI set for a run
-are restored after it.
+`tune` study's, `study_run`) it is a nested run. Environment variables and mlflow's tracking URI
+set for a run or a study are restored after it.
 """
 
 from __future__ import annotations
@@ -57,29 +57,58 @@ def tracked(train: TrainConfig, output_dir: Path):
         return
     mlflow = _require("mlflow", "mlflow")
     output_dir.mkdir(parents=True, exist_ok=True)
-    nested = mlflow.active_run() is not None  # a study sets its own store and experiment
+    nested = mlflow.active_run() is not None  # a study has opened its store and experiment
+    with contextlib.nullcontext() if nested else _store(mlflow, output_dir):
+        with mlflow.start_run(run_name=output_dir.name, nested=nested):
+            # The Trainer's callback finds this run active and logs into it rather than opening its own.
+            os.environ["MLFLOW_TRACKING_URI"] = mlflow.get_tracking_uri()
+            yield lambda figures: _finish_mlflow(mlflow, output_dir, figures)
+
+
+@contextlib.contextmanager
+def study_run(train: TrainConfig, output_dir: Path, name: str, run_id: str | None = None):
+    """The parent MLflow run of a `tune` study, when its base config reports to MLflow (else yields None):
+    each trial's training run nests in it. `run_id`: an earlier invocation's parent run, reopened on
+    resume if this store holds it. Yields the mlflow module, with the parent run active."""
+    if train.report_to != "mlflow":
+        yield None
+        return
+    mlflow = _require("mlflow", "mlflow")
+    with _store(mlflow, output_dir):
+        if run_id is not None and not _holds_run(mlflow, run_id):
+            run_id = None  # another store ($MLFLOW_TRACKING_URI changed): start afresh there
+        with mlflow.start_run(run_id=run_id, run_name=None if run_id else name):
+            yield mlflow
+
+
+@contextlib.contextmanager
+def _store(mlflow, directory: Path):
+    """$MLFLOW_TRACKING_URI, else a SQLite store in `directory` whose artifacts are kept beside it;
+    the environment and mlflow's own tracking URI are left as they were found."""
+    directory.mkdir(parents=True, exist_ok=True)
     previous_uri = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
+    # mlflow.set_tracking_uri sets MLFLOW_TRACKING_URI itself, and set_experiment MLFLOW_EXPERIMENT_ID.
     with _environment("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID"):
         try:
-            if not nested:
-                uri = os.environ.get("MLFLOW_TRACKING_URI")
-                mlflow.set_tracking_uri(uri or default_mlflow_uri(output_dir))
-                # In the run's own store, artifacts go beside it (mlflow's default is ./mlruns of the cwd).
-                _use_experiment(mlflow, os.environ.get("MLFLOW_EXPERIMENT_NAME") or "yelp-lora",
-                                None if uri else output_dir / MLFLOW_ARTIFACTS_DIRNAME)
-            with mlflow.start_run(run_name=output_dir.name, nested=nested):
-                # The Trainer's callback finds this run active and logs into it rather than opening its own.
-                os.environ["MLFLOW_TRACKING_URI"] = mlflow.get_tracking_uri()
-                yield lambda figures: _finish_mlflow(mlflow, output_dir, figures)
+            experiment = os.environ.get("MLFLOW_EXPERIMENT_NAME") or "yelp-lora"
+            uri = os.environ.get("MLFLOW_TRACKING_URI")
+            mlflow.set_tracking_uri(uri or default_mlflow_uri(directory))
+            if not uri and mlflow.get_experiment_by_name(experiment) is None:
+                # Left to itself, MLflow would put them in ./mlruns of wherever the command was run.
+                artifacts = (directory / MLFLOW_ARTIFACTS_DIRNAME).resolve().as_uri()
+                mlflow.create_experiment(experiment, artifact_location=artifacts)
+            mlflow.set_experiment(experiment)
+            yield
         finally:
-            if not nested:
-                mlflow.set_tracking_uri(previous_uri)
+            mlflow.set_tracking_uri(previous_uri)
 
 
-def _use_experiment(mlflow, name: str, artifacts: Path | None) -> None:
-    if artifacts is not None and mlflow.get_experiment_by_name(name) is None:
-        mlflow.create_experiment(name, artifact_location=artifacts.resolve().as_uri())
-    mlflow.set_experiment(name)
+def _holds_run(mlflow, run_id: str) -> bool:
+    try:
+        mlflow.get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        return False
+    return True
 
 
 def _finish_mlflow(mlflow, output_dir: Path, figures: dict[str, float]) -> None:
