@@ -82,8 +82,8 @@ def test_quick_bench_reports_every_path(quick_bench):
 def test_onnx_backends_agree_with_torch_on_real_rows(quick_bench, real_texts, monkeypatch):
     result, cache = quick_bench
     monkeypatch.setenv("YELP_LORA_CACHE", str(cache))
-    reference, cut = Predictor(result["adapter"]).probabilities(real_texts)
-    onnx_fp32, onnx_cut = Predictor(result["adapter"], backend="onnx").probabilities(real_texts)
+    reference, cut, _ = Predictor(result["adapter"]).probabilities(real_texts)
+    onnx_fp32, onnx_cut, _ = Predictor(result["adapter"], backend="onnx").probabilities(real_texts)
     np.testing.assert_allclose(onnx_fp32, reference, atol=1e-4)
     assert (onnx_cut == cut).all()
     # Padded batches too: the graph's last layer reads only the first token, which padding never moves.

@@ -131,6 +131,7 @@ def test_the_adapter_deploys_with_plain_transformers_and_peft(minilm_run):
     """No yelp_lora import: the classic failure is a head that is not saved or comes back random."""
     texts = ["Best tacos in town, friendly staff.", "Meh. Okay but overpriced.", "Terrible, I got sick."]
     ours = json.loads(run_cli("predict", "--adapter", str(minilm_run), *texts, "--json").stdout)
+    # What the README tells a plain user: the logits are raw; divide them by yelp_lora.json's temperature.
     script = f"""
 import json, sys, torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -140,8 +141,10 @@ base = json.load(open(adapter + "/adapter_config.json"))["base_model_name_or_pat
 model = PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(base, num_labels=5), adapter).eval()
 tok = AutoTokenizer.from_pretrained(adapter)
 texts = {texts!r}
+temperature = json.load(open(adapter + "/yelp_lora.json"))["temperature"]
 with torch.no_grad():
-    probs = torch.softmax(model(**tok(texts, padding=True, truncation=True, max_length=256, return_tensors="pt")).logits, -1)
+    logits = model(**tok(texts, padding=True, truncation=True, max_length=256, return_tensors="pt")).logits
+probs = torch.softmax(logits / temperature, -1)
 assert "yelp_lora" not in sys.modules
 print(json.dumps(probs.tolist()))
 """
