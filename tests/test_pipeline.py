@@ -91,6 +91,20 @@ def test_compare_prints_the_reference_block(minilm_run, data_dir, tmp_path):
     lora_cm = np.array(payload["detailed"]["lora"]["confusion_matrix"])
     assert base_cm.sum() == lora_cm.sum() == 60
     assert f"{payload['label_shift'][0]['from']} → {payload['label_shift'][0]['to']} : {counts[0]}" in result.stdout
+    # The adapter's scores use its temperature; its calibration error is given without and with it.
+    scaling = payload["temperature_scaling"]
+    assert scaling["temperature"] == read_json(minilm_run / "adapter" / "yelp_lora.json")["temperature"]
+    assert scaling["ece_calibrated"] == payload["ece"]["lora"] and 0 <= scaling["ece_raw"] <= 1
+    assert f"LoRA ECE raw       : {scaling['ece_raw']:.4f}" in result.stdout
+    # Reviews longer than the adapter's 256 tokens, scored apart from the rest: the two groups make up the sample.
+    split = payload["long_reviews"]
+    long, short = split["long"], split["short"]
+    assert split["max_length"] == 256 and split["truncation"] == "head"
+    assert long["n"] + short["n"] == 60 and long["n"] > 0
+    for name in ("baseline", "lora"):
+        overall = (long["n"] * long["scores"][name]["accuracy"] + short["n"] * short["scores"][name]["accuracy"]) / 60
+        assert overall == pytest.approx(payload[name]["accuracy"])
+    assert f"{long['n']} of 60 test reviews are longer than the adapter's 256 tokens; {short['n']} fit." in result.stdout
 
 
 def test_evaluate_reports_per_class_scores_and_confusion(minilm_run, data_dir, tmp_path):
