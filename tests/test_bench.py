@@ -168,13 +168,17 @@ def test_streaming_prediction_on_onnx_int8_and_resume_keeps_the_backend(
     # An interrupted int8 run may not be finished by another backend: the parts would mix numerics.
     parts = batch.parts_dir(output)
     parts.mkdir()
-    interrupted = batch._job(
-        source, resolve_adapter_dir(result["adapter"]), chunk_rows=8, backend="onnx-int8", batch_size=None, bf16=False
-    )
+    adapter_dir = resolve_adapter_dir(result["adapter"])
+    interrupted = batch._job(source, adapter_dir, chunk_rows=8, backend="onnx-int8", batch_size=None, bf16=False, long_text="truncate")
     (parts / batch.JOB_FILE).write_text(interrupted.to_json(), encoding="utf-8")
     capsys.readouterr()
     assert main([*command, "--resume"]) == 2
     assert "belongs to a different job (backend: 'onnx-int8' -> 'torch')" in capsys.readouterr().err
+    # Nor one that read long reviews in windows by one that cuts them.
+    interrupted = batch._job(source, adapter_dir, chunk_rows=8, backend="torch", batch_size=None, bf16=False, long_text="chunk")
+    (parts / batch.JOB_FILE).write_text(interrupted.to_json(), encoding="utf-8")
+    assert main([*command, "--resume"]) == 2
+    assert "belongs to a different job (long_text: 'chunk' -> 'truncate')" in capsys.readouterr().err
 
 
 def test_bench_with_every_path_skipped_needs_no_adapter(tmp_path, capsys):
