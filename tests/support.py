@@ -4,6 +4,7 @@ session's one MiniLM run, one tiny-BERT run, one registry) are in conftest.py.""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import csv
 import io
@@ -106,3 +107,21 @@ def tiny_train_args(base: Path, data: Path | str, output: Path, *extra: str) -> 
 def Server(*args: str, log: Path) -> ServeProcess:
     """`yelp-lora serve ARGS` from this checkout on a free loopback port (call .wait_ready(), .stop())."""
     return ServeProcess(*args, log=log, env=cli_env(), cwd=REPO)
+
+
+def mcp_session(registry: Path, coroutine, *args: str):
+    """Start `yelp-lora mcp --version v1 ARGS` as a subprocess and run coroutine(client) against it over stdio."""
+    from mcp import Client, StdioServerParameters
+
+    params = StdioServerParameters(
+        command=PYTHON,
+        args=["-m", "yelp_lora", "mcp", "--version", "v1", "--registry", str(registry), *args],
+        env=cli_env(),
+        cwd=REPO,
+    )
+
+    async def main():
+        async with Client(params, read_timeout_seconds=300) as client:
+            return await coroutine(client)
+
+    return asyncio.run(main())

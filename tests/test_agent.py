@@ -10,28 +10,12 @@ import sys
 import time
 
 import pytest
-from mcp import Client, StdioServerParameters
-from support import REPO, cli, cli_env, review_texts
+from mcp import Client
+from support import REPO, cli, cli_env, mcp_session, review_texts
 
 from yelp_lora.bench.service import free_port
 
 pytestmark = pytest.mark.slow
-
-
-def mcp_session(registry, coroutine):
-    """Start `yelp-lora mcp --version v1` as a subprocess and run coroutine(client) against it over stdio."""
-    params = StdioServerParameters(
-        command=sys.executable,
-        args=["-m", "yelp_lora", "mcp", "--version", "v1", "--registry", str(registry)],
-        env=cli_env(),
-        cwd=REPO,
-    )
-
-    async def main():
-        async with Client(params, read_timeout_seconds=300) as client:
-            return await coroutine(client)
-
-    return asyncio.run(main())
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +45,8 @@ def test_mcp_stdio_tool_matches_predict(registry, predicted, mcp_answers):
     assert not ok.is_error
     structured = ok.structured_content
     manifest = json.loads((registry / "v1" / "manifest.json").read_text())
-    assert structured["model"] == {"version": "v1", "base_model": "minilm", "adapter_sha256": manifest["adapter_sha256"]}
+    assert structured["model"] == {"version": "v1", "base_model": "minilm", "adapter_sha256": manifest["adapter_sha256"],
+                                   "temperature": manifest["temperature"], "long_text": "truncate"}
     assert json.loads(ok.content[0].text) == structured  # the same answer for clients that read text only
     for result, answer in zip(structured["results"], predicted, strict=True):
         assert result["stars"] == answer["stars"] and result["label"] == answer["label"]

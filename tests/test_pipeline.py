@@ -91,6 +91,20 @@ def test_compare_prints_the_reference_block(minilm_run, data_dir, tmp_path):
     lora_cm = np.array(payload["detailed"]["lora"]["confusion_matrix"])
     assert base_cm.sum() == lora_cm.sum() == 60
     assert f"{payload['label_shift'][0]['from']} → {payload['label_shift'][0]['to']} : {counts[0]}" in result.stdout
+    # The adapter's scores use its temperature; its calibration error is given without and with it.
+    scaling = payload["temperature_scaling"]
+    assert scaling["temperature"] == read_json(minilm_run / "adapter" / "yelp_lora.json")["temperature"]
+    assert scaling["ece_calibrated"] == payload["ece"]["lora"] and 0 <= scaling["ece_raw"] <= 1
+    assert f"LoRA ECE raw       : {scaling['ece_raw']:.4f}" in result.stdout
+    # Reviews longer than the adapter's 256 tokens, scored apart from the rest: the two groups make up the sample.
+    split = payload["long_reviews"]
+    long, short = split["long"], split["short"]
+    assert split["max_length"] == 256 and split["truncation"] == "head"
+    assert long["n"] + short["n"] == 60 and long["n"] > 0
+    for name in ("baseline", "lora"):
+        overall = (long["n"] * long["scores"][name]["accuracy"] + short["n"] * short["scores"][name]["accuracy"]) / 60
+        assert overall == pytest.approx(payload[name]["accuracy"])
+    assert f"{long['n']} of 60 test reviews are longer than the adapter's 256 tokens; {short['n']} fit." in result.stdout
 
 
 def test_evaluate_reports_per_class_scores_and_confusion(minilm_run, data_dir, tmp_path):
@@ -131,6 +145,7 @@ def test_the_adapter_deploys_with_plain_transformers_and_peft(minilm_run):
     """No yelp_lora import: the classic failure is a head that is not saved or comes back random."""
     texts = ["Best tacos in town, friendly staff.", "Meh. Okay but overpriced.", "Terrible, I got sick."]
     ours = json.loads(run_cli("predict", "--adapter", str(minilm_run), *texts, "--json").stdout)
+    # What the README tells a plain user: the logits are raw; divide them by yelp_lora.json's temperature.
     script = f"""
 import json, sys, torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -140,8 +155,10 @@ base = json.load(open(adapter + "/adapter_config.json"))["base_model_name_or_pat
 model = PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(base, num_labels=5), adapter).eval()
 tok = AutoTokenizer.from_pretrained(adapter)
 texts = {texts!r}
+temperature = json.load(open(adapter + "/yelp_lora.json"))["temperature"]
 with torch.no_grad():
-    probs = torch.softmax(model(**tok(texts, padding=True, truncation=True, max_length=256, return_tensors="pt")).logits, -1)
+    logits = model(**tok(texts, padding=True, truncation=True, max_length=256, return_tensors="pt")).logits
+probs = torch.softmax(logits / temperature, -1)
 assert "yelp_lora" not in sys.modules
 print(json.dumps(probs.tolist()))
 """

@@ -9,7 +9,7 @@ import threading
 
 import numpy as np
 import pytest
-from support import cli, review_texts, run_cli
+from support import cli, read_json, review_texts, run_cli
 
 from yelp_lora.errors import RegistryError
 from yelp_lora.registry.store import Registry
@@ -53,12 +53,14 @@ def test_add_writes_a_complete_version(registry, minilm_run):
     assert manifest["data"]["train"]["fingerprint"] == run["data"]["train"]["fingerprint"]
     assert manifest["data"]["validation"]["fingerprint"] == run["data"]["validation"]["fingerprint"]
     assert manifest["metrics"]["validation_best"] == run["best_epoch"]
+    assert manifest["temperature"] == read_json(minilm_run / "adapter" / "yelp_lora.json")["temperature"]
 
     card = (version_dir / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: peft\nbase_model: sentence-transformers/all-MiniLM-L6-v2\n")
     for section in ("## Intended use", "## Training data", "## Metrics", "## Limitations"):
         assert section in card
     assert manifest["adapter_sha256"] in card and run["data"]["train"]["fingerprint"] in card
+    assert f"Softmax temperature: {manifest['temperature']:.4g}" in card
 
 
 def test_versions_aliases_list_show_verify(own_registry, minilm_run):
@@ -160,6 +162,9 @@ def test_merged_export_loads_in_a_plain_pipeline_with_equal_logits(registry, tmp
     out = cli("export", "production", "--merged", str(target), "--registry", str(registry)).stdout
     assert "Merged model written" in out
     assert (target / "model.safetensors").is_file() and not list(target.glob("adapter_*"))
+    # The pipeline gives softmax(logits); the export says which temperature yelp-lora divides them by.
+    temperature = read_json(registry / "v1" / "adapter" / "yelp_lora.json")["temperature"]
+    assert read_json(target / "yelp_lora_export.json")["temperature"] == temperature
 
     texts = review_texts(8)
     classifier = pipeline("text-classification", model=str(target), top_k=None, truncation=True)

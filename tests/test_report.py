@@ -22,6 +22,7 @@ from yelp_lora.data.tokenize import tokenize
 from yelp_lora.errors import DataError
 from yelp_lora.evaluation.classical import fit_classical, training_rows
 from yelp_lora.evaluation.report import REPORT_HTML, REPORT_JSON, REPORT_MD, Block, render_html, render_markdown
+from yelp_lora.modeling.base import load_tokenizer
 
 pytestmark = pytest.mark.slow
 TEST_N = 40
@@ -65,8 +66,10 @@ def test_report_files_and_figures(report_dir):
     for name in figures:
         assert f'src="{name}"' in page and f"]({name})" in twin
     for text in (page, twin):
-        for heading in ("Scores on the test sample", "McNemar", "Calibration", "Label shift", "What the adapter gets wrong"):
+        for heading in ("Scores on the test sample", "McNemar", "Long reviews", "Calibration", "Label shift",
+                        "What the adapter gets wrong"):
             assert heading in text
+        assert "before: softmax(logits)" in text and "after: softmax(logits / T)" in text
     assert "TF-IDF + logistic regression" in page and "QWK" in page
 
 
@@ -80,8 +83,16 @@ def test_report_numbers_are_consistent(report_dir, run_dir, data_dir):
         assert numbers["calibration"][name]["ece"] == numbers["ece"][name]
         assert sum(b["count"] for b in numbers["calibration"][name]["bins"]) == TEST_N
     assert numbers["classical_fit"]["train_fingerprint"] == read_run(run_dir)[1].data.train.fingerprint
-    # report.json carries numbers only: no review of the sample is quoted in it
+    # The adapter's reliability before its temperature too: the ECE compare.json gives as raw.
+    raw = numbers["calibration"]["lora_raw"]
+    assert raw["ece"] == numbers["temperature_scaling"]["ece_raw"] and sum(b["count"] for b in raw["bins"]) == TEST_N
+    assert numbers["temperature_scaling"]["ece_calibrated"] == numbers["ece"]["lora"]
+    # The long reviews are the test reviews the adapter's tokenizer makes longer than its max_length.
     test_rows = sample_split(load_split(str(data_dir), "test"), TEST_N, 42)
+    tokenizer = load_tokenizer(str(run_dir / "adapter"))
+    long = sum(len(ids) > 256 for ids in tokenizer(test_rows.texts)["input_ids"])
+    assert (numbers["long_reviews"]["long"]["n"], numbers["long_reviews"]["short"]["n"]) == (long, TEST_N - long)
+    # report.json carries numbers only: no review of the sample is quoted in it
     raw = (report_dir / REPORT_JSON).read_text()
     assert not any(text[:60] in raw for text in test_rows.texts)
 

@@ -58,7 +58,8 @@ def test_classify_answers_equal_predict_cli(client, expected, registry):
     assert response.status_code == 200, response.text
     body = response.json()
     manifest = json.loads((registry / "v1" / "manifest.json").read_text())
-    assert body["model"] == {"version": "v1", "base_model": "minilm", "adapter_sha256": manifest["adapter_sha256"]}
+    assert body["model"] == {"version": "v1", "base_model": "minilm", "adapter_sha256": manifest["adapter_sha256"],
+                             "temperature": manifest["temperature"], "long_text": "truncate"}
     assert len(body["results"]) == len(texts)
     for result, text in zip(body["results"], texts):
         assert_same_answer(result, expected[text])
@@ -167,13 +168,14 @@ def test_health_model_metrics_openapi_and_page(client, registry):
     assert model["manifest"] == manifest and model["model"]["adapter_sha256"] == manifest["adapter_sha256"]
     assert model["manifest"]["metrics"]["validation_best"]["macro_f1"] >= 0
     assert model["limits"]["max_texts_per_request"] == 64 and model["limits"]["max_tokens_per_text"] == 256
+    assert model["limits"]["max_windows_per_text"] == 1  # long reviews cut: one forward pass each
 
     spec = client.get("/openapi.json").json()
     classify = spec["paths"]["/v1/classify"]["post"]
     assert classify["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/ClassifyRequest")
     assert {"200", "400", "401", "413", "415", "422"} <= set(classify["responses"])
     assert set(spec["components"]["schemas"]["SentimentResult"]["properties"]) == {
-        "label", "label_id", "stars", "confidence", "probabilities", "truncated"
+        "label", "label_id", "stars", "confidence", "probabilities", "truncated", "windows"
     }
 
     metrics = client.get("/metrics")

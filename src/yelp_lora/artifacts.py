@@ -346,6 +346,33 @@ class ClassicalFit(Record):
     validation: dict[str, Headline]
 
 
+class TemperatureScaling(Record):
+    """The adapter's softmax temperature (fitted on validation, from yelp_lora.json) and the calibration
+    error of its test probabilities without it and with it. Every other adapter score in a comparison
+    uses the scaled probabilities; the labels, hence accuracy and F1, are the same either way."""
+
+    temperature: float
+    ece_raw: float = Field(description="expected calibration error of softmax(logits)")
+    ece_calibrated: float = Field(description="expected calibration error of softmax(logits / temperature)")
+
+
+class LengthGroup(Record):
+    """Some of a comparison's test reviews, and each model's headline scores on them alone."""
+
+    n: int
+    scores: dict[str, Headline] = Field(default_factory=dict, description="by model; empty when n is 0")
+
+
+class LongReviews(Record):
+    """The test reviews longer than the adapter's max_length (which its input cut, as `truncation`
+    says) scored apart from the rest."""
+
+    max_length: int
+    truncation: str
+    long: LengthGroup
+    short: LengthGroup
+
+
 class CompareResult(Record):
     """The untuned baseline against the adapter (and optionally the classical baseline) on one test sample."""
 
@@ -364,11 +391,14 @@ class CompareResult(Record):
     mcnemar: dict[str, McNemar]
     detailed: dict[str, Detailed]
     classical_fit: ClassicalFit | None = None
+    # Absent from files written before they were added.
+    temperature_scaling: TemperatureScaling | None = None
+    long_reviews: LongReviews | None = None
 
     @model_serializer(mode="wrap")
-    def _classical_only_when_fitted(self, handler) -> dict[str, Any]:
-        return {key: value for key, value in handler(self).items()
-                if key not in ("classical", "classical_fit") or value is not None}
+    def _optional_parts_when_present(self, handler) -> dict[str, Any]:
+        optional = ("classical", "classical_fit", "temperature_scaling", "long_reviews")
+        return {key: value for key, value in handler(self).items() if key not in optional or value is not None}
 
     def scores(self) -> dict[str, Headline]:
         """Each scored model's headline, in the order they were scored."""

@@ -164,6 +164,7 @@ def _predict_file(args: argparse.Namespace) -> None:
     summary = predict_file(
         adapter, args.input, args.output, chunk_rows=args.chunk_size, resume=args.resume,
         skip_bad_rows=args.skip_bad_rows, bf16=args.bf16, batch_size=args.batch_size, backend=args.backend,
+        long_text=args.long_text,
     )
     print(format_batch_summary(summary), file=sys.stderr)
     if summary["rank"] == 0:
@@ -175,7 +176,7 @@ def _load_predictor(args: argparse.Namespace, **options):
     """The Predictor named by --adapter DIR, or by --version / --alias from the registry (verified)."""
     from yelp_lora.inference.predictor import Predictor
 
-    options.update(bf16=args.bf16, backend=args.backend)
+    options.update(bf16=args.bf16, backend=args.backend, long_text=args.long_text)
     if args.adapter:
         return Predictor(args.adapter, **options)
     return Predictor.from_registry(args.version or args.alias, args.registry, **options)
@@ -271,6 +272,10 @@ def _add_model_source(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bf16", action="store_true", help="bf16 weights where the hardware supports it (torch backend)")
     parser.add_argument("--backend", default="torch", choices=["torch", "onnx", "onnx-int8"],
                         help="torch, or ONNX Runtime on CPU in fp32 or int8 (exported once per adapter, cached)")
+    # config.LONG_TEXT_MODES, spelt out: the parser is built before anything is imported.
+    parser.add_argument("--long-text", default="truncate", choices=["truncate", "chunk"],
+                        help="a review longer than the model's token limit: truncate (cut as in training; the default) "
+                        "or chunk (read as overlapping windows, at most 8, whose probabilities are averaged; up to 8x the work)")
 
 
 def _add_registry_option(parser: argparse.ArgumentParser) -> None:

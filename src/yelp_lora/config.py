@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -301,6 +301,15 @@ class TuneSettings(_Settings):
 
 MAX_TEXTS_PER_REQUEST = 64
 MAX_REQUEST_TEXT_CHARS = 20_000
+# How prediction reads a review longer than the adapter's max_length: cut it as training did
+# (truncate), or read all of it as overlapping windows and average their probabilities (chunk).
+LongText = Literal["truncate", "chunk"]
+LONG_TEXT_MODES: tuple[str, ...] = get_args(LongText)
+# chunk: windows per review at most, so a review costs at most this many forward passes of
+# max_length tokens. Windows overlap by half up to 4.5 windows' worth of tokens (1,143 at 256);
+# a longer review gets its 8 windows spread evenly from start to end, overlapping less, and past
+# 8 windows' worth (2,032 at 256) leaving gaps, when it is reported as truncated.
+MAX_WINDOWS_PER_TEXT = 8
 API_KEY_ENV = "YELP_LORA_API_KEY"
 
 

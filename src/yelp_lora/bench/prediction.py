@@ -58,7 +58,7 @@ def _predict_worker(connection, *, path: str, adapter_dir: str, settings: BenchS
         predictor = Predictor(adapter_dir, batch_size=settings.predict_batch_size, **PATH_OPTIONS[path])
 
         def run(batch):
-            return predictor.probabilities(batch)[0].argmax(axis=1)
+            return predictor.probabilities(batch).probabilities.argmax(axis=1)
         precision = "int8" if predictor.backend == "onnx-int8" else ("bf16" if predictor.bf16 else "fp32")
         batch_size, first_token = predictor.batch_size, getattr(predictor.model, "first_token_last_layer", False)
     load_seconds = time.perf_counter() - started

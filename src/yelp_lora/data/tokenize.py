@@ -1,4 +1,5 @@
-"""Token ids, cut the same way for training, evaluation and prediction."""
+"""Token ids, cut the same way for training, evaluation and prediction (or, for prediction that asks
+for it, a long text read as overlapping windows instead of cut)."""
 
 from __future__ import annotations
 
@@ -18,23 +19,71 @@ def cut(ids: list[int], max_length: int, head: int) -> list[int]:
     return ids[:head] + ids[len(ids) - (max_length - head):]
 
 
+def _token_ids(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Every text's full token ids, [CLS] and [SEP] included, uncut, from one tokenizer pass."""
+    from transformers import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the "longer than the model's maximum" notice: we cut or window below
+    try:
+        return tokenizer(list(texts), truncation=False, add_special_tokens=True)["input_ids"] if texts else []
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
 def encode(tokenizer, texts: list[str], max_length: int, head: int | None = None) -> tuple[list[list[int]], np.ndarray]:
     """(token ids cut to max_length, whether each text was cut), from one tokenizer pass.
 
     `head` is the number of ids kept from the start of a text that is cut (data config's
     kept_head); None keeps all but the closing one, as `truncation=True` does.
     """
-    from transformers import logging as hf_logging
-
     head = max_length - 1 if head is None else head
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the "longer than the model's maximum" notice: we cut below
-    try:
-        full = tokenizer(list(texts), truncation=False, add_special_tokens=True)["input_ids"] if texts else []
-    finally:
-        hf_logging.set_verbosity(verbosity)
+    full = _token_ids(tokenizer, texts)
     truncated = np.array([len(ids) > max_length for ids in full], dtype=bool)
     return [cut(ids, max_length, head) for ids in full], truncated
+
+
+def window_starts(body_length: int, span: int, max_windows: int) -> list[int]:
+    """Where each window's slice of a text's `body_length` ids (its ids without [CLS] and [SEP]) begins.
+
+    The fewest windows of `span` ids, at most `max_windows`, that reach from the first id to the
+    last with neighbours overlapping by at least half a window (a stride of span // 2 or less),
+    spread evenly: the first starts at the text's first id, the last ends at its last. Past
+    max_windows the stride grows instead, so a very long text still gets its start and end read
+    but the windows may leave gaps between them (the text is then reported as truncated).
+    """
+    if body_length <= span:
+        return [0]
+    last = body_length - span
+    count = min(max_windows, 1 + -(-last // max(span // 2, 1)))
+    if count == 1:
+        return [0]
+    return [round(i * last / (count - 1)) for i in range(count)]
+
+
+def encode_windows(
+    tokenizer, texts: list[str], max_length: int, max_windows: int
+) -> tuple[list[list[int]], np.ndarray, np.ndarray]:
+    """(each window's ids, the text each window belongs to, whether each text was only partly read).
+
+    A text that fits in max_length is one window, exactly as `encode` gives it. A longer one is read
+    as overlapping windows (`window_starts`), each [CLS] + its slice of the text + [SEP]: max_length
+    ids, windows of one text in order, texts in order.
+    """
+    span = max_length - 2
+    windows, owners, partly_read = [], [], []
+    for index, ids in enumerate(_token_ids(tokenizer, texts)):
+        if len(ids) <= max_length:
+            windows.append(ids)
+            owners.append(index)
+            partly_read.append(False)
+            continue
+        first, body, closing = ids[0], ids[1:-1], ids[-1]
+        starts = window_starts(len(body), span, max_windows)
+        windows += [[first, *body[start : start + span], closing] for start in starts]
+        owners += [index] * len(starts)
+        partly_read.append(any(later - earlier > span for earlier, later in zip(starts, starts[1:])))
+    return windows, np.array(owners, dtype=np.int64), np.array(partly_read, dtype=bool)
 
 
 def tokenize(split: Split, tokenizer, max_length: int, head: int | None = None, pad_to_max_length: bool = False):

@@ -16,10 +16,13 @@ from yelp_lora.artifacts import (
     Detailed,
     Headline,
     LabelMove,
+    LengthGroup,
+    LongReviews,
     McNemar,
     Ordinal,
     Record,
     SplitSummary,
+    TemperatureScaling,
     resolve_adapter_dir,
     read_adapter_meta,
 )
@@ -83,9 +86,13 @@ class ScoredSample:
     """One test sample scored by every model: what compare's JSON summarises and a report draws."""
 
     adapter_dir: Path
+    meta: AdapterMeta
     rows: Split
     seed: int
-    probabilities: dict[str, np.ndarray]  # model name -> [n, 5], in the order of rows
+    # Model name -> [n, 5], in the order of rows; the adapter's after its temperature, as predict gives them.
+    probabilities: dict[str, np.ndarray]
+    lora_raw: np.ndarray  # the adapter's softmax(logits), before its temperature
+    long: np.ndarray  # [n] bool: the review is longer than the adapter's max_length (its input was cut)
     classical: ClassicalFit | None = None  # how the classical baseline was fitted, when it was
 
     def predictions(self, name: str) -> np.ndarray:
@@ -100,14 +107,19 @@ def score_test_sample(adapter: str | Path, settings: EvalSettings) -> ScoredSamp
     rows = load_eval_split(meta, settings.model_copy(update={"split": "test"}))
     adapted, tokenizer = load_adapter(adapter_dir)
     baseline = build_classifier(meta.base_model_path, meta.head_seed).eval()
-    probabilities = {}
+    logits = {}
     for name, model in (("baseline", baseline), ("lora", adapted)):
-        logits, _ = predict_logits(
+        # Both read the same ids (one tokenizer), so the reviews cut are the same for both.
+        logits[name], long = predict_logits(
             model, tokenizer, rows.texts, max_length=meta.max_length, head=meta.kept_head, batch_size=settings.batch_size, progress=True,
             desc=f"Scoring {name}",
         )
-        probabilities[name] = softmax(logits)
-    scored = ScoredSample(adapter_dir, rows, settings.seed, probabilities)
+    # The temperature was fitted for the adapter; the untuned baseline has none.
+    probabilities = {"baseline": softmax(logits["baseline"]), "lora": softmax(logits["lora"], meta.temperature)}
+    scored = ScoredSample(
+        adapter_dir=adapter_dir, meta=meta, rows=rows, seed=settings.seed, probabilities=probabilities,
+        lora_raw=softmax(logits["lora"]), long=long,
+    )
     if settings.with_classical:
         from yelp_lora.evaluation.classical import fit_classical
 
@@ -122,6 +134,7 @@ def compare_result(scored: ScoredSample) -> CompareResult:
     predictions = {name: scored.predictions(name) for name in scored.probabilities}
     scores = {name: Headline(**headline(rows.labels, preds)) for name, preds in predictions.items()}
     shift, reversals = label_shift(predictions["baseline"], predictions["lora"])
+    ece = {name: calibration(rows.labels, p)["ece"] for name, p in scored.probabilities.items()}
     return CompareResult(
         n=len(rows),
         seed=scored.seed,
@@ -132,14 +145,31 @@ def compare_result(scored: ScoredSample) -> CompareResult:
         label_shift=shift,
         extreme_reversals=reversals,
         ordinal={name: Ordinal(**ordinal(rows.labels, preds)) for name, preds in predictions.items()},
-        ece={name: calibration(rows.labels, p)["ece"] for name, p in scored.probabilities.items()},
+        ece=ece,
         mcnemar={
             f"lora_vs_{other}": McNemar(**mcnemar(rows.labels, predictions["lora"], predictions[other]))
             for other in predictions if other != "lora"
         },
         detailed={name: Detailed(**detailed(rows.labels, preds)) for name, preds in predictions.items()},
         classical_fit=scored.classical,
+        temperature_scaling=TemperatureScaling(
+            temperature=scored.meta.temperature,
+            ece_raw=calibration(rows.labels, scored.lora_raw)["ece"],
+            ece_calibrated=ece["lora"],
+        ),
+        long_reviews=LongReviews(
+            max_length=scored.meta.max_length, truncation=scored.meta.truncation,
+            long=length_group(rows.labels, predictions, scored.long), short=length_group(rows.labels, predictions, ~scored.long),
+        ),
     )
+
+
+def length_group(labels: list[int], predictions: dict[str, np.ndarray], members: np.ndarray) -> LengthGroup:
+    """Each model's headline scores on the reviews where `members` is true (none when there are none)."""
+    labels = np.asarray(labels)[members]
+    if not len(labels):
+        return LengthGroup(n=0)
+    return LengthGroup(n=len(labels), scores={name: Headline(**headline(labels, preds[members])) for name, preds in predictions.items()})
 
 
 def compare(adapter: str | Path, settings: EvalSettings) -> CompareResult:
@@ -187,7 +217,33 @@ def format_compare(result: CompareResult) -> str:
             f"{pair}: LoRA alone right {test.only_first_right}, other alone right {test.only_second_right}, "
             f"p = {test.p_value:.4g} ({test.method})"
         )
+    if result.temperature_scaling is not None:
+        scaling = result.temperature_scaling
+        lines += [
+            "",
+            f"===== Temperature Scaling (LoRA: softmax(logits / {scaling.temperature:.4g}), fitted on validation) =====",
+            f"LoRA ECE raw       : {scaling.ece_raw:.4f}",
+            f"LoRA ECE calibrated: {scaling.ece_calibrated:.4f} (the LoRA ECE above; labels unchanged)",
+        ]
+    if result.long_reviews is not None:
+        lines += ["", *format_long_reviews(result.long_reviews, result.n)]
     return "\n".join(lines)
+
+
+def format_long_reviews(split: LongReviews, n: int) -> list[str]:
+    long, short = split.long, split.short
+    lines = [
+        f"===== Long Reviews (over {split.max_length} tokens; truncation {split.truncation}) =====",
+        f"{long.n} of {n} test reviews are longer than the adapter's {split.max_length} tokens; {short.n} fit.",
+        f"{'':<10} {'long acc':>9} {'long F1':>8} {'rest acc':>9} {'rest F1':>8}",
+    ]
+    for name in {**long.scores, **short.scores}:
+        cells = [
+            f"{getattr(group.scores[name], key):.4f}" if name in group.scores else "n/a"
+            for group in (long, short) for key in ("accuracy", "macro_f1")
+        ]
+        lines.append(f"{name:<10} {cells[0]:>9} {cells[1]:>8} {cells[2]:>9} {cells[3]:>8}")
+    return lines
 
 
 def format_detailed(result: Detailed | EvaluationResult) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from yelp_lora.artifacts import CompareResult, RunRecord, read_run
+from yelp_lora.artifacts import AdapterMeta, CompareResult, LongReviews, RunRecord, TemperatureScaling, read_run
 from yelp_lora.config import LABEL_NAMES, NUM_LABELS, EvalSettings
 from yelp_lora.errors import DataError
 from yelp_lora.evaluation.evaluate import EXTREMES, ScoredSample, compare_result, score_test_sample
@@ -27,6 +27,9 @@ REPORT_MD = "report.md"
 REPORT_JSON = "report.json"
 MODEL_TITLES = {"baseline": "untuned baseline", "lora": "LoRA adapter", "classical": "TF-IDF + logistic regression"}
 MODEL_COLOURS = {"baseline": "#9e9e9e", "lora": "#1f77b4", "classical": "#ff7f0e"}
+# The adapter's probabilities before its temperature: a calibration panel of their own.
+RAW = "lora_raw"
+RAW_COLOUR = "#aec7e8"
 EXAMPLE_CELLS = 8  # confusion cells with quoted reviews, farthest from the diagonal first
 EXAMPLES_PER_CELL = 2
 EXCERPT_CHARS = 300
@@ -220,19 +223,20 @@ def figure_error_distance(folder: Path, scored: ScoredSample, names: list[str]) 
     return _save(fig, folder, "error_distance.png")
 
 
-def figure_reliability(folder: Path, calibrations: dict, names: list[str]) -> str:
+def figure_reliability(folder: Path, calibrations: dict, titles: dict[str, str]) -> str:
+    """One reliability diagram per entry of `titles` (calibration key -> panel title), in its order."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 4), squeeze=False, sharey=True)
-    for ax, name in zip(axes[0], names):
+    fig, axes = plt.subplots(1, len(titles), figsize=(4.2 * len(titles), 4), squeeze=False, sharey=True)
+    for ax, (name, title) in zip(axes[0], titles.items()):
         bins = calibrations[name]["bins"]
         filled = [b for b in bins if b["count"]]
         ax.bar([b["low"] for b in filled], [b["accuracy"] for b in filled], width=[b["high"] - b["low"] for b in filled],
-               align="edge", color=MODEL_COLOURS[name], edgecolor="white", label="accuracy in bin")
+               align="edge", color=MODEL_COLOURS.get(name, RAW_COLOUR), edgecolor="white", label="accuracy in bin")
         ax.plot([b["confidence"] for b in filled], [b["confidence"] for b in filled], "k_", markersize=12, label="mean confidence")
         ax.plot([0, 1], [0, 1], color="#d62728", linestyle="--", linewidth=1, label="perfect calibration")
         for b in filled:
             ax.text((b["low"] + b["high"]) / 2, min(b["accuracy"] + 0.02, 0.95), str(b["count"]), ha="center", fontsize=7)
-        ax.set(title=f"{MODEL_TITLES[name]}\nECE {calibrations[name]['ece']:.3f}", xlabel="confidence (top class)", xlim=(0, 1), ylim=(0, 1))
+        ax.set(title=f"{title}\nECE {calibrations[name]['ece']:.3f}", xlabel="confidence (top class)", xlim=(0, 1), ylim=(0, 1))
     axes[0][0].set_ylabel("accuracy")
     axes[0][0].legend(fontsize=7, loc="upper left")
     fig.tight_layout()
@@ -350,9 +354,11 @@ def build_blocks(record: RunRecord, run_dir: Path, scored: ScoredSample, result:
         Block("figure", "Confusion matrices (counts; colour is the share of each true class)", source=figures["confusion"]),
         Block("h2", "How far off, in stars"),
         Block("figure", "Distribution of predicted minus true stars", source=figures["error_distance"]),
+        *long_review_blocks(result.long_reviews, scored.meta, names, n=result.n),
         Block("h2", "Calibration"),
         Block("p", "Reviews are binned by the model's top-class probability; a calibrated model's bars reach the "
                    "diagonal. The number over each bar is how many reviews fell in the bin."),
+        *temperature_blocks(result.temperature_scaling),
         Block("figure", "Reliability diagrams", source=figures["reliability"]),
         Block("h2", "Label shift: what the adapter changed"),
         Block("figure", "Baseline prediction (rows) against adapter prediction (columns); extreme reversals outlined in red",
@@ -379,6 +385,68 @@ def build_blocks(record: RunRecord, run_dir: Path, scored: ScoredSample, result:
     return blocks
 
 
+def cut_description(meta: AdapterMeta) -> str:
+    """Which tokens of a long review the adapter reads, in words."""
+    if meta.kept_head >= meta.max_length - 1:
+        return f"the first {meta.max_length} tokens"
+    return f"the first {meta.kept_head} and last {meta.max_length - meta.kept_head} tokens"
+
+
+def long_review_blocks(split: LongReviews, meta: AdapterMeta, names: list[str], *, n: int) -> list[Block]:
+    """How many test reviews were cut, and every model's scores on them and on the rest."""
+    long, short = split.long, split.short
+    blocks = [
+        Block("h2", "Long reviews"),
+        Block("p", f"{long.n} of {n} test reviews ({long.n / n:.0%}) are longer than the adapter's {split.max_length} "
+                   f"tokens; the adapter and the untuned baseline read {cut_description(meta)} of each (truncation "
+                   f"{split.truncation}, as in training), the classical baseline the whole text. Scores on each group "
+                   "apart (macro-F1 on a small group is noisy: one class with few reviews in it moves it a lot). "
+                   "predict, serve and mcp can read a long review whole with --long-text chunk."),
+    ]
+
+    def cells(group, name: str) -> list[str]:
+        score = group.scores.get(name)
+        return [f"{score.accuracy:.3f}", f"{score.macro_f1:.3f}"] if score else ["n/a", "n/a"]
+
+    blocks.append(Block("table", rows=[[
+        "model", f"long ({long.n}): accuracy", f"long ({long.n}): macro-F1",
+        f"the rest ({short.n}): accuracy", f"the rest ({short.n}): macro-F1",
+    ]] + [[MODEL_TITLES[name], *cells(long, name), *cells(short, name)] for name in names]))
+    return blocks
+
+
+def temperature_blocks(scaling: TemperatureScaling) -> list[Block]:
+    """The adapter's temperature and its calibration error before and after it."""
+    if scaling.temperature == 1:
+        return [Block("p", "The adapter carries no temperature (T = 1: trained with --no-calibrate, or before "
+                           f"temperatures were fitted): its probabilities are the plain softmax of its logits, ECE "
+                           f"{scaling.ece_raw:.3f}.")]
+    return [
+        Block("p", f"The adapter's probabilities here, as from predict, serve and mcp, are softmax(logits / T) "
+                   f"with T = {scaling.temperature:.3f}, fitted on the run's validation rows (yelp_lora.json). "
+                   "Dividing by T changes how sure the adapter is, never which label it picks, so its other scores "
+                   "are the same without it. The reliability diagrams show the adapter before and after."),
+        Block("table", rows=[
+            ["LoRA adapter probabilities", "temperature", "ECE"],
+            ["before: softmax(logits)", "1", f"{scaling.ece_raw:.3f}"],
+            ["after: softmax(logits / T)", f"{scaling.temperature:.3f}", f"{scaling.ece_calibrated:.3f}"],
+        ]),
+    ]
+
+
+def reliability_titles(names: list[str], scaling: TemperatureScaling) -> dict[str, str]:
+    """The reliability panels (calibration key -> title): each model's, and the adapter's before its
+    temperature too, when it has one."""
+    titles = {}
+    for name in names:
+        if name == "lora" and scaling.temperature != 1:
+            titles[RAW] = f"{MODEL_TITLES['lora']}, before temperature scaling"
+            titles[name] = f"{MODEL_TITLES['lora']}, after (T = {scaling.temperature:.2f})"
+        else:
+            titles[name] = MODEL_TITLES[name]
+    return titles
+
+
 # ---------------------------------------------------------------- the report
 
 
@@ -389,7 +457,8 @@ def _check_out_dir(out_dir: Path) -> None:
 
 
 class ReportRecord(CompareResult):
-    """report.json: the comparison, plus the bootstrap intervals, calibration bins and figure files."""
+    """report.json: the comparison, plus the bootstrap intervals, calibration bins (each model's, and
+    lora_raw: the adapter's before its temperature) and figure files."""
 
     bootstrap: dict[str, dict]
     calibration: dict[str, dict]
@@ -414,6 +483,7 @@ def build_report(run: str | Path, settings: EvalSettings, out_dir: str | Path | 
         for name in names
     }
     calibrations = {name: calibration(labels, scored.probabilities[name]) for name in names}
+    calibrations[RAW] = calibration(labels, scored.lora_raw)
     with atomic_dir(out_dir) as staging:
         figures = {
             "training": figure_training(staging, record),
@@ -421,7 +491,7 @@ def build_report(run: str | Path, settings: EvalSettings, out_dir: str | Path | 
             "per_class": figure_per_class(staging, result, names),
             "confusion": figure_confusion(staging, result, names),
             "error_distance": figure_error_distance(staging, scored, names),
-            "reliability": figure_reliability(staging, calibrations, names),
+            "reliability": figure_reliability(staging, calibrations, reliability_titles(names, result.temperature_scaling)),
             "label_shift": figure_label_shift(staging, scored),
         }
         blocks = build_blocks(

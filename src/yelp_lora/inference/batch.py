@@ -21,17 +21,19 @@ from pathlib import Path
 from typing import Iterator
 
 from yelp_lora.artifacts import ADAPTER_WEIGHTS, Record, read_record, resolve_adapter_dir, write_record
-from yelp_lora.config import LABEL_NAMES
+from yelp_lora.config import LABEL_NAMES, LongText
 from yelp_lora.data.rows import InputText, iter_texts
 from yelp_lora.errors import DataError
-from yelp_lora.inference.predictor import Predictor, to_prediction
+from yelp_lora.inference.predictor import Predictor, to_predictions
 from yelp_lora.util.atomic import atomic_write_bytes, save_errors
 from yelp_lora.util.hashing import file_sha256
 
 CHUNK_ROWS = 2048
 OUTPUT_FORMATS = (".jsonl", ".csv", ".parquet")
 JOB_FILE = "manifest.json"
-COLUMNS = ["row", "source_row", "label", "stars", "confidence", *(f"p_{name}" for name in LABEL_NAMES), "truncated", "error"]
+COLUMNS = [
+    "row", "source_row", "label", "stars", "confidence", *(f"p_{name}" for name in LABEL_NAMES), "truncated", "error", "windows",
+]
 
 
 def parts_dir(output: Path) -> Path:
@@ -86,14 +88,19 @@ class BatchJob(Record):
     backend: str
     batch_size: int | None  # as asked; null: the backend's own default
     bf16: bool
+    long_text: str = "truncate"
+    # The part files' columns: parts written by a version with other columns cannot be merged with these.
+    columns: list[str] | None = None
 
 
-def _job(input_path: Path, adapter_dir: Path, *, chunk_rows: int, backend: str, batch_size: int | None, bf16: bool) -> BatchJob:
+def _job(
+    input_path: Path, adapter_dir: Path, *, chunk_rows: int, backend: str, batch_size: int | None, bf16: bool, long_text: str,
+) -> BatchJob:
     weights = adapter_dir / ADAPTER_WEIGHTS
     return BatchJob(
         input=str(input_path.resolve()), input_bytes=input_path.stat().st_size, input_sha256=file_sha256(input_path),
         adapter=str(adapter_dir.resolve()), adapter_sha256=file_sha256(weights) if weights.is_file() else None,
-        chunk_rows=chunk_rows, backend=backend, batch_size=batch_size, bf16=bf16,
+        chunk_rows=chunk_rows, backend=backend, batch_size=batch_size, bf16=bf16, long_text=long_text, columns=COLUMNS,
     )
 
 
@@ -128,12 +135,11 @@ def _records(
         records.append(record)
         if not row.problem:
             good.append((record, row.text))
-    probabilities, truncated = predictor.probabilities([text for _, text in good])
-    for (record, _), probs, cut in zip(good, probabilities, truncated):
-        prediction = to_prediction(probs, bool(cut))
+    predictions = to_predictions(predictor.probabilities([text for _, text in good]))
+    for (record, _), prediction in zip(good, predictions):
         record.update(
             label=prediction.label, stars=prediction.stars, confidence=prediction.confidence, truncated=prediction.truncated,
-            **{f"p_{name}": p for name, p in prediction.probabilities.items()},
+            windows=prediction.windows, **{f"p_{name}": p for name, p in prediction.probabilities.items()},
         )
     return records
 
@@ -159,7 +165,7 @@ def _arrow_schema():
     floats = [(name, pa.float64()) for name in COLUMNS if name == "confidence" or name.startswith("p_")]
     return pa.schema(
         [("row", pa.int64()), ("source_row", pa.string()), ("label", pa.string()), ("stars", pa.int64()), *floats,
-         ("truncated", pa.bool_()), ("error", pa.string())]
+         ("truncated", pa.bool_()), ("error", pa.string()), ("windows", pa.int64())]
     )
 
 
@@ -204,6 +210,7 @@ def predict_file(
     bf16: bool = False,
     batch_size: int | None = None,
     backend: str = "torch",
+    long_text: LongText = "truncate",
     progress: bool = True,
 ) -> dict:
     """Predict every row of INPUT into OUTPUT; returns a summary (rows, chunks, speed, memory)."""
@@ -221,10 +228,10 @@ def predict_file(
     parts = parts_dir(output)
     if rank == 0:  # before loading the model, so a refused resume is refused at once
         job = _job(input_path, resolve_adapter_dir(adapter), chunk_rows=chunk_rows, backend=backend,
-                   batch_size=batch_size, bf16=bf16)
+                   batch_size=batch_size, bf16=bf16, long_text=long_text)
         _prepare_parts(parts, job, resume)
     _barrier(world)
-    predictor = Predictor(adapter, bf16=bf16, batch_size=batch_size, backend=backend)
+    predictor = Predictor(adapter, bf16=bf16, batch_size=batch_size, backend=backend, long_text=long_text)
     if rank == 0 and predictor.info.adapter_sha256 != job.adapter_sha256:
         raise DataError(f"the adapter changed while the job started (sha256 {predictor.info.adapter_sha256}, "
                         f"recorded {job.adapter_sha256}): run it again")

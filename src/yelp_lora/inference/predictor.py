@@ -6,16 +6,17 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from pydantic import BaseModel, Field
 
 from yelp_lora.artifacts import ADAPTER_DIRNAME, ADAPTER_WEIGHTS, read_adapter_meta, resolve_adapter_dir
-from yelp_lora.errors import RegistryError
-from yelp_lora.config import LABEL_NAMES
+from yelp_lora.errors import ConfigError, RegistryError
+from yelp_lora.config import LABEL_NAMES, LONG_TEXT_MODES, MAX_WINDOWS_PER_TEXT, LongText
 from yelp_lora.modeling.base import load_adapter
-from yelp_lora.modeling.forward import predict_logits, softmax
+from yelp_lora.modeling.forward import predict_logits, predict_windows, softmax
 from yelp_lora.modeling.hardware import bf16_supported, pick_device
 from yelp_lora.registry.manifest import Manifest
 from yelp_lora.registry.store import Registry, local_base_dir
@@ -30,6 +31,7 @@ class Prediction:
     confidence: float
     probabilities: dict[str, float]
     truncated: bool
+    windows: int = 1  # forward passes the review was read in: more than 1 only when long_text="chunk" split it
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -43,11 +45,27 @@ AUTO_PREDICT_BATCH = {"cuda": 128, "cpu": 16, "onnx": 1}
 
 
 class ModelInfo(BaseModel):
-    """Which model answered."""
+    """Which model answered, and how it turned texts into probabilities."""
 
     version: str | None = Field(description="Registry version, e.g. 'v2'; null for an unregistered adapter directory")
     base_model: str = Field(description="Base model the LoRA adapter was trained on")
     adapter_sha256: str | None = Field(description="sha256 of the adapter_model.safetensors bytes this service loaded")
+    temperature: float = Field(
+        description="Softmax temperature applied: probabilities = softmax(logits / temperature), fitted on the "
+        "adapter's validation rows (yelp_lora.json); 1 = none. It never changes the predicted label"
+    )
+    long_text: LongText = Field(
+        description="How a review longer than the model's token limit is read: 'truncate' (cut, as in training) or "
+        "'chunk' (overlapping windows whose probabilities are averaged)"
+    )
+
+
+class ScoredTexts(NamedTuple):
+    """What `Predictor.probabilities` gives for n texts, in their order."""
+
+    probabilities: np.ndarray  # [n, 5], after the temperature
+    truncated: np.ndarray  # [n] bool: part of the text was not read
+    windows: np.ndarray  # [n] int: forward passes each text took (1 unless long_text="chunk" split it)
 
 
 class Predictor:
@@ -55,8 +73,12 @@ class Predictor:
 
     def __init__(
         self, adapter: str | Path, *, bf16: bool = False, batch_size: int | None = None, backend: str = "torch",
-        manifest: Manifest | None = None,
+        long_text: LongText = "truncate", manifest: Manifest | None = None,
     ):
+        if long_text not in LONG_TEXT_MODES:
+            raise ConfigError(f"long_text {long_text!r}: expected one of {', '.join(LONG_TEXT_MODES)}")
+        self.long_text = long_text
+        self.max_windows = MAX_WINDOWS_PER_TEXT if long_text == "chunk" else 1
         self.adapter_dir = resolve_adapter_dir(adapter)
         self.meta = read_adapter_meta(self.adapter_dir)
         self.manifest = manifest  # set when loaded from the registry
@@ -76,7 +98,8 @@ class Predictor:
                 )
             # Which model answers: registry version (None for a bare adapter), base model, adapter hash.
             self.info = ModelInfo(
-                version=manifest.version if manifest else None, base_model=self.meta.base_model, adapter_sha256=sha256
+                version=manifest.version if manifest else None, base_model=self.meta.base_model, adapter_sha256=sha256,
+                temperature=self.meta.temperature, long_text=long_text,
             )
             if backend == "torch":
                 self.model, self.tokenizer = load_adapter(staged, merge=True, base=base, origin=self.adapter_dir)
@@ -102,20 +125,33 @@ class Predictor:
         adapter_dir, manifest = Registry(registry).open(ref)
         return cls(adapter_dir, manifest=manifest, **options)
 
-    def probabilities(self, texts: list[str], *, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """(probabilities [n, 5], truncated [n])."""
+    def probabilities(self, texts: list[str], *, progress: bool = False) -> ScoredTexts:
+        """softmax(logits / the adapter's temperature) of each text, read as `long_text` says."""
+        # bf16 weights carry their precision: no autocast needed.
+        run = dict(batch_size=self.batch_size, bf16=False, progress=progress)
+        temperature = self.meta.temperature
+        if self.long_text == "chunk":
+            return ScoredTexts(*predict_windows(
+                self.model, self.tokenizer, texts, max_length=self.max_length, max_windows=self.max_windows,
+                temperature=temperature, **run,
+            ))
         logits, truncated = predict_logits(
-            self.model, self.tokenizer, texts, max_length=self.max_length, head=self.meta.kept_head, batch_size=self.batch_size,
-            bf16=False, progress=progress,  # bf16 weights carry their precision: no autocast needed
+            self.model, self.tokenizer, texts, max_length=self.max_length, head=self.meta.kept_head, **run
         )
-        return softmax(logits), truncated
+        return ScoredTexts(softmax(logits, temperature), truncated, np.ones(len(texts), dtype=np.int64))
 
     def predict(self, texts: list[str], *, progress: bool = False) -> list[Prediction]:
-        probabilities, truncated = self.probabilities(texts, progress=progress)
-        return [to_prediction(row, bool(cut)) for row, cut in zip(probabilities, truncated)]
+        return to_predictions(self.probabilities(texts, progress=progress))
 
 
-def to_prediction(probabilities: np.ndarray, truncated: bool = False) -> Prediction:
+def to_predictions(scored: ScoredTexts) -> list[Prediction]:
+    return [
+        to_prediction(row, truncated=bool(cut), windows=int(windows))
+        for row, cut, windows in zip(scored.probabilities, scored.truncated, scored.windows)
+    ]
+
+
+def to_prediction(probabilities: np.ndarray, *, truncated: bool = False, windows: int = 1) -> Prediction:
     label_id = int(np.argmax(probabilities))
     return Prediction(
         label=LABEL_NAMES[label_id],
@@ -124,13 +160,16 @@ def to_prediction(probabilities: np.ndarray, truncated: bool = False) -> Predict
         confidence=float(probabilities[label_id]),
         probabilities={name: float(p) for name, p in zip(LABEL_NAMES, probabilities)},
         truncated=truncated,
+        windows=windows,
     )
 
 
 def format_prediction(text: str, prediction: Prediction, width: int = 60) -> str:
     shown = text if len(text) <= width else text[: width - 1] + "…"
     bars = "  ".join(f"{name}={p:.3f}" for name, p in prediction.probabilities.items())
-    flag = " (truncated)" if prediction.truncated else ""
+    read = [f"{prediction.windows} windows"] if prediction.windows > 1 else []
+    read += ["truncated"] if prediction.truncated else []
+    flag = f" ({', '.join(read)})" if read else ""
     return (
         f"{prediction.stars}★ {prediction.label:<15} confidence {prediction.confidence:.3f}{flag}  {shown!r}\n    {bars}"
     )

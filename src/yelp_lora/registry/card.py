@@ -37,6 +37,9 @@ def model_card(manifest: Manifest) -> str:
         f"- Registered: {manifest.created} from `{manifest.source_run}`",
         f"- Labels: {labels}",
         f"- Max tokens per review: {manifest.max_length} (longer reviews are cut and flagged `truncated`)",
+        *([f"- Softmax temperature: {manifest.temperature:.4g} (fitted on the validation rows; 1 = none): yelp-lora's "
+           "probabilities are softmax(logits / temperature); a plain transformers load gives the raw logits"]
+          if manifest.temperature is not None else []),
         "",
         "## Intended use",
         "",

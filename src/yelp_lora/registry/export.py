@@ -26,7 +26,9 @@ def export_merged(registry: Registry, ref: str, target: str | Path) -> Path:
         model.save_pretrained(str(staging))  # safetensors
         tokenizer.save_pretrained(str(staging))
         dumped = manifest.model_dump(mode="json")
-        info = {k: dumped[k] for k in ("version", "name", "adapter_sha256", "base_model", "label_map", "max_length")}
+        # temperature: pipeline(...) gives softmax(logits); yelp-lora's probabilities are softmax(logits / temperature).
+        keys = ("version", "name", "adapter_sha256", "base_model", "label_map", "max_length", "temperature")
+        info = {k: dumped[k] for k in keys}
         (staging / marker).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
         (staging / CARD_FILE).write_text(
             model_card(manifest).replace("library_name: peft", "library_name: transformers"), encoding="utf-8"

@@ -87,6 +87,8 @@ class Manifest(Record):
     metrics: ManifestMetrics
     environment: Environment | None
     files: dict[str, str] = Field(default_factory=dict)
+    # The adapter's softmax temperature (yelp_lora.json); null in manifests written before it was recorded.
+    temperature: float | None = None
 
 
 def _now() -> str:
@@ -123,4 +125,5 @@ def build_manifest(
         data=ManifestData(source=meta.data_source, train=brief(run.data.train), validation=brief(run.data.validation)),
         metrics=metrics,
         environment=run.environment,
+        temperature=meta.temperature,
     )

@@ -31,8 +31,9 @@ TOOL_DESCRIPTION = (
     f"each text must be non-empty and at most {MAX_REQUEST_TEXT_CHARS:,} characters. Returns, per text and in input "
     "order: stars (1-5), label (strong_negative, negative, neutral, positive, strong_positive), confidence (probability "
     "of that label) and the probabilities of all five labels; plus the model version that answered. A confidence "
-    "below about 0.5 means the review is ambiguous between neighbouring ratings; truncated=true means only the "
-    "beginning of a very long review was read. It does not detect sarcasm reliably and is not meant for other languages."
+    "below about 0.5 means the review is ambiguous between neighbouring ratings; truncated=true means part of a very "
+    "long review was not read; windows above 1 means a long review was read in overlapping parts whose probabilities "
+    "were averaged. It does not detect sarcasm reliably and is not meant for other languages."
 )
 TextsArgument = Annotated[
     list[str],

@@ -355,6 +355,8 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> F
                 "max_texts_per_request": settings.max_texts,
                 "max_chars_per_text": settings.max_chars,
                 "max_tokens_per_text": predictor.max_length,
+                # A text's model work: this many windows of max_tokens_per_text at most.
+                "max_windows_per_text": predictor.max_windows,
                 "max_batch_texts": settings.max_batch,
                 "max_wait_ms": settings.max_wait_ms,
                 "max_body_bytes": settings.max_body_bytes,

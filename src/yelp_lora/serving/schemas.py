@@ -21,8 +21,17 @@ class SentimentResult(BaseModel):
     label_id: int = Field(ge=0, le=len(LABEL_NAMES) - 1, description="0-4, the index of label")
     stars: int = Field(ge=1, le=len(LABEL_NAMES), description="Predicted star rating, 1-5 (= label_id + 1)")
     confidence: float = Field(description="Probability of the predicted label")
-    probabilities: dict[str, float] = Field(description="Probability of each of the five labels (sums to 1)")
-    truncated: bool = Field(description="True when the review was longer than the model's token limit and its end was not read")
+    probabilities: dict[str, float] = Field(
+        description="Probability of each of the five labels (sums to 1), after the model's temperature (model.temperature)"
+    )
+    truncated: bool = Field(
+        description="True when part of the review was not read: it was longer than the model's token limit and was cut "
+        "(or, with long_text 'chunk', was longer than its windows reach)"
+    )
+    windows: int = Field(
+        ge=1, description="Windows of the token limit the review was read in, their probabilities averaged: 1 unless the "
+        "service reads long reviews in chunks (model.long_text 'chunk') and this one was longer than the limit"
+    )
 
 
 class Classification(BaseModel):

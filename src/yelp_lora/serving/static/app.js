@@ -37,7 +37,8 @@ function render(texts, body) {
     stars.dataset.stars = result.stars;
     stars.title = `${result.stars} of 5 stars`;
     head.append(stars, el("span", "verdict", `${result.stars} stars: ${result.label} (${(100 * result.confidence).toFixed(1)}%)`));
-    if (result.truncated) head.append(el("span", "truncated", "long review: only its beginning was read"));
+    if (result.windows > 1) head.append(el("span", "truncated", `long review: read in ${result.windows} overlapping parts`));
+    if (result.truncated) head.append(el("span", "truncated", "long review: part of it was not read"));
     card.append(head);
     for (const [label, p] of Object.entries(result.probabilities)) {
       const bar = el("div", label === result.label ? "bar top" : "bar");
