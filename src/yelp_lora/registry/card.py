@@ -75,13 +75,18 @@ def model_card(manifest: Manifest) -> str:
             f"| test, untuned baseline (N={test.n}) | {_fmt(test.baseline.accuracy)} | {_fmt(test.baseline.macro_f1)} |",
             f"| test, this adapter (N={test.n}) | {_fmt(test.lora.accuracy)} | {_fmt(test.lora.macro_f1)} |",
         ]
+    cut = (
+        "judged on their first and last tokens only (head+tail truncation)"
+        if config and config.model.truncation == "head+tail"
+        else "judged on their beginning only"
+    )
     lines += [
         "",
         "## Limitations",
         "",
         "Neighbouring star levels (2 vs 3, 4 vs 5) are often confused: sentiment strength is subjective and reviewers "
-        "are inconsistent. Sarcasm, mixed reviews and very short texts are hard. Reviews longer than the token limit are "
-        "judged on their beginning only. Trained on Yelp reviews, so it inherits their domain and biases.",
+        f"are inconsistent. Sarcasm, mixed reviews and very short texts are hard. Reviews longer than the token limit are "
+        f"{cut}, unless predicted with --long-text chunk. Trained on Yelp reviews, so it inherits their domain and biases.",
         "",
     ]
     return "\n".join(lines)

@@ -181,7 +181,7 @@ def validation_metrics(calibrate: bool):
             scores.update(
                 temperature=temperature,
                 ece=calibration(labels, softmax(logits))["ece"],
-                ece_calibrated=calibration(labels, softmax(np.asarray(logits) / temperature))["ece"],
+                ece_calibrated=calibration(labels, softmax(logits, temperature))["ece"],
             )
         return scores
 
