@@ -20,7 +20,7 @@ from yelp_lora.data.sampling import sample_split
 from yelp_lora.data.sources import load_split
 from yelp_lora.data.tokenize import tokenize
 from yelp_lora.errors import DataError
-from yelp_lora.evaluation.classical import fit_classical, training_rows
+from yelp_lora.evaluation.classical import fit_classical, run_training_rows
 from yelp_lora.evaluation.report import REPORT_HTML, REPORT_JSON, REPORT_MD, Block, render_html, render_markdown
 from yelp_lora.modeling.base import load_tokenizer
 
@@ -142,7 +142,7 @@ def test_report_renders_in_headless_chromium(report_dir):
 
 def test_classical_baseline_trains_on_the_adapters_rows(run_dir):
     _, record = read_run(run_dir)
-    train, validation = training_rows(record)
+    train, validation = run_training_rows(record)
     rows = MINILM_RUN["train_samples"]
     assert train.fingerprint() == record.data.train.fingerprint and len(train) == rows
     assert validation.fingerprint() == record.data.validation.fingerprint

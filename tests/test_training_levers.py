@@ -115,6 +115,15 @@ def test_each_training_source_is_recorded_and_the_balanced_draw_is_balanced(leve
     assert data["train"]["label_counts"] == [a + b for a, b in zip(primary["label_counts"], extra["label_counts"])]
 
 
+def test_the_classical_baseline_is_fitted_on_every_source_the_adapter_trained_on(levers_run):
+    from yelp_lora.evaluation.classical import fit_classical
+
+    fitted = fit_classical(levers_run).summary
+    recorded = read_json(levers_run / "run.json")["data"]["train"]
+    assert fitted.train_rows == 64 + EXTRA_ROWS == recorded["rows"]
+    assert fitted.train_fingerprint == recorded["fingerprint"]
+
+
 def test_validation_rows_are_the_same_with_and_without_extra_sources(levers_run, data_dir):
     config = read_json(levers_run / "run.json")["config"]
     with_extra = training_rows(DataConfig(**config["data"]), config["train"]["seed"])

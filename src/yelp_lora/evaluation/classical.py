@@ -1,7 +1,7 @@
 """The cheap classical answer: TF-IDF word 1-2 grams with logistic regression (scikit-learn).
 
 It is trained on exactly the rows the adapter was trained on, rebuilt from the run's run.json
-(same source, seed and sample sizes through data.train_val_split) and checked against the
+(same sources, seed and sample sizes through data.mixing, extra training sources included) and checked against the
 fingerprint recorded there; its regularisation strength is chosen on the run's validation rows,
 as the adapter's best epoch was. The test split is never used to fit or choose anything.
 """
@@ -16,8 +16,7 @@ import numpy as np
 from yelp_lora.artifacts import ClassicalFit, Headline, RunRecord, read_run
 from yelp_lora.config import NUM_LABELS
 from yelp_lora.data.rows import Split
-from yelp_lora.data.sampling import train_val_split
-from yelp_lora.data.sources import load_split
+from yelp_lora.data.mixing import training_rows
 from yelp_lora.errors import DataError
 from yelp_lora.metrics import headline
 
@@ -25,12 +24,12 @@ from yelp_lora.metrics import headline
 C_GRID = (0.5, 2.0, 8.0, 32.0)
 
 
-def training_rows(record: RunRecord) -> tuple[Split, Split]:
+def run_training_rows(record: RunRecord) -> tuple[Split, Split]:
     """(train, validation) exactly as the run drew them; refuses if they are not the rows it recorded."""
     config = record.config
     source = record.resolved.data_source
-    full = load_split(source, "train", skip_bad_rows=config.data.skip_bad_rows)
-    train, validation = train_val_split(full, config.data.val_samples, config.data.train_samples, config.train.seed)
+    rows = training_rows(config.data.model_copy(update={"source": source}), config.train.seed)
+    train, validation = rows.train, rows.validation
     expected = record.data.train.fingerprint
     if train.fingerprint() != expected:
         raise DataError(
@@ -69,7 +68,7 @@ def fit_classical(run_or_adapter: str | Path) -> FittedClassical:
     from yelp_lora.util.progress import progress
 
     run_dir, record = read_run(run_or_adapter)
-    train, validation = training_rows(record)
+    train, validation = run_training_rows(record)
     validation_scores = {}
     fitted = {}
     for c in progress(C_GRID, desc="Fitting TF-IDF + logistic regression", unit="C"):
