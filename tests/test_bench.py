@@ -49,7 +49,8 @@ def test_quick_bench_reports_every_path(quick_bench):
     result, _ = quick_bench
     for key in ("settings", "machine", "peak_flops", "training", "prediction", "service", "speedup", "macro_f1_vs_fp32"):
         assert key in result
-    assert result["peak_flops"]["fp32"] > 0 and result["peak_flops"]["bf16"] > 0
+    assert result["peak_flops"]["fp32"] > 0 and result["peak_flops"]["bf16"] > 0 and result["peak_flops"]["int8"] > 0
+    assert set(result["instruction_sets"]) == {"fp32", "bf16", "int8", "torch_kernels"}
     assert [row["path"] for row in result["training"]] == ["usual", "ours"]
     assert [row["path"] for row in result["prediction"]] == ["pipeline", "merged-fp32", "onnx-fp32", "onnx-int8"]
     assert [row["batch_size"] for row in result["prediction"]] == [1, 16, 1, 1]  # the pipeline's 1, then AUTO_BATCH
@@ -70,6 +71,9 @@ def test_quick_bench_reports_every_path(quick_bench):
     measured = result["peak_flops_measured"]
     assert len(measured) == 1 + 1 + 2 + 1 and result["peak_flops"]["bf16"] == max(m["bf16"] for m in measured)
     assert [row["first_token_last_layer"] for row in result["prediction"]] == [False, False, True, True]
+    # Each path is measured against the peak of its own precision: the int8 path against the int8 GEMM's.
+    int8 = next(row for row in result["prediction"] if row["path"] == "onnx-int8")
+    assert int8["of_peak"] == pytest.approx(int8["flops_per_s"] / result["peak_flops"]["int8"])
     service = result["service"]
     assert isinstance(service["available"], bool)
     if service["available"]:
@@ -216,3 +220,14 @@ def test_flop_count_matches_the_models_matmul_parameters():
     last = base.bert.encoder.layer[-1]
     skipped = sum(m.weight.numel() for m in (last.attention.output.dense, last.intermediate.dense, last.output.dense))
     assert forward - forward_flops(config, n, first_token_last_layer=True) == pytest.approx(2 * skipped * (n[0] - 1))
+
+
+def test_each_precisions_peak_names_the_best_instructions_the_cpu_offers():
+    from yelp_lora.bench.peaks import instruction_sets
+
+    amd = {"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni"}
+    intel_amx = amd | {"amx_tile", "amx_bf16", "amx_int8"}
+    assert {k: v for k, v in instruction_sets(amd).items() if k != "torch_kernels"} == {
+        "fp32": "AVX-512", "bf16": "AVX-512 BF16", "int8": "AVX-512 VNNI"}
+    assert instruction_sets(intel_amx)["bf16"] == "AMX-BF16" and instruction_sets(intel_amx)["int8"] == "AMX-INT8"
+    assert instruction_sets({"avx2"})["int8"] == "AVX2" and instruction_sets(set())["fp32"] == "unknown"

@@ -9,15 +9,20 @@ def format_report(result: dict) -> str:
     machine = result["machine"]
     device = machine.get("gpu") or f"{machine['cpu']} ({machine['cpu_count']} cores, {machine['torch_threads']} torch threads)"
     peak = result["peak_flops"]
+    isa = result.get("instruction_sets")
     lines = [
         f"Machine: {device}; load average {machine['load_average_start'][0]:.1f} at start, "
         f"{machine['load_average_end'][0]:.1f} at end",
         f"Model: {result['base_model']}; adapter for prediction: {result['adapter'] or 'none (no prediction path)'}",
-        f"Matmul peak: fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s "
-        f"(best of {len(result['peak_flops_measured'])} measurements: start, before each round, end; "
-        "of peak: model FLOP/s over the peak of the path's precision, int8 against bf16)",
-        "",
+        "Matmul peak: " + ", ".join(
+            f"{name} {rate / 1e9:.0f} G{'OP' if name == 'int8' else 'FLOP'}/s" + (f" ({isa[name]})" if isa else "")
+            for name, rate in peak.items()
+        ) + f" (best of {len(result['peak_flops_measured'])} measurements: start, before each round, end; "
+        "of peak: model FLOP/s over the peak of the path's own precision)",
     ]
+    if isa:
+        lines.append(f"torch's kernels dispatched to {isa['torch_kernels']}")
+    lines.append("")
     settings = result["settings"]
     header = f"{'':40} {'samples/s':>9} {'tokens/s':>9} {'GFLOP/s':>8} {'of peak':>7} {'peak RSS':>9}"
     if result["training"]:

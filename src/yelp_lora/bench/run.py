@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from yelp_lora.artifacts import resolve_adapter_dir
-from yelp_lora.bench.peaks import measure_peak
+from yelp_lora.bench.peaks import instruction_sets, measure_peak
 from yelp_lora.bench.prediction import PATH_OPTIONS, PREDICT_PATHS, bench_prediction
 from yelp_lora.bench.service import bench_service
 from yelp_lora.bench.training import TRAIN_PATHS, bench_training
@@ -126,7 +126,7 @@ def run_bench(settings: BenchSettings, progress=print) -> dict:
     peaks.append(measure_peak(settings.matmul_size, device))
     peak = {name: max(measured[name] for measured in peaks) for name in peaks[0]}
     for result in training + prediction:
-        result["of_peak"] = result["flops_per_s"] / peak["fp32" if result["precision"] == "fp32" else "bf16"]
+        result["of_peak"] = result["flops_per_s"] / peak[_peak_of(result["precision"], peak)]
     by_path = lambda rows, name: next((r for r in rows if r["path"] == name), None)  # noqa: E731
     fp32 = by_path(prediction, "merged-fp32")
     return {
@@ -136,6 +136,7 @@ def run_bench(settings: BenchSettings, progress=print) -> dict:
         "base_model": base if settings.model != BERT_BASE else "bert-base shape (BertConfig(), random weights)",
         "adapter": str(adapter_dir) if adapter_dir else None,
         "peak_flops": peak,
+        "instruction_sets": instruction_sets() if device.type == "cpu" else None,
         "peak_flops_measured": peaks,
         "training": training,
         "prediction": prediction,
@@ -147,6 +148,11 @@ def run_bench(settings: BenchSettings, progress=print) -> dict:
         "macro_f1_vs_fp32": {r["path"]: r["macro_f1"] - fp32["macro_f1"] for r in prediction} if fp32 else {},
         "workdir": str(workdir),
     }
+
+
+def _peak_of(precision: str, peak: dict[str, float]) -> str:
+    """Which peak a path is measured against: its own precision's (int8 against bf16 where no int8 peak was measured)."""
+    return precision if precision in peak else "bf16"
 
 
 def _ratio(ours: dict | None, usual: dict | None) -> float | None:
