@@ -152,6 +152,7 @@ def test_predict_and_evaluation_cut_reviews_as_the_adapter_was_trained(levers_ru
     from yelp_lora.modeling.forward import predict_logits, softmax
 
     model, tokenizer = load_adapter(levers_run / "adapter")
+    temperature = read_json(levers_run / "adapter" / "yelp_lora.json")["temperature"]  # applied by predict and compare
     texts = _long_reviews(60)
     head_tail, _ = predict_logits(model, tokenizer, texts, max_length=64, head=16)
     head_only, truncated = predict_logits(model, tokenizer, texts, max_length=64)
@@ -164,7 +165,7 @@ def test_predict_and_evaluation_cut_reviews_as_the_adapter_was_trained(levers_ru
     assert answered["truncated"]
     for head, expected in ((16, True), (None, False)):
         logits, _ = predict_logits(model, tokenizer, texts[-1:], max_length=64, head=head, batch_size=16)
-        assert np.array_equal(probabilities, softmax(logits)[0]) is expected
+        assert np.array_equal(probabilities, softmax(logits, temperature)[0]) is expected
 
     # compare / report score a sample through evaluate's path: the adapter's cut, to the bit
     labels = dict((text, label) for label, text in shared_rows())
@@ -177,7 +178,7 @@ def test_predict_and_evaluation_cut_reviews_as_the_adapter_was_trained(levers_ru
     assert sorted(scored.rows.texts) == sorted(texts)
     for head, expected in ((16, True), (None, False)):
         logits, _ = predict_logits(model, tokenizer, scored.rows.texts, max_length=64, head=head, batch_size=64)
-        assert np.array_equal(scored.probabilities["lora"], softmax(logits)) is expected
+        assert np.array_equal(scored.probabilities["lora"], softmax(logits, temperature)) is expected
     result = tmp_path / "evaluation.json"
     cli("evaluate", "--adapter", str(levers_run), "--data", str(rows), "--json", str(result))
     predicted = scored.predictions("lora")
