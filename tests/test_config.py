@@ -26,13 +26,19 @@ def test_demo_preset_uses_the_packaged_model_and_local_data():
     assert config.data.source == "auto"
 
 
-def test_usual_way_preset_differs_from_the_demo_only_in_how_it_computes():
+# What the demo's tune study changed (docs/accuracy.md); configs/usual-way.yaml stays the previous
+# demo config run the tutorials' way, as its speed and accuracy comparisons were measured.
+TUNED = {"model.max_length", "model.truncation", "data.extra_train", "train.learning_rate", "train.warmup_ratio",
+         "train.epochs", "train.label_smoothing", "train.ordinal_weight"}
+
+
+def test_usual_way_preset_differs_from_the_demo_only_in_how_it_computes_and_what_the_study_tuned():
     demo, usual = (load_config(REPO / "configs" / name).model_dump() for name in ("demo.yaml", "usual-way.yaml"))
     changed = {
         f"{section}.{key}": value
         for section, values in usual.items()
         for key, value in values.items()
-        if demo[section][key] != value
+        if demo[section][key] != value and f"{section}.{key}" not in TUNED
     }
     assert changed == {
         "model.attention": "sdpa", "model.dropout_kernel": "torch", "train.precision": "fp32",

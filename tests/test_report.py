@@ -198,7 +198,8 @@ def test_long_steps_print_plain_lines_off_a_terminal(run_dir, data_dir, capsys):
 
 def test_seed_sweep(data_dir, tmp_path, capsys):
     args = ["train", "--config", DEMO_CONFIG, "--data", str(data_dir), "--train-samples", "32", "--val-samples", "20",
-            "--max-steps", "2", "--seeds", "2", "--compare-n", "10", "--output-dir", str(tmp_path)]
+            "--max-steps", "2", "--seeds", "2", "--compare-n", "10", "--set", "data.extra_train=[]",
+            "--output-dir", str(tmp_path)]
     assert cli.main(args) == 0
     summary = json.loads((tmp_path / "sweep.json").read_text())
     assert summary["seeds"] == [42, 43]

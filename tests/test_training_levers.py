@@ -383,3 +383,11 @@ def test_fit_temperature_on_degenerate_logits_keeps_them_as_they_are():
     assert fit_temperature(broken, labels) == 1.0
     wrong = np.eye(5)[(labels + 1) % 5] * 60  # all wrong, all sure: as soft as the bound allows
     assert fit_temperature(wrong, labels) == pytest.approx(math.exp(3), rel=1e-3)
+
+
+def test_a_relative_file_name_is_found_beside_data_sources_train_split(data_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # nothing of that name here: it is data.source's directory that holds it
+    rows = _rows(data_dir, TrainSource(source="open_dataset_train.csv", samples=50, balance=True))
+    assert rows.sources[1].source == str(data_dir / "open_dataset_train.csv") and rows.sources[1].rows == 50
+    with pytest.raises(DataError, match="not found"):
+        _rows(data_dir, TrainSource(source="no_such_file.csv", samples=50))

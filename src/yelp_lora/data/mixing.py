@@ -30,7 +30,7 @@ def training_rows(data: DataConfig, seed: int) -> TrainingRows:
     seen = set(validation.texts) | set(train.texts)
     parts = [train]
     for number, extra in enumerate(data.extra_train, start=1):
-        rows = load_split(_extra_path(extra), "train", skip_bad_rows=data.skip_bad_rows)
+        rows = load_split(_extra_path(extra, source), "train", skip_bad_rows=data.skip_bad_rows)
         # Rows already there are left out before the draw, so its size and balance hold for what is added.
         fresh = rows.select([i for i, text in enumerate(rows.texts) if text not in seen], f"extra {number}")
         if not len(fresh):
@@ -69,10 +69,17 @@ def _looks_like_test(path: Path) -> bool:
     return stem == "test" or stem.endswith(("_test", "-test", ".test"))
 
 
-def _extra_path(extra: TrainSource) -> str:
-    """The extra source, refused if it is, or looks like, a test split: test rows are never trained on."""
+def _extra_path(extra: TrainSource, primary: str) -> str:
+    """The extra source, refused if it is, or looks like, a test split: test rows are never trained on.
+
+    A relative file name that is not there is looked up in data.source's directory, so a preset can
+    name a file beside the train split wherever $YELP_LORA_DATA or ../shared puts it.
+    """
     resolved = resolve_source(extra.source)
     path = Path(resolved).expanduser()
+    beside = Path(primary) / extra.source
+    if not path.exists() and not path.is_absolute() and Path(primary).is_dir() and beside.is_file():
+        path, resolved = beside, str(beside)
     # A link is judged by its target's name too (train.csv -> test.csv is still test rows).
     if path.is_file() and (_looks_like_test(path) or _looks_like_test(path.resolve())):
         raise DataError(
