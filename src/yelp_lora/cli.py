@@ -543,7 +543,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"yelp-lora {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        _leave_process_group()
     return 0
+
+
+def _leave_process_group() -> None:
+    """Under torchrun, leave the gloo group before exit: a group still alive at interpreter exit can abort
+    a rank ('terminate called without an active exception') after its work is done."""
+    distributed = sys.modules.get("torch.distributed")
+    if distributed is not None and distributed.is_available() and distributed.is_initialized():
+        distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
