@@ -11,6 +11,16 @@ from support import DEMO_CONFIG, MINILM_RUN_ARGS, TINY_ENV, build_tiny_bert, cli
 from support import run_cli, tiny_train_args
 
 
+@pytest.fixture(scope="session", autouse=True)
+def onnx_cache(tmp_path_factory) -> Path:
+    """ONNX exports (what `--backend auto` runs on most CPUs) go to the session's own cache, never ~/.cache."""
+    import os
+
+    cache = tmp_path_factory.mktemp("onnx-cache")
+    os.environ["YELP_LORA_CACHE"] = str(cache)  # also read by every CLI subprocess (support.cli_env)
+    return cache
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     return find_data_dir()

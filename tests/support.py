@@ -58,6 +58,15 @@ def review_texts(n: int = 12) -> list[str]:
     return texts[::step][: n - 1] + [texts[-1]]
 
 
+def auto_backend() -> str:
+    """The prediction backend `--backend auto` (the default) picks on this machine."""
+    import torch
+
+    from yelp_lora.modeling.hardware import prediction_backend
+
+    return prediction_backend("auto", torch.device("cpu")).value
+
+
 def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 from mcp import Client
-from support import REPO, cli, cli_env, mcp_session, review_texts
+from support import auto_backend, REPO, cli, cli_env, mcp_session, review_texts
 
 from yelp_lora.bench.service import free_port
 
@@ -45,7 +45,8 @@ def test_mcp_stdio_tool_matches_predict(registry, predicted, mcp_answers):
     assert not ok.is_error
     structured = ok.structured_content
     manifest = json.loads((registry / "v1" / "manifest.json").read_text())
-    assert structured["model"] == {"version": "v1", "base_model": "minilm", "adapter_sha256": manifest["adapter_sha256"],
+    assert structured["model"] == {"version": "v1", "base_model": "minilm", "backend": auto_backend(),
+                                   "adapter_sha256": manifest["adapter_sha256"],
                                    "temperature": manifest["temperature"], "long_text": "truncate"}
     assert json.loads(ok.content[0].text) == structured  # the same answer for clients that read text only
     for result, answer in zip(structured["results"], predicted, strict=True):

@@ -14,6 +14,7 @@ import torch
 
 from yelp_lora.bench.flops import forward_flops, training_flops
 from yelp_lora.bench.prediction import PREDICT_PATHS
+from yelp_lora.bench.report import format_report
 from yelp_lora.bench.training import TRAIN_PATHS
 from yelp_lora.cli import main
 from yelp_lora.config import LABEL_NAMES, LoraSettings
@@ -22,6 +23,7 @@ from yelp_lora.data.sources import load_split
 from yelp_lora.errors import ModelError
 from yelp_lora.inference.predictor import Predictor
 from yelp_lora.modeling.base import build_classifier
+from yelp_lora.modeling.hardware import auto_choices
 from yelp_lora.modeling.lora import apply_lora
 
 pytestmark = pytest.mark.slow
@@ -51,6 +53,10 @@ def test_quick_bench_reports_every_path(quick_bench):
         assert key in result
     assert result["peak_flops"]["fp32"] > 0 and result["peak_flops"]["bf16"] > 0 and result["peak_flops"]["int8"] > 0
     assert set(result["instruction_sets"]) == {"fp32", "bf16", "int8", "torch_kernels"}
+    # What auto chose on this machine, and why, as train / predict / serve would choose it.
+    assert [(c["setting"], c["value"]) for c in result["auto"]] == [tuple(c[:2]) for c in auto_choices()]
+    assert "What `auto` chooses on this machine" in format_report(result)
+    assert "prediction backend" in format_report(result)
     assert [row["path"] for row in result["training"]] == ["usual", "ours"]
     assert [row["path"] for row in result["prediction"]] == ["pipeline", "merged-fp32", "onnx-fp32", "onnx-int8"]
     assert [row["batch_size"] for row in result["prediction"]] == [1, 16, 1, 1]  # the pipeline's 1, then AUTO_BATCH
@@ -86,7 +92,7 @@ def test_quick_bench_reports_every_path(quick_bench):
 def test_onnx_backends_agree_with_torch_on_real_rows(quick_bench, real_texts, monkeypatch):
     result, cache = quick_bench
     monkeypatch.setenv("YELP_LORA_CACHE", str(cache))
-    reference, cut, _ = Predictor(result["adapter"]).probabilities(real_texts)
+    reference, cut, _ = Predictor(result["adapter"], backend="torch").probabilities(real_texts)
     onnx_fp32, onnx_cut, _ = Predictor(result["adapter"], backend="onnx").probabilities(real_texts)
     np.testing.assert_allclose(onnx_fp32, reference, atol=1e-4)
     assert (onnx_cut == cut).all()

@@ -11,7 +11,7 @@ import time
 
 import httpx
 import pytest
-from support import Server, review_texts
+from support import auto_backend, Server, review_texts
 
 pytestmark = pytest.mark.slow
 API_KEY = "test-key-7f3a"
@@ -58,7 +58,8 @@ def test_classify_answers_equal_predict_cli(client, expected, registry):
     assert response.status_code == 200, response.text
     body = response.json()
     manifest = json.loads((registry / "v1" / "manifest.json").read_text())
-    assert body["model"] == {"version": "v1", "base_model": "minilm", "adapter_sha256": manifest["adapter_sha256"],
+    assert body["model"] == {"version": "v1", "base_model": "minilm", "backend": auto_backend(),
+                             "adapter_sha256": manifest["adapter_sha256"],
                              "temperature": manifest["temperature"], "long_text": "truncate"}
     assert len(body["results"]) == len(texts)
     for result, text in zip(body["results"], texts):

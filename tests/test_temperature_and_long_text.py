@@ -63,7 +63,7 @@ def hand_windows(ids: list[int], max_length: int) -> list[list[int]]:
 def test_probabilities_are_the_softmax_of_the_logits_over_the_adapters_temperature(scaled_run, texts, capsys):
     adapter, tokenizer = load_adapter(scaled_run / "adapter", merge=False)  # unmerged: not the predictor's own model
     logits, cut = predict_logits(adapter, tokenizer, texts, max_length=256, batch_size=4)
-    predictor = Predictor(scaled_run)
+    predictor = Predictor(scaled_run, backend="torch")
     scored = predictor.probabilities(texts)
     np.testing.assert_allclose(scored.probabilities, softmax(logits / TEMPERATURE, axis=1), atol=1e-5)
     assert np.abs(scored.probabilities - softmax(logits, axis=1)).max() > 0.01, "the temperature changed them"
@@ -71,14 +71,14 @@ def test_probabilities_are_the_softmax_of_the_logits_over_the_adapters_temperatu
     assert (scored.truncated == cut).all() and (scored.windows == 1).all()
     assert (predictor.info.temperature, predictor.info.long_text) == (TEMPERATURE, "truncate")
     # The CLI prints the same, batch or one by one.
-    printed = json.loads(cli("predict", "--adapter", str(scaled_run), "--json", *texts).stdout)
+    printed = json.loads(cli("predict", "--adapter", str(scaled_run), "--backend", "torch", "--json", *texts).stdout)
     for row, expected in zip(printed, scored.probabilities, strict=True):
         assert list(row["probabilities"].values()) == pytest.approx(expected.tolist(), abs=1e-5)
         assert row["confidence"] == pytest.approx(expected.max(), abs=1e-5) and row["windows"] == 1
 
 
 def test_chunk_mode_averages_the_windows_and_leaves_short_reviews_alone(scaled_run, texts):
-    truncating, chunking = Predictor(scaled_run), Predictor(scaled_run, long_text="chunk")
+    truncating, chunking = Predictor(scaled_run, backend="torch"), Predictor(scaled_run, backend="torch", long_text="chunk")
     cut, windowed = truncating.probabilities(texts), chunking.probabilities(texts)
     ids = truncating.tokenizer(texts)["input_ids"]
     expected_windows = []
@@ -106,7 +106,7 @@ def test_onnx_applies_the_temperature_and_reads_windows_as_torch_does(tiny_run, 
     adapter, tokenizer = load_adapter(run / "adapter", merge=False)
     logits, _ = predict_logits(adapter, tokenizer, texts, max_length=64, batch_size=4)
     for long_text in ("truncate", "chunk"):
-        torch_scored = Predictor(run, long_text=long_text).probabilities(texts)
+        torch_scored = Predictor(run, backend="torch", long_text=long_text).probabilities(texts)
         onnx_scored = Predictor(run, backend="onnx", long_text=long_text).probabilities(texts)
         if long_text == "truncate":
             np.testing.assert_allclose(onnx_scored.probabilities, softmax(logits / 0.05, axis=1), atol=1e-4)

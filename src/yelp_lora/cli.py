@@ -270,8 +270,10 @@ def _add_model_source(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--alias", help="registry alias, e.g. production")
     _add_registry_option(parser)
     parser.add_argument("--bf16", action="store_true", help="bf16 weights where the hardware supports it (torch backend)")
-    parser.add_argument("--backend", default="torch", choices=["torch", "onnx", "onnx-int8"],
-                        help="torch, or ONNX Runtime on CPU in fp32 or int8 (exported once per adapter, cached)")
+    # modeling.hardware.PREDICTION_BACKENDS, spelt out: the parser is built before anything is imported.
+    parser.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx", "onnx-int8"],
+                        help="auto (the default: chosen per machine, never int8; `yelp-lora bench` says what and why), "
+                        "torch, or ONNX Runtime on CPU in fp32 or int8 (exported once per adapter, cached)")
     # config.LONG_TEXT_MODES, spelt out: the parser is built before anything is imported.
     parser.add_argument("--long-text", default="truncate", choices=["truncate", "chunk"],
                         help="a review longer than the model's token limit: truncate (cut as in training; the default) "

@@ -10,6 +10,8 @@ import time
 import numpy as np
 import torch
 
+from yelp_lora.modeling.hardware import cpu_flags
+
 
 def peak_memory() -> dict:
     """This process's peak resident memory (and the GPU's peak allocation), in MiB."""
@@ -83,14 +85,6 @@ PRECISION_INSTRUCTIONS = {
              ("avx2", "AVX2 (bf16 converted)")),
     "int8": (("amx_int8", "AMX-INT8"), ("avx512_vnni", "AVX-512 VNNI"), ("avx_vnni", "AVX-VNNI"), ("avx2", "AVX2")),
 }
-
-
-def cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
-            return next((set(line.split(":", 1)[1].split()) for line in info if line.startswith("flags")), set())
-    except OSError:
-        return set()
 
 
 def instruction_sets(flags: set[str] | None = None) -> dict[str, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from yelp_lora.bench.prediction import PREDICT_PATHS
+from yelp_lora.modeling.hardware import AutoChoice, format_auto_choices
 
 
 def format_report(result: dict) -> str:
@@ -22,6 +23,9 @@ def format_report(result: dict) -> str:
     ]
     if isa:
         lines.append(f"torch's kernels dispatched to {isa['torch_kernels']}")
+    if result.get("auto"):
+        lines += ["What `auto` chooses on this machine (train, predict, serve and MCP alike), and why:",
+                  format_auto_choices([AutoChoice(**choice) for choice in result["auto"]])]
     lines.append("")
     settings = result["settings"]
     header = f"{'':40} {'samples/s':>9} {'tokens/s':>9} {'GFLOP/s':>8} {'of peak':>7} {'peak RSS':>9}"

@@ -37,7 +37,7 @@ from yelp_lora.data.sampling import sample_split, train_val_split
 from yelp_lora.data.sources import load_split, resolve_source
 from yelp_lora.errors import ModelError
 from yelp_lora.modeling.base import MINILM_ALIAS, load_tokenizer
-from yelp_lora.modeling.hardware import bf16_supported, pick_device
+from yelp_lora.modeling.hardware import auto_choices, bf16_supported, pick_device
 from yelp_lora.util.provenance import environment
 
 BERT_BASE = "bert-base"
@@ -137,6 +137,7 @@ def run_bench(settings: BenchSettings, progress=print) -> dict:
         "adapter": str(adapter_dir) if adapter_dir else None,
         "peak_flops": peak,
         "instruction_sets": instruction_sets() if device.type == "cpu" else None,
+        "auto": [choice._asdict() for choice in auto_choices(device)],
         "peak_flops_measured": peaks,
         "training": training,
         "prediction": prediction,

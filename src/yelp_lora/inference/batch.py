@@ -25,6 +25,7 @@ from yelp_lora.config import LABEL_NAMES, LongText
 from yelp_lora.data.rows import InputText, iter_texts
 from yelp_lora.errors import DataError
 from yelp_lora.inference.predictor import Predictor, to_predictions
+from yelp_lora.modeling.hardware import pick_device, prediction_backend
 from yelp_lora.util.atomic import atomic_write_bytes, save_errors
 from yelp_lora.util.hashing import file_sha256
 
@@ -209,7 +210,7 @@ def predict_file(
     skip_bad_rows: bool = False,
     bf16: bool = False,
     batch_size: int | None = None,
-    backend: str = "torch",
+    backend: str = "auto",
     long_text: LongText = "truncate",
     progress: bool = True,
 ) -> dict:
@@ -225,6 +226,7 @@ def predict_file(
     if chunk_rows < 1:
         raise DataError(f"--chunk-size must be at least 1, not {chunk_rows}")
     rank, world = _distributed()
+    backend = prediction_backend(backend, pick_device(), bf16=bf16).value  # what auto picks here, recorded for a resume
     parts = parts_dir(output)
     if rank == 0:  # before loading the model, so a refused resume is refused at once
         job = _job(input_path, resolve_adapter_dir(adapter), chunk_rows=chunk_rows, backend=backend,

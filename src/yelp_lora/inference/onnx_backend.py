@@ -32,7 +32,7 @@ from yelp_lora.util.hashing import file_sha256
 
 log = logging.getLogger("yelp_lora.inference")
 
-BACKENDS = ("torch", "onnx", "onnx-int8")
+ONNX_BACKENDS = ("onnx", "onnx-int8")
 CACHE_ENV = "YELP_LORA_CACHE"
 FP32_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
@@ -179,8 +179,8 @@ def decompose_skip_layer_norms(model) -> None:
 def exported_model(adapter_dir: Path, backend: str, *, base: str | None = None, origin: Path | None = None) -> Path:
     """The cached ONNX file for `backend` ('onnx' or 'onnx-int8'), exported on first use, and
     rebuilt when its bytes no longer match the hash recorded when it was exported."""
-    if backend not in BACKENDS[1:]:
-        raise ModelError(f"unknown ONNX backend {backend!r}: expected one of {', '.join(BACKENDS[1:])}")
+    if backend not in ONNX_BACKENDS:
+        raise ModelError(f"unknown ONNX backend {backend!r}: expected one of {', '.join(ONNX_BACKENDS)}")
     if importlib.util.find_spec("onnxruntime") is None:
         raise ModelError(f"backend {backend!r} needs onnxruntime: pip install 'yelp-lora[onnx]'")
     base = base or adapter_base(adapter_dir)

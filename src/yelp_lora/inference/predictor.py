@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
@@ -13,14 +14,16 @@ import torch
 from pydantic import BaseModel, Field
 
 from yelp_lora.artifacts import ADAPTER_DIRNAME, ADAPTER_WEIGHTS, read_adapter_meta, resolve_adapter_dir
-from yelp_lora.errors import ConfigError, RegistryError
+from yelp_lora.errors import ConfigError, RegistryError, SaveError
 from yelp_lora.config import LABEL_NAMES, LONG_TEXT_MODES, MAX_WINDOWS_PER_TEXT, LongText
 from yelp_lora.modeling.base import load_adapter
 from yelp_lora.modeling.forward import predict_logits, predict_windows, softmax
-from yelp_lora.modeling.hardware import bf16_supported, pick_device
+from yelp_lora.modeling.hardware import AUTO_PREDICT_BATCH, bf16_supported, pick_device, prediction_backend
 from yelp_lora.registry.manifest import Manifest
 from yelp_lora.registry.store import Registry, local_base_dir
 from yelp_lora.util.hashing import file_sha256
+
+log = logging.getLogger("yelp_lora.inference")
 
 
 @dataclass
@@ -37,18 +40,14 @@ class Prediction:
         return asdict(self)
 
 
-# Texts per forward pass when none is given, measured on 500 length-sorted train.csv reviews
-# (docs/performance.md): on CPUs small batches keep activations in cache and padding near zero.
-# ONNX runs one text at a time: int8's dynamic quantization scales activations per batch, so in
-# a larger batch a review's prediction would depend on the reviews sent with it.
-AUTO_PREDICT_BATCH = {"cuda": 128, "cpu": 16, "onnx": 1}
-
-
 class ModelInfo(BaseModel):
     """Which model answered, and how it turned texts into probabilities."""
 
     version: str | None = Field(description="Registry version, e.g. 'v2'; null for an unregistered adapter directory")
     base_model: str = Field(description="Base model the LoRA adapter was trained on")
+    backend: str = Field(
+        description="What computed the logits: torch, onnx (ONNX Runtime fp32) or onnx-int8; with 'auto' chosen per machine"
+    )
     adapter_sha256: str | None = Field(description="sha256 of the adapter_model.safetensors bytes this service loaded")
     temperature: float = Field(
         description="Softmax temperature applied: probabilities = softmax(logits / temperature), fitted on the "
@@ -72,7 +71,7 @@ class Predictor:
     """An adapter merged into its base for inference; thread-safe for sequential calls."""
 
     def __init__(
-        self, adapter: str | Path, *, bf16: bool = False, batch_size: int | None = None, backend: str = "torch",
+        self, adapter: str | Path, *, bf16: bool = False, batch_size: int | None = None, backend: str = "auto",
         long_text: LongText = "truncate", manifest: Manifest | None = None,
     ):
         if long_text not in LONG_TEXT_MODES:
@@ -82,7 +81,9 @@ class Predictor:
         self.adapter_dir = resolve_adapter_dir(adapter)
         self.meta = read_adapter_meta(self.adapter_dir)
         self.manifest = manifest  # set when loaded from the registry
-        self.backend = backend
+        device = pick_device()
+        # 'auto' resolves per machine (modeling.hardware); `backend_reason` says why, for logs and the bench.
+        self.backend, self.backend_reason = prediction_backend(backend, device, bf16=bf16)[1:]
         # A registry version's base is read from the directory its hash was just checked on.
         base = str(local_base_dir(manifest.base_model.path)) if manifest and manifest.base_model.sha256 else None
         with tempfile.TemporaryDirectory(prefix="yelp-lora-adapter-") as private:
@@ -96,26 +97,31 @@ class Predictor:
                     f"{self.adapter_dir}: the adapter weights changed after verification (sha256 {sha256}, "
                     f"manifest {manifest.adapter_sha256}); not loading them"
                 )
-            # Which model answers: registry version (None for a bare adapter), base model, adapter hash.
-            self.info = ModelInfo(
-                version=manifest.version if manifest else None, base_model=self.meta.base_model, adapter_sha256=sha256,
-                temperature=self.meta.temperature, long_text=long_text,
-            )
-            if backend == "torch":
+            if self.backend != "torch":  # ONNX Runtime on CPU: 'onnx' (fp32) or 'onnx-int8'
+                from yelp_lora.inference.onnx_backend import load_onnx_classifier
+
+                try:
+                    self.model, self.tokenizer = load_onnx_classifier(staged, self.backend, base=base, origin=self.adapter_dir)
+                    self.bf16 = False
+                    auto_batch = AUTO_PREDICT_BATCH["onnx"]
+                except (OSError, SaveError) as err:  # e.g. a read-only cache: what auto chose is a speed-up, never a requirement
+                    if backend != "auto":
+                        raise
+                    log.warning("prediction backend auto: ONNX Runtime could not be set up (%s); using torch", err)
+                    self.backend, self.backend_reason = "torch", f"ONNX Runtime could not be set up: {err}"
+            if self.backend == "torch":
                 self.model, self.tokenizer = load_adapter(staged, merge=True, base=base, origin=self.adapter_dir)
-                device = pick_device()
                 auto_batch = AUTO_PREDICT_BATCH[device.type]
                 self.model.to(device)
                 self.bf16 = bf16 and bf16_supported(device)
                 if self.bf16:
                     # Weights cast once: measured faster than autocasting fp32 weights in every batch.
                     self.model.to(torch.bfloat16)
-            else:  # ONNX Runtime on CPU: 'onnx' (fp32) or 'onnx-int8'
-                from yelp_lora.inference.onnx_backend import load_onnx_classifier
-
-                self.model, self.tokenizer = load_onnx_classifier(staged, backend, base=base, origin=self.adapter_dir)
-                self.bf16 = False
-                auto_batch = AUTO_PREDICT_BATCH["onnx"]
+            # Which model answered: registry version (None for a bare adapter), base model, adapter hash.
+            self.info = ModelInfo(
+                version=manifest.version if manifest else None, base_model=self.meta.base_model, backend=self.backend,
+                adapter_sha256=sha256, temperature=self.meta.temperature, long_text=long_text,
+            )
         self.batch_size = batch_size or auto_batch
         self.max_length = self.meta.max_length
 

@@ -39,7 +39,9 @@ from yelp_lora.metrics import calibration, fit_temperature, headline, prediction
 from yelp_lora.modeling import dropout as dropout_stage
 from yelp_lora.modeling.forward import softmax
 from yelp_lora.modeling.base import build_classifier, load_tokenizer, resolve_model_path
-from yelp_lora.modeling.hardware import attention_implementation, attention_kernel, bf16_supported, pick_device
+from yelp_lora.modeling.hardware import (
+    AUTO_MICRO_BATCH, AUTO_TRAIN_BATCH, attention_implementation, attention_kernel, bf16_supported, pick_device,
+)
 from yelp_lora.modeling.lora import apply_lora, parameter_line
 from yelp_lora.training.tracking import require as require_tracking, tracked
 from yelp_lora.training.trainer import keep_best_callback, lora_trainer_class, save_every_epoch_callback, step_mean_loss
@@ -64,13 +66,6 @@ def _check_resume_config(config: RunConfig, checkpoints: Path, resume: bool, is_
                 shutil.rmtree(stale, ignore_errors=True)
     elif is_main:
         atomic_write_text(recorded, json.dumps(current, indent=2) + "\n")
-
-
-# Per-device batches when the config leaves them to the device (null).
-AUTO_TRAIN_BATCH = {"cpu": (16, 16), "cuda": (64, 128)}
-# Rows per forward pass under group_by_length when micro_batch_size is null. CPU: measured
-# (docs/performance.md); CUDA: the same quarter of its step, not yet measured on a GPU.
-AUTO_MICRO_BATCH = {"cpu": 4, "cuda": 16}
 
 
 def step_batches(train: TrainConfig, device: torch.device) -> tuple[int, int]:

@@ -1,0 +1,75 @@
+"""Issue 15.4: `auto` chooses per machine, from one probe, and says why; `predict`, `serve` and the batch
+job take the same prediction backend; every choice can be overridden.
+
+The machine is what it is: these tests read the real probe, so on an AMX CPU or one without ONNX
+Runtime they check that machine's choice (torch) and the fallback test has nothing to fall back from.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from support import cli, review_texts
+
+from yelp_lora.errors import ConfigError
+from yelp_lora.inference.predictor import Predictor
+from yelp_lora.modeling.hardware import auto_choices, has_amx, prediction_backend
+
+CPU = torch.device("cpu")
+
+
+def test_every_auto_setting_is_named_with_its_value_and_reason():
+    choices = auto_choices(CPU)
+    assert [c.setting for c in choices] == [
+        "train.precision", "model.attention", "model.dropout_kernel", "train micro-batch", "prediction backend",
+        "prediction batch",
+    ]
+    assert all(c.value and len(c.why) > 20 for c in choices)
+    backend = next(c for c in choices if c.setting == "prediction backend")
+    assert backend == prediction_backend("auto", CPU)
+    import importlib.util
+
+    onnx_installed = importlib.util.find_spec("onnxruntime") is not None
+    # Measured on the AVX-512 CPU; unmeasured on AMX, so the earlier choice (torch) stays there.
+    assert backend.value == ("onnx" if onnx_installed and not has_amx() else "torch"), backend
+    batch = next(c for c in choices if c.setting == "prediction batch")
+    assert batch.value == ("1" if backend.value == "onnx" else "16")
+
+
+def test_a_named_backend_or_bf16_overrides_auto_and_an_unknown_one_is_refused():
+    for backend in ("torch", "onnx", "onnx-int8"):
+        assert tuple(prediction_backend(backend, CPU)) == ("prediction backend", backend, "as asked")
+    assert prediction_backend("auto", CPU, bf16=True).value == "torch"
+    with pytest.raises(ConfigError, match="backend 'onxx': expected one of auto, torch, onnx, onnx-int8"):
+        prediction_backend("onxx", CPU)
+
+
+def test_predict_serves_with_the_auto_backend_and_says_which(tiny_run):
+    chosen = prediction_backend("auto", CPU).value
+    predictor = Predictor(tiny_run)
+    assert (predictor.backend, predictor.info.backend) == (chosen, chosen)
+    torch_predictor = Predictor(tiny_run, backend="torch")
+    assert torch_predictor.info.backend == "torch"
+    texts = review_texts(6)
+    np.testing.assert_allclose(
+        predictor.probabilities(texts).probabilities, torch_predictor.probabilities(texts).probabilities, atol=1e-4,
+        err_msg="auto never trades answers for speed: its fp32 backend answers as torch does",
+    )
+    result = cli("predict", "--adapter", str(tiny_run), "--json", *texts)
+    assert [p["label"] for p in json.loads(result.stdout)] == [p.label for p in torch_predictor.predict(texts)]
+
+
+def test_auto_falls_back_to_torch_when_onnx_cannot_be_set_up(tiny_run, tmp_path, monkeypatch):
+    if prediction_backend("auto", CPU).value == "torch":
+        pytest.skip("auto picks torch on this machine: there is no ONNX Runtime to fall back from")
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("a file where the export cache would go")
+    monkeypatch.setenv("YELP_LORA_CACHE", str(blocked))
+    predictor = Predictor(tiny_run)
+    assert predictor.backend == "torch" and "could not be set up" in predictor.backend_reason
+    assert predictor.predict(["Great tacos."])[0].stars in range(1, 6)
+    asked = cli("predict", "--adapter", str(tiny_run), "--backend", "onnx", "Great tacos.", check=False)
+    assert asked.returncode == 2 and f"cannot write {blocked}" in asked.stderr, asked.stderr
