@@ -217,7 +217,7 @@ class OnnxClassifier:
     device = torch.device("cpu")
     first_token_last_layer = True  # export() cuts the last layer to [CLS]: FLOP counts skip the rest
 
-    def __init__(self, path: Path, threads: int | None = None):
+    def __init__(self, path: Path, threads: int | None = None, profile_prefix: str | None = None):
         import onnxruntime as ort
 
         # torch's thread count by default (one per physical core, or OMP_NUM_THREADS, e.g. under torchrun).
@@ -225,12 +225,18 @@ class OnnxClassifier:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads
+        if profile_prefix:  # ONNX Runtime's own per-kernel timings, written by session.end_profiling()
+            options.enable_profiling = True
+            options.profile_file_prefix = profile_prefix
         self.session = ort.InferenceSession(
             str(path), options, providers=["CPUExecutionProvider"], disabled_optimizers=UNFUSED_AT_LOAD
         )
         self.input_names = {node.name for node in self.session.get_inputs()}
         self.concurrent_workers = threads
-        self._one_thread = OnnxClassifier(path, threads=1) if threads > 1 else self
+        self._one_thread = (
+            OnnxClassifier(path, threads=1, profile_prefix=profile_prefix and f"{profile_prefix}-one-thread")
+            if threads > 1 else self
+        )
 
     def concurrent(self) -> "OnnxClassifier":
         """The one-thread session, safe to call from `concurrent_workers` threads at once."""
