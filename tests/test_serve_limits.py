@@ -64,6 +64,20 @@ def test_a_flood_gets_fast_refusals_not_a_backlog(server):
 
 
 def test_slow_bodies_and_headers_are_cut_while_others_are_served(server):
+    """The default parser: httptools (installed with the package)."""
+    assert_slow_clients_cut(server)
+
+
+def test_the_h11_parser_cuts_slow_clients_too(tiny_run, tmp_path):
+    running = Server("--adapter", str(tiny_run), "--http", "h11", "--read-timeout", str(READ_TIMEOUT),
+                     log=tmp_path / "serve.log")
+    try:
+        assert_slow_clients_cut(running.wait_ready())
+    finally:
+        running.stop()
+
+
+def assert_slow_clients_cut(server) -> None:
     started = time.monotonic()
     trickle_s = READ_TIMEOUT - 1  # stop trickling just before the cut, so the 408 is read before a reset
     bodies = slow_clients("127.0.0.1", server.port, count=20, trickle_s=trickle_s, headers_only=False)
@@ -97,6 +111,9 @@ def series(url: str) -> set[str]:
     return set(re.findall(r"^yelp_lora_http_request\w*\{[^}]*\}", text, re.MULTILINE))
 
 
+METHODS = ["FOO", "BAR", "PROPFIND"]
+
+
 def test_random_paths_and_methods_add_no_series(server):
     import random
 
@@ -109,7 +126,10 @@ def test_random_paths_and_methods_add_no_series(server):
             word = "".join(pick.choices("abcdefghij", k=12))
             http.get(f"/{word}")
             http.get(f"/static/{word}.js")
-            http.request(pick.choice(["FOO", "BAR", "PROPFIND"]), f"/{word}")
+            # Round 0 sends each method once. (httptools refuses methods it does not know, like FOO, with
+            # its own 400 before the app sees them; PROPFIND, which it knows, reaches the app.)
+            for method in METHODS if round_ == 0 else [pick.choice(METHODS)]:
+                http.request(method, f"/{word}")
     assert series(server.url) == before
 
 

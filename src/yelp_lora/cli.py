@@ -500,6 +500,8 @@ def build_parser() -> argparse.ArgumentParser:
     _setting(p, "--read-timeout", "read_timeout", type=float,
              help="seconds a client has to send its headers, and its body, before it is cut (default 10)")
     _setting(p, "--keep-alive", "keep_alive", type=float, help="seconds an idle connection stays open (default 5)")
+    _setting(p, "--http", "http", choices=["auto", "httptools", "h11"],
+             help="HTTP/1.1 parser: auto (httptools where installed, else h11), httptools (C) or h11 (pure Python)")
     _setting(p, "--limit-concurrency", "limit_concurrency", type=int,
              help="connections and requests at once; beyond it 503 (default 256)")
     p.set_defaults(handler=cmd_serve)

@@ -332,6 +332,9 @@ class ServeSettings(_Settings):
     request_timeout: float = Field(30.0, gt=0, description="Seconds a request may wait to be started; then 504.")
     read_timeout: float = Field(10.0, gt=0, description="Seconds a client has to send a request's headers and body; then 408.")
     keep_alive: float = Field(5.0, gt=0, description="Seconds an idle keep-alive connection stays open.")
+    http: Literal["auto", "httptools", "h11"] = Field(
+        "auto", description="HTTP/1.1 parser: httptools (C; auto where installed) or h11 (pure Python)."
+    )
     limit_concurrency: int = Field(256, ge=1, description="Open connections and tasks at once; beyond it, 503.")
     allowed_hosts: tuple[str, ...] | None = Field(
         None, description="Host header values accepted (DNS rebinding); null: the loopback names when bound to loopback, "

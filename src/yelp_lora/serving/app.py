@@ -402,5 +402,5 @@ def serve(predictor: Predictor, settings: ServeSettings, *, graceful_s: float = 
     uvicorn.run(
         create_app(predictor, settings), host=settings.host, port=settings.port, log_level="info",
         timeout_graceful_shutdown=graceful_s, limit_concurrency=settings.limit_concurrency,
-        timeout_keep_alive=math.ceil(settings.keep_alive), http=header_deadline_protocol(settings.read_timeout),
+        timeout_keep_alive=math.ceil(settings.keep_alive), http=header_deadline_protocol(settings.read_timeout, settings.http),
     )
