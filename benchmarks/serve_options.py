@@ -1,7 +1,10 @@
-"""`yelp-lora serve` at several `--max-wait-ms` values, side by side: throughput and latency.
+"""`yelp-lora serve` with several values of one option, side by side: throughput and latency.
 
-Usage: python benchmarks/serve_wait.py --adapter RUN_DIR [--backend onnx-int8] [--waits 0 10] [--rounds 2]
-Starts one server per wait value, then, round by round and for 1, 8 and 32 concurrent clients,
+Usage: python benchmarks/serve_options.py --adapter RUN_DIR [--backend onnx-int8]
+           [--option=--max-wait-ms] [--values 0 10] [--rounds 2]
+e.g. `--option=--http --values h11 httptools` compares the HTTP parsers (the = keeps argparse from
+reading the flag as one of its own).
+Starts one server per value, then, round by round and for 1, 8 and 32 concurrent clients,
 sends each server 96 one-review requests in turn (so a shared machine's slow spells fall on all
 of them), printing requests/s and p50 / p99 latency. Reviews are real rows of train.csv.
 """
@@ -25,20 +28,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--adapter", required=True)
     parser.add_argument("--backend", default="onnx-int8", choices=["torch", "onnx", "onnx-int8"])
-    parser.add_argument("--waits", nargs="+", default=["0", "10"], help="--max-wait-ms values to compare")
+    parser.add_argument("--option", default="--max-wait-ms", help="the `yelp-lora serve` option to vary")
+    parser.add_argument("--values", nargs="+", default=["0", "10"], help="its values to compare")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--requests", type=int, default=96)
     args = parser.parse_args()
     texts = load_split("auto", "train").texts[:300]
-    scratch = Path(tempfile.mkdtemp(prefix="serve-wait-"))
+    scratch = Path(tempfile.mkdtemp(prefix="serve-options-"))
     servers = {
-        wait: ServeProcess("--adapter", args.adapter, "--backend", args.backend, "--max-wait-ms", wait,
-                           log=scratch / f"serve-{wait}.log")
-        for wait in args.waits
+        value: ServeProcess("--adapter", args.adapter, "--backend", args.backend, args.option, value,
+                            log=scratch / f"serve-{value}.log")
+        for value in args.values
     }
     try:
         with httpx.Client(timeout=120, limits=httpx.Limits(max_connections=32)) as client:
-            urls = {wait: server.wait_ready().url for wait, server in servers.items()}
+            urls = {value: server.wait_ready().url for value, server in servers.items()}
 
             def one(url: str, index: int) -> float:
                 started = time.perf_counter()
@@ -47,12 +51,12 @@ def main() -> None:
 
             for number in range(args.rounds):
                 for clients in (1, 8, 32):
-                    for wait, url in urls.items():
+                    for value, url in urls.items():
                         with ThreadPoolExecutor(clients) as pool:
                             started = time.perf_counter()
                             latencies = np.array(list(pool.map(lambda i: one(url, i), range(args.requests)))) * 1000
                             seconds = time.perf_counter() - started
-                        print(f"round {number + 1}  --max-wait-ms {wait:>4}  {clients:2d} clients: "
+                        print(f"round {number + 1}  {args.option} {value:>9}  {clients:2d} clients: "
                               f"{args.requests / seconds:6.1f} req/s  p50 {np.percentile(latencies, 50):6.1f} ms  "
                               f"p99 {np.percentile(latencies, 99):6.1f} ms", flush=True)
     finally:
