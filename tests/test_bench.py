@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from support import auto_backend
 
 from yelp_lora.bench.flops import forward_flops, training_flops
 from yelp_lora.bench.prediction import PREDICT_PATHS
@@ -20,7 +21,7 @@ from yelp_lora.cli import main
 from yelp_lora.config import LABEL_NAMES, LoraSettings
 from yelp_lora.data.sampling import sample_split
 from yelp_lora.data.sources import load_split
-from yelp_lora.errors import ModelError
+from yelp_lora.errors import ConfigError
 from yelp_lora.inference.predictor import Predictor
 from yelp_lora.modeling.base import build_classifier
 from yelp_lora.modeling.hardware import auto_choices
@@ -183,9 +184,12 @@ def test_streaming_prediction_on_onnx_int8_and_resume_keeps_the_backend(
     (parts / batch.JOB_FILE).write_text(interrupted.to_json(), encoding="utf-8")
     capsys.readouterr()
     assert main([*command, "--resume"]) == 2
-    assert "belongs to a different job (backend: 'onnx-int8' -> 'torch')" in capsys.readouterr().err
+    # (--backend auto, the default, is recorded as what it chose here.)
+    assert f"belongs to a different job (backend: 'onnx-int8' -> '{auto_backend()}')" in capsys.readouterr().err
     # Nor one that read long reviews in windows by one that cuts them.
-    interrupted = batch._job(source, adapter_dir, chunk_rows=8, backend="torch", batch_size=None, bf16=False, long_text="chunk")
+    interrupted = batch._job(
+        source, adapter_dir, chunk_rows=8, backend=auto_backend(), batch_size=None, bf16=False, long_text="chunk"
+    )
     (parts / batch.JOB_FILE).write_text(interrupted.to_json(), encoding="utf-8")
     assert main([*command, "--resume"]) == 2
     assert "belongs to a different job (long_text: 'chunk' -> 'truncate')" in capsys.readouterr().err
@@ -203,7 +207,7 @@ def test_bench_with_every_path_skipped_needs_no_adapter(tmp_path, capsys):
 
 def test_unknown_backend_is_a_clear_error(quick_bench):
     result, _ = quick_bench
-    with pytest.raises(ModelError, match="unknown ONNX backend 'tensorrt'"):
+    with pytest.raises(ConfigError, match="backend 'tensorrt': expected one of auto, torch, onnx, onnx-int8"):
         Predictor(result["adapter"], backend="tensorrt")
 
 

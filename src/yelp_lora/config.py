@@ -411,7 +411,9 @@ class BenchSettings(_Settings):
     predict_samples: int = Field(1000, ge=1, description="test.csv rows to predict (all of it by default).")
     batch_size: int = Field(16, ge=1)
     predict_batch_size: int | None = Field(None, ge=1, description="null: each path's own default.")
-    max_length: int = Field(256, ge=8, le=512)
+    max_length: int = Field(
+        256, ge=8, le=512, description="Tokens per review for the training paths; prediction reads the adapter's own."
+    )
     clients: tuple[int, ...] = (1, 8, 32)
     requests: int = Field(96, ge=1, description="Requests per client level, one review each.")
     matmul_size: int = Field(2048, ge=1)

@@ -50,9 +50,12 @@ def _predict_worker(connection, *, path: str, adapter_dir: str, settings: BenchS
 
         model, tokenizer = load_adapter(adapter_dir, merge=False)
         classify = pipeline("text-classification", model=model, tokenizer=tokenizer, device=device)
-        # Its only non-default: texts are cut at the model's max_length, as ours are (longer ones would fail).
+        # Its only non-default: texts are cut at the adapter's max_length, as ours are (longer ones would
+        # fail): the same number of tokens, though the pipeline can only keep a long text's head.
+        max_length = read_adapter_meta(adapter_dir).max_length
+
         def run(batch):
-            return np.array([LABEL2ID[out["label"]] for out in classify(batch, truncation=True, max_length=settings.max_length)])
+            return np.array([LABEL2ID[out["label"]] for out in classify(batch, truncation=True, max_length=max_length)])
         precision, batch_size, first_token = "fp32", 1, False
     else:
         predictor = Predictor(adapter_dir, batch_size=settings.predict_batch_size, **PATH_OPTIONS[path])
@@ -84,7 +87,7 @@ def bench_prediction(
 
     meta = read_adapter_meta(adapter_dir)
     tokenizer = load_tokenizer(str(adapter_dir))
-    input_ids, _ = encode(tokenizer, test_split.texts, settings.max_length)
+    input_ids, _ = encode(tokenizer, test_split.texts, meta.max_length, meta.kept_head)  # what every path reads
     lengths = np.array([len(ids) for ids in input_ids])
     base_config = AutoConfig.from_pretrained(resolve_model_path(meta.base_model_path))
     rounds = [index for index in np.array_split(np.arange(len(test_split.texts)), settings.rounds) if len(index)]
