@@ -52,7 +52,7 @@ def _predict_worker(connection, *, path: str, adapter_dir: str, settings: BenchS
         classify = pipeline("text-classification", model=model, tokenizer=tokenizer, device=device)
         # Its only non-default: texts are cut at the adapter's max_length, as ours are (longer ones would
         # fail): the same number of tokens, though the pipeline can only keep a long text's head.
-        max_length = read_adapter_meta(adapter_dir).max_length
+        max_length = read_adapter_meta(Path(adapter_dir)).max_length
 
         def run(batch):
             return np.array([LABEL2ID[out["label"]] for out in classify(batch, truncation=True, max_length=max_length)])
