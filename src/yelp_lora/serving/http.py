@@ -34,6 +34,14 @@ class HeaderDeadline:
     loop: asyncio.AbstractEventLoop
     transport: asyncio.Transport
 
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        super().connection_made(transport)  # the protocol's own, next in the subclass's MRO
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
     def _arm(self) -> None:
         self._disarm()
         self._header_deadline = self.loop.call_later(self.read_timeout, self._headers_too_slow)
@@ -50,14 +58,6 @@ class HeaderDeadline:
 
 
 class H11HeaderDeadline(HeaderDeadline, H11Protocol):
-    def connection_made(self, transport: asyncio.Transport) -> None:
-        super().connection_made(transport)
-        self._arm()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
-        super().connection_lost(exc)
-
     def data_received(self, data: bytes) -> None:
         if self._header_deadline is None and self.conn.their_state is h11.IDLE:  # a next request begins
             self._arm()
@@ -73,14 +73,6 @@ def _httptools_protocol() -> type:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     class HttpToolsHeaderDeadline(HeaderDeadline, HttpToolsProtocol):
-        def connection_made(self, transport: asyncio.Transport) -> None:
-            super().connection_made(transport)
-            self._arm()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm()
-            super().connection_lost(exc)
-
         def on_message_begin(self) -> None:  # a request's first byte: on a kept-alive connection, a new clock
             if self._header_deadline is None:
                 self._arm()
