@@ -18,7 +18,7 @@ from yelp_lora.errors import ConfigError, RegistryError, SaveError
 from yelp_lora.config import LABEL_NAMES, LONG_TEXT_MODES, MAX_WINDOWS_PER_TEXT, LongText
 from yelp_lora.modeling.base import load_adapter
 from yelp_lora.modeling.forward import predict_logits, predict_windows, softmax
-from yelp_lora.modeling.hardware import AUTO_PREDICT_BATCH, bf16_supported, pick_device, prediction_backend
+from yelp_lora.modeling.hardware import bf16_supported, pick_device, predict_batch, prediction_backend
 from yelp_lora.registry.manifest import Manifest
 from yelp_lora.registry.store import Registry, local_base_dir
 from yelp_lora.util.hashing import file_sha256
@@ -103,7 +103,6 @@ class Predictor:
                 try:
                     self.model, self.tokenizer = load_onnx_classifier(staged, self.backend, base=base, origin=self.adapter_dir)
                     self.bf16 = False
-                    auto_batch = AUTO_PREDICT_BATCH["onnx"]
                 except (OSError, SaveError) as err:  # e.g. a read-only cache: what auto chose is a speed-up, never a requirement
                     if backend != "auto":
                         raise
@@ -111,7 +110,6 @@ class Predictor:
                     self.backend, self.backend_reason = "torch", f"ONNX Runtime could not be set up: {err}"
             if self.backend == "torch":
                 self.model, self.tokenizer = load_adapter(staged, merge=True, base=base, origin=self.adapter_dir)
-                auto_batch = AUTO_PREDICT_BATCH[device.type]
                 self.model.to(device)
                 self.bf16 = bf16 and bf16_supported(device)
                 if self.bf16:
@@ -122,7 +120,7 @@ class Predictor:
                 version=manifest.version if manifest else None, base_model=self.meta.base_model, backend=self.backend,
                 adapter_sha256=sha256, temperature=self.meta.temperature, long_text=long_text,
             )
-        self.batch_size = batch_size or auto_batch
+        self.batch_size = batch_size or predict_batch(self.backend, device)
         self.max_length = self.meta.max_length
 
     @classmethod

@@ -79,6 +79,11 @@ def attention_kernel(model_config) -> str:
     return model_config._attn_implementation
 
 
+def predict_batch(backend: str, device: torch.device) -> int:
+    """Texts per prediction pass when none is given, for a resolved backend on `device`."""
+    return AUTO_PREDICT_BATCH["onnx" if backend != "torch" else device.type]
+
+
 def prediction_backend(requested: str, device: torch.device, *, bf16: bool = False) -> AutoChoice:
     """The backend that answers predictions: `requested` unless it is 'auto'.
 
@@ -135,7 +140,7 @@ def auto_choices(device: torch.device | None = None) -> list[AutoChoice]:
         ),
         backend,
         AutoChoice(
-            "prediction batch", str(AUTO_PREDICT_BATCH["onnx" if backend.value != "torch" else kind]),
+            "prediction batch", str(predict_batch(backend.value, device)),
             "one review per pass: every answer depends on its review alone" if backend.value != "torch"
             else "length-sorted batches small enough to stay in cache" if cpu else "large batches keep a GPU busy",
         ),
