@@ -73,3 +73,18 @@ def test_auto_falls_back_to_torch_when_onnx_cannot_be_set_up(tiny_run, tmp_path,
     assert predictor.predict(["Great tacos."])[0].stars in range(1, 6)
     asked = cli("predict", "--adapter", str(tiny_run), "--backend", "onnx", "Great tacos.", check=False)
     assert asked.returncode == 2 and f"cannot write {blocked}" in asked.stderr, asked.stderr
+
+
+def test_a_batch_job_falls_back_too_and_records_the_backend_that_answered(tiny_run, tmp_path, monkeypatch):
+    if prediction_backend("auto", CPU).value == "torch":
+        pytest.skip("auto picks torch on this machine: there is no ONNX Runtime to fall back from")
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("a file where the export cache would go")
+    monkeypatch.setenv("YELP_LORA_CACHE", str(blocked))
+    source, output = tmp_path / "reviews.txt", tmp_path / "out.jsonl"
+    source.write_text("Great tacos.\nCold fries, rude staff.\n")
+    summary = tmp_path / "summary.json"
+    result = cli("predict", "--adapter", str(tiny_run), "--input", str(source), "--output", str(output),
+                 "--json-summary", str(summary))
+    assert json.loads(summary.read_text())["backend"] == "torch" and " on torch" in result.stderr, result.stderr
+    assert [json.loads(line)["row"] for line in output.read_text().splitlines()] == [0, 1]

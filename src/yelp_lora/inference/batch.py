@@ -226,14 +226,20 @@ def predict_file(
     if chunk_rows < 1:
         raise DataError(f"--chunk-size must be at least 1, not {chunk_rows}")
     rank, world = _distributed()
-    backend = prediction_backend(backend, pick_device(), bf16=bf16).value  # what auto picks here, recorded for a resume
+    requested, backend = backend, prediction_backend(backend, pick_device(), bf16=bf16).value  # recorded for a resume
     parts = parts_dir(output)
     if rank == 0:  # before loading the model, so a refused resume is refused at once
         job = _job(input_path, resolve_adapter_dir(adapter), chunk_rows=chunk_rows, backend=backend,
                    batch_size=batch_size, bf16=bf16, long_text=long_text)
         _prepare_parts(parts, job, resume)
     _barrier(world)
-    predictor = Predictor(adapter, bf16=bf16, batch_size=batch_size, backend=backend, long_text=long_text)
+    predictor = Predictor(adapter, bf16=bf16, batch_size=batch_size, backend=requested, long_text=long_text)
+    if predictor.backend != backend:  # auto fell back to torch: ONNX Runtime could not be set up here
+        if world > 1 or any(parts.glob("chunk-*")):  # answers from two backends must never mix in one output
+            raise DataError(f"--backend auto chose {backend} for this job, but {predictor.backend_reason}: "
+                            f"pass --backend {backend} once that is fixed, or delete {parts} and pass --backend torch")
+        job = job.model_copy(update={"backend": predictor.backend})
+        write_record(parts / JOB_FILE, job)
     if rank == 0 and predictor.info.adapter_sha256 != job.adapter_sha256:
         raise DataError(f"the adapter changed while the job started (sha256 {predictor.info.adapter_sha256}, "
                         f"recorded {job.adapter_sha256}): run it again")
@@ -270,6 +276,7 @@ def predict_file(
         "output": str(output),
         "rank": rank,
         "world_size": world,
+        "backend": predictor.backend,
         "chunks": chunks,
         "chunk_rows": chunk_rows,
         "predicted_rows": done_rows,
@@ -292,5 +299,5 @@ def format_batch_summary(summary: dict) -> str:
     who = f"rank {summary['rank']}/{summary['world_size']}: " if summary["world_size"] > 1 else ""
     return (
         f"{who}predicted {summary['predicted_rows']:,} rows in {summary['predicted_chunks']} chunk(s) "
-        f"({summary['resumed_chunks']} already done) in {summary['seconds']:.1f}s{rate}{memory}"
+        f"({summary['resumed_chunks']} already done) in {summary['seconds']:.1f}s{rate} on {summary['backend']}{memory}"
     )

@@ -26,13 +26,13 @@ import torch
 from yelp_lora.artifacts import adapter_base, tokenizer_source
 from yelp_lora.errors import ModelError
 from yelp_lora.modeling.base import load_adapter, load_tokenizer
+from yelp_lora.modeling.hardware import ONNX_BACKENDS
 from yelp_lora.registry.store import base_model_fingerprint
 from yelp_lora.util.atomic import atomic_dir
 from yelp_lora.util.hashing import file_sha256
 
 log = logging.getLogger("yelp_lora.inference")
 
-ONNX_BACKENDS = ("onnx", "onnx-int8")
 CACHE_ENV = "YELP_LORA_CACHE"
 FP32_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"

@@ -28,7 +28,8 @@ AUTO_MICRO_BATCH = {"cpu": 4, "cuda": 16}
 # quantization scales activations per batch, so in a larger batch a review's answer would depend
 # on the reviews sent with it.
 AUTO_PREDICT_BATCH = {"cuda": 128, "cpu": 16, "onnx": 1}
-PREDICTION_BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
+ONNX_BACKENDS = ("onnx", "onnx-int8")
+PREDICTION_BACKENDS = ("auto", "torch", *ONNX_BACKENDS)
 
 
 class AutoChoice(NamedTuple):
