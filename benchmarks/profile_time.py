@@ -150,7 +150,7 @@ class DataTimer:
 
 
 class TimedTokenizer:
-    """The predictor's own tokenizer, its tokenisation and padding timed as data handling."""
+    """The predictor's own tokenizer, its tokenisation timed as data handling."""
 
     def __init__(self, tokenizer, timer: DataTimer):
         self._tokenizer, self._timer = tokenizer, timer
@@ -159,12 +159,21 @@ class TimedTokenizer:
         with self._timer.timed("tokenisation"):
             return self._tokenizer(*args, **kwargs)
 
-    def pad(self, *args, **kwargs):
-        with self._timer.timed("collation (padding)"):
-            return self._tokenizer.pad(*args, **kwargs)
-
     def __getattr__(self, name):
         return getattr(self._tokenizer, name)
+
+
+def time_data_handling(predictor, timer: DataTimer) -> None:
+    """From now on, the predictor's tokenisation and every batch's padding are timed as data handling."""
+    from yelp_lora.data.tokenize import pad
+    from yelp_lora.modeling import forward
+
+    def timed_pad(*args, **kwargs):
+        with timer.timed("collation (padding)"):
+            return pad(*args, **kwargs)
+
+    predictor.tokenizer = TimedTokenizer(predictor.tokenizer, timer)
+    forward.pad = timed_pad  # what batched_logits calls
 
 
 def torch_op_times(prof) -> tuple[dict[str, float], list[dict]]:
@@ -319,7 +328,7 @@ def profile_prediction_torch(adapter: str, texts: list[str], bf16: bool, trace_d
 
     predictor = Predictor(adapter, backend="torch", bf16=bf16)
     timer = DataTimer()
-    predictor.tokenizer = TimedTokenizer(predictor.tokenizer, timer)
+    time_data_handling(predictor, timer)
     predictor.probabilities(texts)  # warm-up
     started = time.perf_counter()
     predictor.probabilities(texts)
@@ -385,7 +394,7 @@ def profile_prediction_onnx(adapter: str, texts: list[str], backend: str, trace_
                                 profile_prefix=str(trace_dir / f"predict-{backend}"))
     predictor.model = classifier
     timer = DataTimer()
-    predictor.tokenizer = TimedTokenizer(predictor.tokenizer, timer)
+    time_data_handling(predictor, timer)
     predictor.probabilities(texts)  # warm-up of the profiling sessions
     timer.reset()
     started = time.perf_counter()

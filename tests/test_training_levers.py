@@ -20,7 +20,7 @@ from support import TINY_ENV, cli, read_json, run_cli, shared_rows, tiny_train_a
 
 from yelp_lora.config import LABEL_NAMES, DataConfig, TrainSource, load_config
 from yelp_lora.data.mixing import training_rows
-from yelp_lora.data.tokenize import cut, encode
+from yelp_lora.data.tokenize import cut, encode, pad
 from yelp_lora.errors import DataError
 from yelp_lora.metrics import fit_temperature, predictions_of
 from yelp_lora.training.recipe import class_weights
@@ -83,6 +83,21 @@ def test_encode_head_is_the_tokenizers_own_truncation_and_head_tail_its_two_ends
         assert both[:head] == full[:head] and both[head:] == full[len(full) - (max_length - head):]
     else:
         assert both == full
+
+
+@EXAMPLES
+@given(indices=st.lists(st.integers(0, 199), min_size=1, max_size=6), side=st.sampled_from(["right", "left"]))
+def test_pad_builds_what_the_tokenizers_own_pad_builds(tokenizer, indices, side):
+    rows, _ = encode(tokenizer, [_by_length()[::10][i] for i in indices], 64)
+    tokenizer.padding_side = side
+    try:
+        theirs = tokenizer.pad({"input_ids": rows}, return_tensors="np")
+    finally:
+        tokenizer.padding_side = "right"
+    ours = pad(rows, tokenizer.pad_token_id, side)
+    assert ours.keys() == {"input_ids", "attention_mask"}
+    for key, value in ours.items():
+        assert value.dtype == np.int64 and np.array_equal(value, theirs[key]), key
 
 
 # ---------------------------------------------------------------- one tiny run with every lever on

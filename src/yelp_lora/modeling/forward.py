@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from yelp_lora.config import NUM_LABELS
-from yelp_lora.data.tokenize import encode, encode_windows
+from yelp_lora.data.tokenize import encode, encode_windows, pad
 from yelp_lora.util.progress import progress as progress_bar
 
 
@@ -78,11 +78,11 @@ def batched_logits(
     forward = model.concurrent() if workers > 1 else model
 
     def run(index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        batch = tokenizer.pad({"input_ids": [input_ids[i] for i in index]}, return_tensors="pt")
+        batch = pad([input_ids[i] for i in index], tokenizer.pad_token_id, tokenizer.padding_side)
         # Both modes are thread-local, so they are entered in the thread that runs the batch.
         autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
         with torch.inference_mode(), autocast:
-            output = forward(**{key: value.to(device) for key, value in batch.items()})
+            output = forward(**{key: torch.from_numpy(value).to(device) for key, value in batch.items()})
         return index, output.logits.float().cpu().numpy()
 
     with ThreadPoolExecutor(workers) if workers > 1 else contextlib.nullcontext() as pool:
