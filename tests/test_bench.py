@@ -88,6 +88,9 @@ def test_quick_bench_reports_every_path(quick_bench):
         assert service["path"] == fastest["path"]  # served the way it ran fastest offline
         assert [level["clients"] for level in service["levels"]] == [1, 8, 32]
         assert all(level["errors"] == 0 for level in service["levels"])
+        # Every level sends the requests asked for, and says how much CPU its load generator took.
+        assert all(level["requests"] == result["settings"]["requests"] for level in service["levels"])
+        assert all(0 < level["client_cpu_share"] < 1 for level in service["levels"])
 
 
 def test_onnx_backends_agree_with_torch_on_real_rows(quick_bench, real_texts, monkeypatch):

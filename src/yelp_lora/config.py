@@ -415,7 +415,10 @@ class BenchSettings(_Settings):
         256, ge=8, le=512, description="Tokens per review for the training paths; prediction reads the adapter's own."
     )
     clients: tuple[int, ...] = (1, 8, 32)
-    requests: int = Field(96, ge=1, description="Requests per client level, one review each.")
+    requests: int | None = Field(
+        None, ge=1, description="Requests per client level, one review each; null: each predicted review once, "
+        "so the service reads the reviews the offline figure read.",
+    )
     matmul_size: int = Field(2048, ge=1)
     rounds: int = Field(5, ge=1, description="The paths of each kind take turns: a share of the work per round.")
     seed: int = 42

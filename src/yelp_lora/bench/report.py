@@ -60,11 +60,11 @@ def format_report(result: dict) -> str:
             f"Service on {PREDICT_PATHS[service['path']]} (one review per request; "
             f"server peak RSS {service['server_peak_rss_mib']:.0f} MiB)"
         )
-        lines.append(f"{'':40} {'samples/s':>9} {'p50 ms':>9} {'p99 ms':>8} {'errors':>7}")
+        lines.append(f"{'':40} {'samples/s':>9} {'p50 ms':>9} {'p99 ms':>8} {'errors':>7} {'load generator CPU':>19}")
         for level in service["levels"]:
             lines.append(
                 f"  {level['clients']:>3} concurrent clients{'':16} {level['samples_per_s']:9.1f} "
-                f"{level['p50_ms']:9.1f} {level['p99_ms']:8.1f} {level['errors']:7d}"
+                f"{level['p50_ms']:9.1f} {level['p99_ms']:8.1f} {level['errors']:7d} {level['client_cpu_share']:18.1%}"
             )
         offline = next(r["samples_per_s"] for r in result["prediction"] if r["path"] == service["path"])
         lines.append(f"  offline batch prediction, same path{'':5} {offline:9.1f}")
