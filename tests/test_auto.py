@@ -40,10 +40,10 @@ def test_every_auto_setting_is_named_with_its_value_and_reason():
 
 
 def test_a_named_backend_or_bf16_overrides_auto_and_an_unknown_one_is_refused():
-    for backend in ("torch", "onnx", "onnx-int8"):
+    for backend in ("torch", "onnx", "onnx-int8", "openvino"):
         assert tuple(prediction_backend(backend, CPU)) == ("prediction backend", backend, "as asked")
     assert prediction_backend("auto", CPU, bf16=True).value == "torch"
-    with pytest.raises(ConfigError, match="backend 'onxx': expected one of auto, torch, onnx, onnx-int8"):
+    with pytest.raises(ConfigError, match="backend 'onxx': expected one of auto, torch, onnx, onnx-int8, openvino"):
         prediction_backend("onxx", CPU)
 
 

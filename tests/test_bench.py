@@ -24,7 +24,7 @@ from yelp_lora.data.sources import load_split
 from yelp_lora.errors import ConfigError
 from yelp_lora.inference.predictor import Predictor
 from yelp_lora.modeling.base import build_classifier
-from yelp_lora.modeling.hardware import auto_choices
+from yelp_lora.modeling.hardware import auto_choices, bf16_supported
 from yelp_lora.modeling.lora import apply_lora
 
 pytestmark = pytest.mark.slow
@@ -37,7 +37,8 @@ def quick_bench(tmp_path_factory):
     cache = tmp_path_factory.mktemp("onnx-cache")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("YELP_LORA_CACHE", str(cache))
-        code = main(["bench", "--quick", "--skip", "ours-fp32", "--skip", "merged-bf16", "--json", str(out)])
+        skips = ["--skip", "ours-fp32", "--skip", "merged-bf16", "--skip", "openvino-bf16"]
+        code = main(["bench", "--quick", *skips, "--json", str(out)])
     assert code == 0
     return json.loads(out.read_text()), cache
 
@@ -59,8 +60,8 @@ def test_quick_bench_reports_every_path(quick_bench):
     assert "What `auto` chooses on this machine" in format_report(result)
     assert "prediction backend" in format_report(result)
     assert [row["path"] for row in result["training"]] == ["usual", "ours"]
-    assert [row["path"] for row in result["prediction"]] == ["pipeline", "merged-fp32", "onnx-fp32", "onnx-int8"]
-    assert [row["batch_size"] for row in result["prediction"]] == [1, 16, 1, 1]  # the pipeline's 1, then AUTO_BATCH
+    assert [row["path"] for row in result["prediction"]] == ["pipeline", "merged-fp32", "onnx-fp32", "onnx-int8", "openvino-fp32"]
+    assert [row["batch_size"] for row in result["prediction"]] == [1, 16, 1, 1, 1]  # the pipeline's 1, then AUTO_BATCH
     for row in result["training"] + result["prediction"]:
         for key in ("samples_per_s", "tokens_per_s", "flops_per_s", "of_peak", "peak_rss_mib"):
             assert row[key] > 0, (row["path"], key)
@@ -77,7 +78,7 @@ def test_quick_bench_reports_every_path(quick_bench):
     # The peak is the best of the start, one measurement per round and the end.
     measured = result["peak_flops_measured"]
     assert len(measured) == 1 + 1 + 2 + 1 and result["peak_flops"]["bf16"] == max(m["bf16"] for m in measured)
-    assert [row["first_token_last_layer"] for row in result["prediction"]] == [False, False, True, True]
+    assert [row["first_token_last_layer"] for row in result["prediction"]] == [False, False, True, True, True]
     # Each path is measured against the peak of its own precision: the int8 path against the int8 GEMM's.
     int8 = next(row for row in result["prediction"] if row["path"] == "onnx-int8")
     assert int8["of_peak"] == pytest.approx(int8["flops_per_s"] / result["peak_flops"]["int8"])
@@ -125,6 +126,22 @@ def test_onnx_backends_agree_with_torch_on_real_rows(quick_bench, real_texts, mo
     top2 = np.sort(reference, axis=1)[:, -2:]
     clear = top2[:, 1] - top2[:, 0] > 0.02  # rows the fp32 model does not call a near tie
     assert (int8.argmax(1)[clear] == reference.argmax(1)[clear]).all()
+
+
+def test_openvino_answers_like_torch_alone_or_side_by_side_and_bf16_close(quick_bench, real_texts, monkeypatch):
+    result, cache = quick_bench
+    monkeypatch.setenv("YELP_LORA_CACHE", str(cache))
+    reference = Predictor(result["adapter"], backend="torch").probabilities(real_texts)[0]
+    predictor = Predictor(result["adapter"], backend="openvino")
+    assert (predictor.backend, predictor.info.backend, predictor.batch_size, predictor.bf16) == ("openvino", "openvino", 1, False)
+    fp32 = predictor.probabilities(real_texts)[0]  # side by side: one stream per core
+    np.testing.assert_allclose(fp32, reference, atol=1e-4)
+    assert predictor.model.concurrent_workers == torch.get_num_threads()
+    for index in (0, len(real_texts) - 1):  # alone: the all-cores stream
+        np.testing.assert_allclose(predictor.probabilities([real_texts[index]])[0][0], fp32[index], atol=1e-6)
+    if bf16_supported(torch.device("cpu")):
+        bf16 = Predictor(result["adapter"], backend="openvino", bf16=True)
+        assert bf16.bf16 and np.abs(bf16.probabilities(real_texts)[0] - reference).max() < 0.05
 
 
 def test_exported_graph_uses_onnx_runtimes_fused_bert_kernels(quick_bench, monkeypatch):

@@ -269,11 +269,12 @@ def _add_model_source(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--version", help="registry version (v1, v2, ..., latest), verified before loading")
     source.add_argument("--alias", help="registry alias, e.g. production")
     _add_registry_option(parser)
-    parser.add_argument("--bf16", action="store_true", help="bf16 weights where the hardware supports it (torch backend)")
+    parser.add_argument("--bf16", action="store_true", help="bf16 weights where the hardware supports it (torch and openvino backends)")
     # modeling.hardware.PREDICTION_BACKENDS, spelt out: the parser is built before anything is imported.
-    parser.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx", "onnx-int8"],
+    parser.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx", "onnx-int8", "openvino"],
                         help="auto (the default: chosen per machine, never int8; `yelp-lora bench` says what and why), "
-                        "torch, or ONNX Runtime on CPU in fp32 or int8 (exported once per adapter, cached)")
+                        "torch, ONNX Runtime on CPU in fp32 or int8 (exported once per adapter, cached), or OpenVINO "
+                        "on CPU (the same export; fp32, bf16 with --bf16; the [openvino] extra)")
     # config.LONG_TEXT_MODES, spelt out: the parser is built before anything is imported.
     parser.add_argument("--long-text", default="truncate", choices=["truncate", "chunk"],
                         help="a review longer than the model's token limit: truncate (cut as in training; the default) "

@@ -25,6 +25,8 @@ PREDICT_PATHS = {
     "merged-bf16": "ours bf16 weights",
     "onnx-fp32": "ours onnx fp32 (ONNX Runtime, fused)",
     "onnx-int8": "ours onnx-int8 (ONNX Runtime, fused)",
+    "openvino-fp32": "ours openvino fp32 (the same graph)",
+    "openvino-bf16": "ours openvino bf16",
 }
 # How `predict` and `serve` are told to take each of our prediction paths.
 
@@ -33,6 +35,8 @@ PATH_OPTIONS = {
     "merged-bf16": dict(bf16=True, backend="torch"),
     "onnx-fp32": dict(bf16=False, backend="onnx"),
     "onnx-int8": dict(bf16=False, backend="onnx-int8"),
+    "openvino-fp32": dict(bf16=False, backend="openvino"),
+    "openvino-bf16": dict(bf16=True, backend="openvino"),
 }
 
 

@@ -80,7 +80,10 @@ def run_bench(settings: BenchSettings, progress=print) -> dict:
     )
     test_split = sample_split(load_split(settings.data, "test"), settings.predict_samples, settings.seed)
     bf16_ok = bf16_supported(device)
+    # A backend runs where its runtime is installed (openvino reads the graph onnxruntime's tools export).
     onnx_ok = importlib.util.find_spec("onnxruntime") is not None
+    installed = {"torch": True, "onnx": onnx_ok, "onnx-int8": onnx_ok,
+                 "openvino": onnx_ok and importlib.util.find_spec("openvino") is not None}
 
     progress(f"matmul peak ({settings.matmul_size}^2) ...")
     peaks = [measure_peak(settings.matmul_size, device)]
@@ -99,8 +102,8 @@ def run_bench(settings: BenchSettings, progress=print) -> dict:
 
     paths = [
         path for path in PREDICT_PATHS
-        if path not in settings.skip and not (path == "merged-bf16" and not bf16_ok)
-        and not (PATH_OPTIONS.get(path, {}).get("backend", "torch") != "torch" and not onnx_ok)
+        if path not in settings.skip and installed[PATH_OPTIONS.get(path, {}).get("backend", "torch")]
+        and not (PATH_OPTIONS.get(path, {}).get("bf16") and not bf16_ok)
     ]
     adapter_dir, prediction = None, []
     if paths:

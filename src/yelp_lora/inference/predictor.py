@@ -46,7 +46,7 @@ class ModelInfo(BaseModel):
     version: str | None = Field(description="Registry version, e.g. 'v2'; null for an unregistered adapter directory")
     base_model: str = Field(description="Base model the LoRA adapter was trained on")
     backend: str = Field(
-        description="What computed the logits: torch, onnx (ONNX Runtime fp32) or onnx-int8; with 'auto' chosen per machine"
+        description="What computed the logits: torch, onnx (ONNX Runtime fp32), onnx-int8 or openvino; with 'auto' chosen per machine"
     )
     adapter_sha256: str | None = Field(description="sha256 of the adapter_model.safetensors bytes this service loaded")
     temperature: float = Field(
@@ -97,7 +97,12 @@ class Predictor:
                     f"{self.adapter_dir}: the adapter weights changed after verification (sha256 {sha256}, "
                     f"manifest {manifest.adapter_sha256}); not loading them"
                 )
-            if self.backend != "torch":  # ONNX Runtime on CPU: 'onnx' (fp32) or 'onnx-int8'
+            if self.backend == "openvino":
+                from yelp_lora.inference.openvino_backend import load_openvino_classifier
+
+                self.bf16 = bf16 and bf16_supported(device)
+                self.model, self.tokenizer = load_openvino_classifier(staged, bf16=self.bf16, base=base, origin=self.adapter_dir)
+            elif self.backend != "torch":  # ONNX Runtime on CPU: 'onnx' (fp32) or 'onnx-int8'
                 from yelp_lora.inference.onnx_backend import load_onnx_classifier
 
                 try:

@@ -26,10 +26,11 @@ AUTO_MICRO_BATCH = {"cpu": 4, "cuda": 16}
 # Texts per prediction pass, measured on 500 length-sorted train.csv reviews: on CPUs small batches
 # keep activations in cache and padding near zero. ONNX runs one text at a time: int8's dynamic
 # quantization scales activations per batch, so in a larger batch a review's answer would depend
-# on the reviews sent with it.
-AUTO_PREDICT_BATCH = {"cuda": 128, "cpu": 16, "onnx": 1}
+# on the reviews sent with it. OpenVINO runs one at a time as well, its reviews side by side on
+# one stream per core, as ONNX Runtime's one-thread sessions run them.
+AUTO_PREDICT_BATCH = {"cuda": 128, "cpu": 16, "onnx": 1, "openvino": 1}
 ONNX_BACKENDS = ("onnx", "onnx-int8")
-PREDICTION_BACKENDS = ("auto", "torch", *ONNX_BACKENDS)
+PREDICTION_BACKENDS = ("auto", "torch", *ONNX_BACKENDS, "openvino")
 
 
 class AutoChoice(NamedTuple):
@@ -82,13 +83,14 @@ def attention_kernel(model_config) -> str:
 
 def predict_batch(backend: str, device: torch.device) -> int:
     """Texts per prediction pass when none is given, for a resolved backend on `device`."""
-    return AUTO_PREDICT_BATCH["onnx" if backend != "torch" else device.type]
+    return AUTO_PREDICT_BATCH[device.type if backend == "torch" else "onnx" if backend in ONNX_BACKENDS else backend]
 
 
 def prediction_backend(requested: str, device: torch.device, *, bf16: bool = False) -> AutoChoice:
     """The backend that answers predictions: `requested` unless it is 'auto'.
 
     auto never trades answers for speed: int8 (which moves 4-7% of answers) and bf16 weights stay opt-in.
+    OpenVINO stays opt-in too: no faster than ONNX Runtime on the AVX-512 CPU, unmeasured on AMX.
     """
     if requested not in PREDICTION_BACKENDS:
         raise ConfigError(f"backend {requested!r}: expected one of {', '.join(PREDICTION_BACKENDS)}")
