@@ -243,7 +243,7 @@ class OnnxClassifier:
         return self._one_thread
 
     def __call__(self, **batch: torch.Tensor) -> SimpleNamespace:
-        feeds = {name: value.numpy().astype(np.int64) for name, value in batch.items() if name in self.input_names}
+        feeds = {name: value.numpy().astype(np.int64, copy=False) for name, value in batch.items() if name in self.input_names}
         (logits,) = self.session.run(["logits"], feeds)
         return SimpleNamespace(logits=torch.from_numpy(logits))
 
