@@ -128,16 +128,15 @@ def test_onnx_backends_agree_with_torch_on_real_rows(quick_bench, real_texts, mo
     assert (int8.argmax(1)[clear] == reference.argmax(1)[clear]).all()
 
 
-def test_openvino_answers_like_torch_alone_or_side_by_side_and_bf16_close(quick_bench, real_texts, monkeypatch):
+def test_openvino_answers_like_torch_and_bf16_close(quick_bench, real_texts, monkeypatch):
     result, cache = quick_bench
     monkeypatch.setenv("YELP_LORA_CACHE", str(cache))
     reference = Predictor(result["adapter"], backend="torch").probabilities(real_texts)[0]
     predictor = Predictor(result["adapter"], backend="openvino")
     assert (predictor.backend, predictor.info.backend, predictor.batch_size, predictor.bf16) == ("openvino", "openvino", 1, False)
-    fp32 = predictor.probabilities(real_texts)[0]  # side by side: one stream per core
+    fp32 = predictor.probabilities(real_texts)[0]
     np.testing.assert_allclose(fp32, reference, atol=1e-4)
-    assert predictor.model.concurrent_workers == torch.get_num_threads()
-    for index in (0, len(real_texts) - 1):  # alone: the all-cores stream
+    for index in (0, len(real_texts) - 1):  # a review alone gets the answer it got among the others
         np.testing.assert_allclose(predictor.probabilities([real_texts[index]])[0][0], fp32[index], atol=1e-6)
     if bf16_supported(torch.device("cpu")):
         bf16 = Predictor(result["adapter"], backend="openvino", bf16=True)
