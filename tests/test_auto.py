@@ -62,25 +62,26 @@ def test_predict_serves_with_the_auto_backend_and_says_which(tiny_run):
     assert [p["label"] for p in json.loads(result.stdout)] == [p.label for p in torch_predictor.predict(texts)]
 
 
-def test_auto_falls_back_to_torch_when_onnx_cannot_be_set_up(tiny_run, tmp_path, monkeypatch):
+@pytest.fixture
+def blocked_cache(tmp_path, monkeypatch):
+    """$YELP_LORA_CACHE names a file, so no ONNX export can be written."""
     if prediction_backend("auto", CPU).value == "torch":
         pytest.skip("auto picks torch on this machine: there is no ONNX Runtime to fall back from")
     blocked = tmp_path / "not-a-directory"
     blocked.write_text("a file where the export cache would go")
     monkeypatch.setenv("YELP_LORA_CACHE", str(blocked))
+    return blocked
+
+
+def test_auto_falls_back_to_torch_when_onnx_cannot_be_set_up(tiny_run, blocked_cache):
     predictor = Predictor(tiny_run)
     assert predictor.backend == "torch" and "could not be set up" in predictor.backend_reason
     assert predictor.predict(["Great tacos."])[0].stars in range(1, 6)
     asked = cli("predict", "--adapter", str(tiny_run), "--backend", "onnx", "Great tacos.", check=False)
-    assert asked.returncode == 2 and f"cannot write {blocked}" in asked.stderr, asked.stderr
+    assert asked.returncode == 2 and f"cannot write {blocked_cache}" in asked.stderr, asked.stderr
 
 
-def test_a_batch_job_falls_back_too_and_records_the_backend_that_answered(tiny_run, tmp_path, monkeypatch):
-    if prediction_backend("auto", CPU).value == "torch":
-        pytest.skip("auto picks torch on this machine: there is no ONNX Runtime to fall back from")
-    blocked = tmp_path / "not-a-directory"
-    blocked.write_text("a file where the export cache would go")
-    monkeypatch.setenv("YELP_LORA_CACHE", str(blocked))
+def test_a_batch_job_falls_back_too_and_records_the_backend_that_answered(tiny_run, blocked_cache, tmp_path):
     source, output = tmp_path / "reviews.txt", tmp_path / "out.jsonl"
     source.write_text("Great tacos.\nCold fries, rude staff.\n")
     summary = tmp_path / "summary.json"
