@@ -30,13 +30,13 @@ class OpenVinoClassifier:
     first_token_last_layer = True  # the exported graph's last layer runs on [CLS] only
     concurrent_workers = 1  # batched_logits calls it from one thread
 
-    def __init__(self, path: Path, *, bf16: bool = False, threads: int | None = None):
+    def __init__(self, path: Path, *, bf16: bool = False):
         import openvino
 
         core = openvino.Core()
         self._compiled = core.compile_model(core.read_model(str(path)), "CPU", {
             "INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32",  # OpenVINO's own default is bf16 where the CPU has it
-            "INFERENCE_NUM_THREADS": threads or torch.get_num_threads(),
+            "INFERENCE_NUM_THREADS": torch.get_num_threads(),  # one per core, or OMP_NUM_THREADS as torch reads it
             "NUM_STREAMS": 1,
         })
         self.input_names = {port.get_any_name() for port in self._compiled.inputs}

@@ -26,8 +26,8 @@ AUTO_MICRO_BATCH = {"cpu": 4, "cuda": 16}
 # Texts per prediction pass, measured on 500 length-sorted train.csv reviews: on CPUs small batches
 # keep activations in cache and padding near zero. ONNX runs one text at a time: int8's dynamic
 # quantization scales activations per batch, so in a larger batch a review's answer would depend
-# on the reviews sent with it. OpenVINO runs one at a time as well, its reviews side by side on
-# one stream per core, as ONNX Runtime's one-thread sessions run them.
+# on the reviews sent with it. OpenVINO takes ONNX's one review per pass (other sizes unmeasured),
+# one review after another over every core.
 AUTO_PREDICT_BATCH = {"cuda": 128, "cpu": 16, "onnx": 1, "openvino": 1}
 ONNX_BACKENDS = ("onnx", "onnx-int8")
 PREDICTION_BACKENDS = ("auto", "torch", *ONNX_BACKENDS, "openvino")
