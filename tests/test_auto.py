@@ -89,3 +89,17 @@ def test_a_batch_job_falls_back_too_and_records_the_backend_that_answered(tiny_r
                  "--json-summary", str(summary))
     assert json.loads(summary.read_text())["backend"] == "torch" and " on torch" in result.stderr, result.stderr
     assert [json.loads(line)["row"] for line in output.read_text().splitlines()] == [0, 1]
+
+
+def test_auto_resumes_a_batch_job_on_the_backend_it_fell_back_to(tiny_run, blocked_cache, tmp_path, monkeypatch):
+    source, output = tmp_path / "reviews.csv", tmp_path / "out.jsonl"
+    source.write_text('text\nGreat tacos.\n"   "\n"Cold fries, rude staff."\n')
+    args = ["predict", "--adapter", str(tiny_run), "--input", str(source), "--output", str(output), "--chunk-size", "1"]
+    stopped = cli(*args, check=False)  # the second review is blank: the job stops after its first chunk, on torch
+    assert stopped.returncode == 2 and "line 3: whitespace-only text" in stopped.stderr, stopped.stderr
+    monkeypatch.setenv("YELP_LORA_CACHE", str(tmp_path / "cache"))  # ONNX Runtime could be set up now
+    summary = tmp_path / "summary.json"
+    resumed = cli(*args, "--resume", "--skip-bad-rows", "--json-summary", str(summary))
+    assert json.loads(summary.read_text())["backend"] == "torch", resumed.stderr
+    assert json.loads(summary.read_text())["resumed_chunks"] == 1
+    assert [json.loads(line)["error"] for line in output.read_text().splitlines()] == [None, "whitespace-only text", None]

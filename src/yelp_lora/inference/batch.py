@@ -228,6 +228,9 @@ def predict_file(
     rank, world = _distributed()
     requested, backend = backend, prediction_backend(backend, pick_device(), bf16=bf16).value  # recorded for a resume
     parts = parts_dir(output)
+    if requested == "auto" and resume and (parts / JOB_FILE).is_file():
+        # auto resumes on the backend the job began on (after a fallback: torch), never mixing two in one output
+        requested = backend = read_record(BatchJob, parts / JOB_FILE).backend
     if rank == 0:  # before loading the model, so a refused resume is refused at once
         job = _job(input_path, resolve_adapter_dir(adapter), chunk_rows=chunk_rows, backend=backend,
                    batch_size=batch_size, bf16=bf16, long_text=long_text)
