@@ -91,15 +91,33 @@ def test_a_batch_job_falls_back_too_and_records_the_backend_that_answered(tiny_r
     assert [json.loads(line)["row"] for line in output.read_text().splitlines()] == [0, 1]
 
 
-def test_auto_resumes_a_batch_job_on_the_backend_it_fell_back_to(tiny_run, blocked_cache, tmp_path, monkeypatch):
-    source, output = tmp_path / "reviews.csv", tmp_path / "out.jsonl"
+def stopped_job(adapter, tmp_path) -> list[str]:
+    """A batch job of three reviews in chunks of one, stopped by the blank second one: its args."""
+    source = tmp_path / "reviews.csv"
     source.write_text('text\nGreat tacos.\n"   "\n"Cold fries, rude staff."\n')
-    args = ["predict", "--adapter", str(tiny_run), "--input", str(source), "--output", str(output), "--chunk-size", "1"]
-    stopped = cli(*args, check=False)  # the second review is blank: the job stops after its first chunk, on torch
+    args = ["predict", "--adapter", str(adapter), "--input", str(source), "--output", str(tmp_path / "out.jsonl"),
+            "--chunk-size", "1"]
+    stopped = cli(*args, check=False)
     assert stopped.returncode == 2 and "line 3: whitespace-only text" in stopped.stderr, stopped.stderr
+    return args
+
+
+def test_auto_resumes_a_batch_job_on_the_backend_it_fell_back_to(tiny_run, blocked_cache, tmp_path, monkeypatch):
+    args = stopped_job(tiny_run, tmp_path)  # on torch: the export cache is blocked
     monkeypatch.setenv("YELP_LORA_CACHE", str(tmp_path / "cache"))  # ONNX Runtime could be set up now
     summary = tmp_path / "summary.json"
     resumed = cli(*args, "--resume", "--skip-bad-rows", "--json-summary", str(summary))
     assert json.loads(summary.read_text())["backend"] == "torch", resumed.stderr
     assert json.loads(summary.read_text())["resumed_chunks"] == 1
-    assert [json.loads(line)["error"] for line in output.read_text().splitlines()] == [None, "whitespace-only text", None]
+    records = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [record["error"] for record in records] == [None, "whitespace-only text", None]
+
+
+def test_a_resumed_auto_job_whose_backend_cannot_run_says_so(tiny_run, blocked_cache, tmp_path, monkeypatch):
+    chosen = prediction_backend("auto", CPU).value
+    monkeypatch.setenv("YELP_LORA_CACHE", str(tmp_path / "cache"))
+    args = stopped_job(tiny_run, tmp_path)  # on what auto chose
+    monkeypatch.setenv("YELP_LORA_CACHE", str(blocked_cache))  # which cannot be set up now
+    resumed = cli(*args, "--resume", "--skip-bad-rows", check=False)
+    assert resumed.returncode == 2, resumed.stderr
+    assert f"--resume: this job began on backend {chosen} (" in resumed.stderr and "cannot run here now" in resumed.stderr

@@ -199,15 +199,18 @@ def test_streaming_prediction_on_onnx_int8_and_resume_keeps_the_backend(
     parts = batch.parts_dir(output)
     parts.mkdir()
     adapter_dir = resolve_adapter_dir(result["adapter"])
-    interrupted = batch._job(source, adapter_dir, chunk_rows=8, backend="onnx-int8", batch_size=None, bf16=False, long_text="truncate")
+    interrupted = batch._job(source, adapter_dir, chunk_rows=8, backend="onnx-int8", requested_backend="onnx-int8",
+                             batch_size=None, bf16=False, long_text="truncate")
     (parts / batch.JOB_FILE).write_text(interrupted.to_json(), encoding="utf-8")
     capsys.readouterr()
     assert main([*command, "--resume"]) == 2
-    # (--backend auto, the default, is recorded as what it chose here.)
-    assert f"belongs to a different job (backend: 'onnx-int8' -> '{auto_backend()}')" in capsys.readouterr().err
+    # (--backend auto, the default, is recorded as what it chose here; it resumes only a job it began.)
+    assert (f"belongs to a different job (backend: 'onnx-int8' -> '{auto_backend()}'; "
+            "requested_backend: 'onnx-int8' -> 'auto')") in capsys.readouterr().err
     # Nor one that read long reviews in windows by one that cuts them.
     interrupted = batch._job(
-        source, adapter_dir, chunk_rows=8, backend=auto_backend(), batch_size=None, bf16=False, long_text="chunk"
+        source, adapter_dir, chunk_rows=8, backend=auto_backend(), requested_backend="auto", batch_size=None, bf16=False,
+        long_text="chunk",
     )
     (parts / batch.JOB_FILE).write_text(interrupted.to_json(), encoding="utf-8")
     assert main([*command, "--resume"]) == 2

@@ -453,7 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="texts per forward pass (default: 16 on CPU, 128 on CUDA, 1 with ONNX: int8 results then never depend on the other texts)")
     p.add_argument("--output", metavar="OUT", help="stream --input into OUT (.jsonl/.csv/.parquet) in bounded memory")
     p.add_argument("--chunk-size", type=int, default=2048, help="rows per chunk with --output (the resume unit)")
-    p.add_argument("--resume", action="store_true", help="with --output: continue an interrupted run")
+    p.add_argument("--resume", action="store_true", help="with --output: continue an interrupted run (on the backend it began on, with --backend auto)")
     p.add_argument("--skip-bad-rows", action="store_true", help="with --output: write bad rows with an error, not stop")
     p.add_argument("--json-summary", metavar="FILE", help="with --output: write the run's figures as JSON")
     p.set_defaults(handler=cmd_predict)

@@ -23,7 +23,7 @@ from typing import Iterator
 from yelp_lora.artifacts import ADAPTER_WEIGHTS, Record, read_record, resolve_adapter_dir, write_record
 from yelp_lora.config import LABEL_NAMES, LongText
 from yelp_lora.data.rows import InputText, iter_texts
-from yelp_lora.errors import DataError
+from yelp_lora.errors import DataError, ModelError, SaveError
 from yelp_lora.inference.predictor import Predictor, to_predictions
 from yelp_lora.modeling.hardware import pick_device, prediction_backend
 from yelp_lora.util.atomic import atomic_write_bytes, save_errors
@@ -92,16 +92,20 @@ class BatchJob(Record):
     long_text: str = "truncate"
     # The part files' columns: parts written by a version with other columns cannot be merged with these.
     columns: list[str] | None = None
+    # What was asked for: a job begun with auto resumes with auto on `backend` (torch after a fallback).
+    requested_backend: str | None = None
 
 
 def _job(
-    input_path: Path, adapter_dir: Path, *, chunk_rows: int, backend: str, batch_size: int | None, bf16: bool, long_text: str,
+    input_path: Path, adapter_dir: Path, *, chunk_rows: int, backend: str, requested_backend: str, batch_size: int | None,
+    bf16: bool, long_text: str,
 ) -> BatchJob:
     weights = adapter_dir / ADAPTER_WEIGHTS
     return BatchJob(
         input=str(input_path.resolve()), input_bytes=input_path.stat().st_size, input_sha256=file_sha256(input_path),
         adapter=str(adapter_dir.resolve()), adapter_sha256=file_sha256(weights) if weights.is_file() else None,
         chunk_rows=chunk_rows, backend=backend, batch_size=batch_size, bf16=bf16, long_text=long_text, columns=COLUMNS,
+        requested_backend=requested_backend,
     )
 
 
@@ -228,15 +232,23 @@ def predict_file(
     rank, world = _distributed()
     requested, backend = backend, prediction_backend(backend, pick_device(), bf16=bf16).value  # recorded for a resume
     parts = parts_dir(output)
-    if requested == "auto" and resume and (parts / JOB_FILE).is_file():
-        # auto resumes on the backend the job began on (after a fallback: torch), never mixing two in one output
-        requested = backend = read_record(BatchJob, parts / JOB_FILE).backend
+    resumed_auto = (requested == "auto" and resume and (parts / JOB_FILE).is_file()
+                    and read_record(BatchJob, parts / JOB_FILE).requested_backend == "auto")
+    if resumed_auto:  # on the backend auto began the job on (after a fallback: torch), never mixing two in one output
+        backend = read_record(BatchJob, parts / JOB_FILE).backend
     if rank == 0:  # before loading the model, so a refused resume is refused at once
         job = _job(input_path, resolve_adapter_dir(adapter), chunk_rows=chunk_rows, backend=backend,
-                   batch_size=batch_size, bf16=bf16, long_text=long_text)
+                   requested_backend=requested, batch_size=batch_size, bf16=bf16, long_text=long_text)
         _prepare_parts(parts, job, resume)
     _barrier(world)
-    predictor = Predictor(adapter, bf16=bf16, batch_size=batch_size, backend=requested, long_text=long_text)
+    try:
+        predictor = Predictor(adapter, bf16=bf16, batch_size=batch_size, backend=backend if resumed_auto else requested,
+                              long_text=long_text)
+    except (ModelError, SaveError) as err:
+        if not resumed_auto:
+            raise
+        raise DataError(f"--resume: this job began on backend {backend} ({parts / JOB_FILE}), which cannot run "
+                        f"here now: {err}") from err
     if predictor.backend != backend:  # auto fell back to torch: ONNX Runtime could not be set up here
         if world > 1 or any(parts.glob("chunk-*")):  # answers from two backends must never mix in one output
             raise DataError(f"--backend auto chose {backend} for this job, but {predictor.backend_reason}: "
