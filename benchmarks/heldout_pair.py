@@ -4,20 +4,22 @@ touching a test file.
 
 Usage: python benchmarks/heldout_pair.py RUN_A RUN_B [--file TRAIN_FILE] [--per-label 300] [--seed 1000]
 
-TRAIN_FILE defaults to ../shared/data/yelp_review_full/open_dataset_train.csv. Every row either run
-drew (training or validation, rebuilt from its run.json and checked against its fingerprint) is left
-out; a seeded balanced draw of the rest is scored by both adapters on torch. Prints each one's
-accuracy and macro-F1 and McNemar's test between them (docs/accuracy.md).
+TRAIN_FILE defaults to open_dataset_train.csv in the data directory ($YELP_LORA_DATA, else
+../shared's). Every row either run drew (training or validation, rebuilt from its run.json and
+checked against its fingerprint) is left out; a seeded balanced draw of the rest is scored by both
+adapters on torch. Prints each one's accuracy and macro-F1 and McNemar's test between them
+(docs/accuracy.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 from yelp_lora.artifacts import read_run
 from yelp_lora.data.sampling import balanced_indices
-from yelp_lora.data.sources import SHARED_DATA_DIR, load_split
+from yelp_lora.data.sources import load_split, resolve_source
 from yelp_lora.evaluation.classical import run_training_rows
 from yelp_lora.inference.predictor import Predictor
 from yelp_lora.metrics import headline, mcnemar
@@ -26,11 +28,11 @@ from yelp_lora.metrics import headline, mcnemar
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs=2, metavar="RUN")
-    parser.add_argument("--file", default=str(SHARED_DATA_DIR / "open_dataset_train.csv"))
+    parser.add_argument("--file", default=str(Path(resolve_source("auto")) / "open_dataset_train.csv"))
     parser.add_argument("--per-label", type=int, default=300)
     parser.add_argument("--seed", type=int, default=1000)
     args = parser.parse_args()
-    if "test" in Path(args.file).name:
+    if re.search(r"(^|[_.-])test([_.-]|$)", Path(args.file).name.lower()):
         parser.error(f"{args.file}: a test file is for reporting, never for choosing")
 
     drawn: set[str] = set()

@@ -20,6 +20,8 @@ def main() -> None:
     parser.add_argument("run")
     parser.add_argument("--lengths", type=int, nargs="+", default=[192, 256, 384])
     args = parser.parse_args()
+    if any(not 16 <= length <= 512 for length in args.lengths):
+        parser.error(f"--lengths {args.lengths}: each must be between 16 and the model's 512 positions")
     _, validation = run_training_rows(read_run(args.run)[1])
 
     def show(what: str, predictor: Predictor) -> None:
@@ -30,7 +32,8 @@ def main() -> None:
     predictor = Predictor(args.run, backend="torch")
     trained = predictor.max_length
     for length in args.lengths:
-        predictor.max_length = length  # the head kept stays the recorded one; the tail grows
+        # head: the whole cut moves with the length; head+tail: the recorded head stays, the tail grows
+        predictor.max_length, predictor.meta = length, predictor.meta.model_copy(update={"max_length": length})
         show(f"{predictor.meta.truncation} at {length} tokens{' (as trained)' if length == trained else ''}", predictor)
     show(f"chunk at {trained} tokens", Predictor(args.run, backend="torch", long_text="chunk"))
 

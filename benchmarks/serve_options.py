@@ -21,12 +21,13 @@ import numpy as np
 
 from yelp_lora.bench.service import ServeProcess, drive
 from yelp_lora.data.sources import load_split
+from yelp_lora.modeling.hardware import PREDICTION_BACKENDS
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--adapter", required=True)
-    parser.add_argument("--backend", default="onnx-int8", choices=["torch", "onnx", "onnx-int8"])
+    parser.add_argument("--backend", default="onnx-int8", choices=PREDICTION_BACKENDS[1:])  # every backend but auto
     parser.add_argument("--option", default="--max-wait-ms", help="the `yelp-lora serve` option to vary")
     parser.add_argument("--values", nargs="+", default=["0", "10"], help="its values to compare")
     parser.add_argument("--rounds", type=int, default=2)

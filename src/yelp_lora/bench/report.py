@@ -64,7 +64,7 @@ def format_report(result: dict) -> str:
         for level in service["levels"]:
             lines.append(
                 f"  {level['clients']:>3} concurrent clients{'':16} {level['samples_per_s']:9.1f} "
-                f"{level['p50_ms']:9.1f} {level['p99_ms']:8.1f} {level['errors']:7d} {level['client_cpu_share']:18.1%}"
+                f"{level['p50_ms']:9.1f} {level['p99_ms']:8.1f} {level['errors']:7d} {level['client_cpu_share']:19.1%}"
             )
         offline = next(r["samples_per_s"] for r in result["prediction"] if r["path"] == service["path"])
         lines.append(f"  offline batch prediction, same path{'':5} {offline:9.1f}")

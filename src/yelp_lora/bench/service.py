@@ -86,7 +86,7 @@ class Load(NamedTuple):
     """What `drive` measured: each request's latency (s) and status, the wall time, the driver's CPU time."""
 
     latencies: list[float]
-    statuses: list[int]
+    statuses: list[int | str]  # the HTTP status, or the name of the transport error
     seconds: float
     client_cpu_seconds: float
 
@@ -110,10 +110,14 @@ def drive(url: str, bodies: list[bytes], clients: int, requests: int) -> Load:
             async def client() -> None:
                 for index in pending:  # one shared iterator: each client takes the next request
                     started = time.perf_counter()
-                    async with session.post(url, data=bodies[index % len(bodies)], headers=headers) as response:
-                        await response.read()
+                    try:
+                        async with session.post(url, data=bodies[index % len(bodies)], headers=headers) as response:
+                            await response.read()
+                        status = response.status
+                    except (aiohttp.ClientError, asyncio.TimeoutError) as err:  # counted as an error, as a non-200 is
+                        status = type(err).__name__
                     latencies.append(time.perf_counter() - started)
-                    statuses.append(response.status)
+                    statuses.append(status)
 
             cpu, started = time.process_time(), time.perf_counter()
             await asyncio.gather(*(client() for _ in range(clients)))
@@ -149,7 +153,7 @@ def bench_service(adapter_dir: str, texts: list[str], *, settings: BenchSettings
                     "samples_per_s": requests / load.seconds,
                     "p50_ms": float(np.percentile(latencies, 50)),
                     "p99_ms": float(np.percentile(latencies, 99)),
-                    "client_cpu_share": load.client_cpu_seconds / (load.seconds * (os.cpu_count() or 1)),
+                    "client_cpu_share": load.client_cpu_seconds / (load.seconds * len(os.sched_getaffinity(0))),
                 }
             )
         return {"available": True, "path": path, "levels": levels, "server_peak_rss_mib": server.peak_rss_mib()}

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from yelp_lora.artifacts import adapter_base, tokenizer_source
-from yelp_lora.errors import ModelError
+from yelp_lora.errors import ModelError, SaveError
 from yelp_lora.modeling.base import load_adapter, load_tokenizer
 from yelp_lora.modeling.hardware import ONNX_BACKENDS
 from yelp_lora.registry.store import base_model_fingerprint
@@ -190,7 +190,11 @@ def exported_model(adapter_dir: Path, backend: str, *, base: str | None = None, 
         log.warning("cached ONNX file %s does not match the sha256 recorded when it was exported: rebuilding it",
                     target / name)
     if not _intact(target, name):
-        export(adapter_dir, target, base=base, origin=origin)
+        try:
+            export(adapter_dir, target, base=base, origin=origin)
+        except SaveError:
+            if not _intact(target, name):  # else another process (a torchrun rank, a second server) published it first
+                raise
     if not _intact(target, name):
         raise ModelError(f"the ONNX file exported to {target / name} does not match its recorded sha256")
     return target / name

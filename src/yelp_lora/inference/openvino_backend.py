@@ -28,17 +28,20 @@ class OpenVinoClassifier:
 
     device = torch.device("cpu")
     first_token_last_layer = True  # the exported graph's last layer runs on [CLS] only
-    concurrent_workers = 1  # batched_logits calls it from one thread
 
     def __init__(self, path: Path, *, bf16: bool = False):
         import openvino
 
         core = openvino.Core()
-        self._compiled = core.compile_model(core.read_model(str(path)), "CPU", {
-            "INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32",  # OpenVINO's own default is bf16 where the CPU has it
-            "INFERENCE_NUM_THREADS": torch.get_num_threads(),  # one per core, or OMP_NUM_THREADS as torch reads it
-            "NUM_STREAMS": 1,
-        })
+        try:
+            self._compiled = core.compile_model(core.read_model(str(path)), "CPU", {
+                "INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32",  # OpenVINO's own default is bf16 where the CPU has it
+                "INFERENCE_NUM_THREADS": torch.get_num_threads(),  # one per core, or OMP_NUM_THREADS as torch reads it
+                "NUM_STREAMS": 1,
+            })
+        except RuntimeError as err:  # OpenVINO reports an unreadable graph or an unsupported hint this way
+            raise ModelError(f"OpenVINO could not compile {path} ({'bf16' if bf16 else 'fp32'}): "
+                             f"{str(err).strip().splitlines()[0]}; --backend onnx runs the same graph") from err
         self.input_names = {port.get_any_name() for port in self._compiled.inputs}
         self._request = self._compiled.create_infer_request()
         self._lock = threading.Lock()
@@ -54,5 +57,7 @@ def load_openvino_classifier(adapter_dir: Path, *, bf16: bool, base: str | None 
     """(OpenVinoClassifier, tokenizer) for an adapter directory, exporting its ONNX graph first if needed."""
     if importlib.util.find_spec("openvino") is None:
         raise ModelError("backend 'openvino' needs OpenVINO: pip install 'yelp-lora[openvino]'")
+    if importlib.util.find_spec("onnxruntime") is None:  # its graph is the ONNX Runtime export's
+        raise ModelError("backend 'openvino' compiles the ONNX export, which needs onnxruntime: pip install 'yelp-lora[onnx]'")
     path = exported_model(adapter_dir, "onnx", base=base, origin=origin)
     return OpenVinoClassifier(path, bf16=bf16), load_tokenizer(tokenizer_source(adapter_dir))

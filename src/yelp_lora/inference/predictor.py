@@ -100,7 +100,7 @@ class Predictor:
             if self.backend == "openvino":
                 from yelp_lora.inference.openvino_backend import load_openvino_classifier
 
-                self.bf16 = bf16 and bf16_supported(device)
+                self.bf16 = bf16 and bf16_supported(torch.device("cpu"))  # OpenVINO runs on the CPU, whatever `device` is
                 self.model, self.tokenizer = load_openvino_classifier(staged, bf16=self.bf16, base=base, origin=self.adapter_dir)
             elif self.backend != "torch":  # ONNX Runtime on CPU: 'onnx' (fp32) or 'onnx-int8'
                 from yelp_lora.inference.onnx_backend import load_onnx_classifier
