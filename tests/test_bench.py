@@ -215,6 +215,14 @@ def test_streaming_prediction_on_onnx_int8_and_resume_keeps_the_backend(
     (parts / batch.JOB_FILE).write_text(interrupted.to_json(), encoding="utf-8")
     assert main([*command, "--resume"]) == 2
     assert "belongs to a different job (long_text: 'chunk' -> 'truncate')" in capsys.readouterr().err
+    # A job recorded before `requested_backend` existed resumes on the backend it ran on.
+    older = interrupted.model_copy(update={"long_text": "truncate", "requested_backend": None})
+    (parts / batch.JOB_FILE).write_text(older.model_dump_json(exclude={"requested_backend"}), encoding="utf-8")
+    assert main([*command, "--resume"]) == 0
+    expected = Predictor(result["adapter"], backend=auto_backend()).probabilities(real_texts)[0]
+    assert [json.loads(line)["label"] for line in output.read_text(encoding="utf-8").splitlines()] == [
+        LABEL_NAMES[i] for i in expected.argmax(1)
+    ]
 
 
 def test_bench_with_every_path_skipped_needs_no_adapter(tmp_path, capsys):

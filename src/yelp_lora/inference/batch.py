@@ -120,6 +120,8 @@ def _prepare_parts(parts: Path, job: BatchJob, resume: bool) -> None:
                 "pass --resume to continue it, or delete that directory to start over"
             )
         before = read_record(BatchJob, recorded)
+        if before.requested_backend is None:  # recorded before the field existed: the backend it ran on decides
+            before = before.model_copy(update={"requested_backend": job.requested_backend})
         changed = [f"{key}: {getattr(before, key)!r} -> {value!r}" for key, value in job if getattr(before, key) != value]
         if changed:
             raise DataError(f"--resume: {parts} belongs to a different job ({'; '.join(changed)})")
