@@ -234,10 +234,10 @@ def predict_file(
     rank, world = _distributed()
     requested, backend = backend, prediction_backend(backend, pick_device(), bf16=bf16).value  # recorded for a resume
     parts = parts_dir(output)
-    resumed_auto = (requested == "auto" and resume and (parts / JOB_FILE).is_file()
-                    and read_record(BatchJob, parts / JOB_FILE).requested_backend == "auto")
+    recorded = read_record(BatchJob, parts / JOB_FILE) if requested == "auto" and resume and (parts / JOB_FILE).is_file() else None
+    resumed_auto = recorded is not None and recorded.requested_backend == "auto"
     if resumed_auto:  # on the backend auto began the job on (after a fallback: torch), never mixing two in one output
-        backend = read_record(BatchJob, parts / JOB_FILE).backend
+        backend = recorded.backend
     if rank == 0:  # before loading the model, so a refused resume is refused at once
         job = _job(input_path, resolve_adapter_dir(adapter), chunk_rows=chunk_rows, backend=backend,
                    requested_backend=requested, batch_size=batch_size, bf16=bf16, long_text=long_text)

@@ -182,7 +182,8 @@ def exported_model(adapter_dir: Path, backend: str, *, base: str | None = None, 
     if backend not in ONNX_BACKENDS:
         raise ModelError(f"unknown ONNX backend {backend!r}: expected one of {', '.join(ONNX_BACKENDS)}")
     if importlib.util.find_spec("onnxruntime") is None:
-        raise ModelError(f"backend {backend!r} needs onnxruntime: pip install 'yelp-lora[onnx]'")
+        raise ModelError("the ONNX export that backends onnx, onnx-int8 and openvino run needs onnxruntime: "
+                         "pip install 'yelp-lora[onnx]'")
     base = base or adapter_base(adapter_dir)
     target = cache_root() / _cache_key(adapter_dir, base)
     name = INT8_FILE if backend == "onnx-int8" else FP32_FILE

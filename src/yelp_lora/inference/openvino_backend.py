@@ -57,7 +57,5 @@ def load_openvino_classifier(adapter_dir: Path, *, bf16: bool, base: str | None 
     """(OpenVinoClassifier, tokenizer) for an adapter directory, exporting its ONNX graph first if needed."""
     if importlib.util.find_spec("openvino") is None:
         raise ModelError("backend 'openvino' needs OpenVINO: pip install 'yelp-lora[openvino]'")
-    if importlib.util.find_spec("onnxruntime") is None:  # its graph is the ONNX Runtime export's
-        raise ModelError("backend 'openvino' compiles the ONNX export, which needs onnxruntime: pip install 'yelp-lora[onnx]'")
     path = exported_model(adapter_dir, "onnx", base=base, origin=origin)
     return OpenVinoClassifier(path, bf16=bf16), load_tokenizer(tokenizer_source(adapter_dir))
