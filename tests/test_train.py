@@ -90,3 +90,33 @@ def test_micro_batches_accumulate_to_the_steps_mean_loss_and_gradient(tiny_bert_
         logged[micro] = trainer.state.log_history[0]
     assert logged[4]["loss"] == pytest.approx(logged[16]["loss"], rel=1e-5)
     assert logged[4]["grad_norm"] == pytest.approx(logged[16]["grad_norm"], rel=1e-4)
+
+
+@pytest.mark.parametrize("ratio", [None, 8.0])
+def test_loraplus_moves_lora_b_at_ratio_times_the_learning_rate(ratio, tiny_bert_dir, data_dir, tmp_path):
+    """Adam's first step moves each weight by about the rate itself; LoRA's B starts at zero and its A gets
+    no gradient until B moves, so one step shows each group's rate directly."""
+    rows = sample_split(load_split(str(data_dir), "train"), 16, seed=3)
+    tokenizer = load_tokenizer(str(tiny_bert_dir))
+    from transformers import DataCollatorWithPadding
+
+    lr = 1e-3
+    config = load_config(None, {
+        "model.name_or_path": str(tiny_bert_dir), "train.precision": "fp32", "train.max_steps": 1,
+        "train.learning_rate": lr, "train.loraplus_lr_ratio": ratio,
+    })
+    model = build_training_model(config, CPU)
+    before = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+    args = training_arguments(config, tmp_path, CPU, resume_possible=False, eval_strategy="no", disable_tqdm=True)
+    trainer = lora_trainer_class()(
+        model=model, args=args, train_dataset=tokenize(rows, tokenizer, 64),
+        data_collator=DataCollatorWithPadding(tokenizer), loraplus_lr_ratio=config.train.loraplus_lr_ratio,
+    )
+    trainer.train()
+    moved = {name: (p.detach() - before[name]).abs().max().item()
+             for name, p in model.named_parameters() if p.requires_grad}
+    b_rate = lr * (ratio or 1.0)
+    lora_b = [step for name, step in moved.items() if "lora_B" in name]
+    head_weight = [step for name, step in moved.items() if "classifier" in name and name.endswith("weight")]
+    assert lora_b and max(lora_b) == pytest.approx(b_rate, rel=0.05)
+    assert head_weight and max(head_weight) == pytest.approx(lr, rel=0.05)

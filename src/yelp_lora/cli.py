@@ -365,6 +365,8 @@ def _add_run_config_options(p: argparse.ArgumentParser) -> None:
     _setting(p, "--label-smoothing", "train.label_smoothing", type=float)
     _setting(p, "--ordinal-weight", "train.ordinal_weight", type=float,
              help="add this times the expected distance in stars to the loss (default 0)")
+    _setting(p, "--loraplus-lr-ratio", "train.loraplus_lr_ratio", type=float, metavar="RATIO",
+             help="LoRA+: LoRA's B matrices learn at RATIO times --lr (default: one rate)")
     _setting(p, "--no-calibrate", "train.calibrate", action="store_false",
              help="fit no softmax temperature on the validation rows")
     _setting(p, "--report-to", "train.report_to", choices=["none", "tensorboard", "mlflow"],

@@ -154,6 +154,12 @@ class TrainConfig(_Section):
         description="Adds this times the expected distance in stars (sum of p(k) * |k - label|) to the "
         "cross-entropy: the labels are ordered, so predicting 4 stars for a 5 costs less than 1.",
     )
+    loraplus_lr_ratio: float | None = Field(
+        None, ge=1.0,
+        description="LoRA+ (Hayou et al. 2024; peft's create_loraplus_optimizer): LoRA's B matrices, and "
+        "the biases, learn at this multiple of the learning rate, the A matrices and the head's weights "
+        "at the rate itself. null = one rate for every parameter.",
+    )
     calibrate: bool = Field(
         True, description="Fit a softmax temperature on the validation rows of the kept epoch; stored in the adapter."
     )

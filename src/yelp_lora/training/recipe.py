@@ -242,6 +242,7 @@ def train(config: RunConfig, output_dir: str | Path, *, resume: bool = False, ca
             data_collator=DataCollatorWithPadding(tokenizer),
             compute_metrics=validation_metrics(train_config.calibrate),
             compute_loss_func=step_mean_loss(weights, train_config.label_smoothing, train_config.ordinal_weight),
+            loraplus_lr_ratio=train_config.loraplus_lr_ratio,
             callbacks=callbacks,
         )
         started = time.time()

@@ -115,6 +115,7 @@ class TrainSpace(_SpaceSection):
     class_weights: list[Literal["none", "auto"]] | None = ["none", "auto"]
     label_smoothing: FloatDomain | None = FloatRange(low=0.0, high=0.2)
     ordinal_weight: FloatDomain | None = FloatRange(low=0.0, high=1.0)
+    loraplus_lr_ratio: FloatDomain | None = None  # searched only when a space file gives it a range
 
 
 Domain = FloatRange | IntRange | list

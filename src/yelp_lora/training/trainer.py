@@ -126,9 +126,24 @@ def lora_trainer_class():
 
         _staging_root: str | None = None
 
-        def __init__(self, *args, **kwargs):
+        def __init__(self, *args, loraplus_lr_ratio: float | None = None, **kwargs):
             kwargs.setdefault("compute_loss_func", step_mean_loss())
+            self.loraplus_lr_ratio = loraplus_lr_ratio
             super().__init__(*args, **kwargs)
+
+        def create_optimizer(self, model=None):
+            if self.loraplus_lr_ratio is None or self.optimizer is not None:
+                return super().create_optimizer(model)
+            from peft.optimizers import create_loraplus_optimizer
+
+            # The optimizer Trainer would build (fused AdamW and its betas), with LoRA+'s parameter groups.
+            optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(self.args, self.model)
+            kwargs.pop("lr", None)
+            self.optimizer = create_loraplus_optimizer(
+                self.model, optimizer_cls, lr=self.args.learning_rate, loraplus_lr_ratio=self.loraplus_lr_ratio,
+                loraplus_weight_decay=self.args.weight_decay, **kwargs,
+            )
+            return self.optimizer
 
         def _get_train_sampler(self, train_dataset=None):
             if self.args.train_sampling_strategy != "group_by_length":
