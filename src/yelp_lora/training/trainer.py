@@ -137,10 +137,11 @@ def lora_trainer_class():
             from peft.optimizers import create_loraplus_optimizer
 
             # The optimizer Trainer would build (fused AdamW and its betas), with LoRA+'s parameter groups.
-            optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(self.args, self.model)
+            opt_model = self.model if model is None else model
+            optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(self.args, opt_model)
             kwargs.pop("lr", None)
             self.optimizer = create_loraplus_optimizer(
-                self.model, optimizer_cls, lr=self.args.learning_rate, loraplus_lr_ratio=self.loraplus_lr_ratio,
+                opt_model, optimizer_cls, lr=self.args.learning_rate, loraplus_lr_ratio=self.loraplus_lr_ratio,
                 loraplus_weight_decay=self.args.weight_decay, **kwargs,
             )
             return self.optimizer
