@@ -109,24 +109,23 @@ def _job(
     )
 
 
-def _prepare_parts(parts: Path, job: BatchJob, resume: bool) -> None:
-    """Create OUT.parts with its job record, or check that --resume continues the same job."""
-    recorded = parts / JOB_FILE
-    if recorded.is_file():
-        if not resume:
+def _prepare_parts(parts: Path, job: BatchJob, before: BatchJob | None) -> None:
+    """Create OUT.parts with its job record, or check that --resume continues the same job: `before`,
+    the record --resume found there."""
+    if before is None:
+        if (parts / JOB_FILE).is_file():  # there, but --resume not given
             done = len(list(parts.glob("chunk-*")))
             raise DataError(
                 f"{parts} holds {done} finished chunk(s) of an interrupted run: "
                 "pass --resume to continue it, or delete that directory to start over"
             )
-        before = read_record(BatchJob, recorded)
+        write_record(parts / JOB_FILE, job)
+    else:
         if before.requested_backend is None:  # recorded before the field existed: the backend it ran on decides
             before = before.model_copy(update={"requested_backend": job.requested_backend})
         changed = [f"{key}: {getattr(before, key)!r} -> {value!r}" for key, value in job if getattr(before, key) != value]
         if changed:
             raise DataError(f"--resume: {parts} belongs to a different job ({'; '.join(changed)})")
-        return
-    write_record(recorded, job)
 
 
 def _records(
@@ -234,14 +233,14 @@ def predict_file(
     rank, world = _distributed()
     requested, backend = backend, prediction_backend(backend, pick_device(), bf16=bf16).value  # recorded for a resume
     parts = parts_dir(output)
-    recorded = read_record(BatchJob, parts / JOB_FILE) if requested == "auto" and resume and (parts / JOB_FILE).is_file() else None
-    resumed_auto = recorded is not None and recorded.requested_backend == "auto"
+    recorded = read_record(BatchJob, parts / JOB_FILE) if resume and (parts / JOB_FILE).is_file() else None
+    resumed_auto = requested == "auto" and recorded is not None and recorded.requested_backend == "auto"
     if resumed_auto:  # on the backend auto began the job on (after a fallback: torch), never mixing two in one output
         backend = recorded.backend
     if rank == 0:  # before loading the model, so a refused resume is refused at once
         job = _job(input_path, resolve_adapter_dir(adapter), chunk_rows=chunk_rows, backend=backend,
                    requested_backend=requested, batch_size=batch_size, bf16=bf16, long_text=long_text)
-        _prepare_parts(parts, job, resume)
+        _prepare_parts(parts, job, recorded)
     _barrier(world)
     try:
         predictor = Predictor(adapter, bf16=bf16, batch_size=batch_size, backend=backend if resumed_auto else requested,
