@@ -192,6 +192,7 @@ def test_user_mistakes_get_one_clear_line(tmp_path, minilm_run):
         (("train", "--model", "./no-model", "--max-steps", "1", "--output-dir", str(tmp_path / "x")), "model directory not found"),
         (("train", "--batch-size", "16", "--micro-batch-size", "5", "--output-dir", str(tmp_path / "x")),
          "train.micro_batch_size 5 must divide the training batch size 16"),
+        (("bench", "--quick", "--micro-batch-size", "3"), "micro_batch_sizes [3]: each must be a divisor of batch_size 16"),
         (("compare", "--adapter", str(tmp_path / "none")), "adapter not found"),
         (("predict", "--adapter", str(minilm_run)), "nothing to predict"),
         (("predict", "--adapter", str(minilm_run), "   "), "argument 1: whitespace-only text"),

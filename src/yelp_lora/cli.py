@@ -529,6 +529,8 @@ def build_parser() -> argparse.ArgumentParser:
     _setting(p, "--no-service", "service", action="store_false", help="leave out the HTTP service bench")
     _setting(p, "--skip", "skip", action="append", metavar="PATH",
              help="leave out a path: usual, ours-fp32, ours (training); pipeline, merged-fp32, merged-bf16, onnx-fp32, onnx-int8")
+    _setting(p, "--micro-batch-size", "micro_batch_sizes", action="append", type=int, metavar="N",
+             help="also train our path at micro-batches of N (repeat for a sweep; each a divisor of the batch, 16)")
     p.add_argument("--json", metavar="FILE", help="also write the result as JSON")
     p.set_defaults(handler=cmd_bench)
     return parser

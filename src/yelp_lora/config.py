@@ -430,6 +430,10 @@ class BenchSettings(_Settings):
     seed: int = 42
     service: bool = True
     skip: tuple[str, ...] = Field((), description="Path ids to leave out, e.g. pipeline.")
+    micro_batch_sizes: tuple[int, ...] = Field(
+        (), description="A micro-batch sweep: our bf16 training path once more at each of these sizes "
+        "(path ours-mbN), beside the auto one, on the same rows in the same rounds.",
+    )
 
     @field_validator("model")
     @classmethod
@@ -437,6 +441,13 @@ class BenchSettings(_Settings):
         if model not in ("minilm", "bert-base") and not Path(model).is_dir():
             raise ValueError("expected minilm, bert-base or a model directory")
         return model
+
+    @model_validator(mode="after")
+    def _micro_batches_divide_the_batch(self) -> "BenchSettings":
+        wrong = [size for size in self.micro_batch_sizes if size < 1 or self.batch_size % size]
+        if wrong:
+            raise ValueError(f"micro_batch_sizes {wrong}: each must be a divisor of batch_size {self.batch_size}")
+        return self
 
 
 # `bench --quick`: tiny sizes that check the bench runs; its figures mean little.

@@ -27,6 +27,13 @@ TRAIN_PATHS = {
     "ours-fp32": "ours fp32: sorted micro-batches",
     "ours": "ours: + bf16 autocast",
 }
+MICRO_BATCH_PATH = "ours-mb"  # + N: the "ours" path at micro-batches of N (bench --micro-batch-size N)
+
+
+def train_path_label(path: str) -> str:
+    if path.startswith(MICRO_BATCH_PATH):
+        return f"ours: micro-batches of {path.removeprefix(MICRO_BATCH_PATH)}"
+    return TRAIN_PATHS[path]
 
 
 def _train_worker(
@@ -50,6 +57,8 @@ def _train_worker(
             "train.train_batch_size": settings.batch_size,
             "train.seed": settings.seed,
             "train.precision": "fp32" if path == "ours-fp32" else "auto",
+            **({"train.micro_batch_size": int(path.removeprefix(MICRO_BATCH_PATH))}
+               if path.startswith(MICRO_BATCH_PATH) else {}),
         },
     )
     tokenizer = load_tokenizer(base)
@@ -117,8 +126,9 @@ def _train_worker(
         save_adapter(model, tokenizer, Path(workdir) / "adapter", meta)
     connection.send({
         "path": path,
-        "label": TRAIN_PATHS[path],
+        "label": train_path_label(path),
         "precision": "bf16" if args.bf16 else "fp32",
+        "micro_batch_size": args.per_device_train_batch_size,
         "rows": len(train_split),
         "steps": trainer.state.global_step,
         "real_tokens": sum(real for real, _ in batches),
@@ -138,7 +148,7 @@ def bench_training(
     results = []
     with path_processes() as processes:
         for path in paths:
-            progress(f"training: building {TRAIN_PATHS[path]} ...")
+            progress(f"training: building {train_path_label(path)} ...")
             processes.append(PathProcess(
                 _train_worker, path=path, base=base, train_split=train_split, val_split=val_split,
                 settings=settings, workdir=workdir,
