@@ -38,7 +38,8 @@ def quick_bench(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("YELP_LORA_CACHE", str(cache))
         skips = ["--skip", "ours-fp32", "--skip", "merged-bf16", "--skip", "openvino-bf16"]
-        code = main(["bench", "--quick", *skips, "--micro-batch-size", "2", "--json", str(out)])
+        sweeps = ["--micro-batch-size", "2", "--pad-multiple", "64"]
+        code = main(["bench", "--quick", *skips, *sweeps, "--json", str(out)])
     assert code == 0
     return json.loads(out.read_text()), cache
 
@@ -59,19 +60,21 @@ def test_quick_bench_reports_every_path(quick_bench):
     assert [(c["setting"], c["value"]) for c in result["auto"]] == [tuple(c[:2]) for c in auto_choices()]
     assert "What `auto` chooses on this machine" in format_report(result)
     assert "prediction backend" in format_report(result)
-    assert [row["path"] for row in result["training"]] == ["usual", "ours", "ours-mb2"]
-    # The usual way runs whole batches; ours the CPU's auto micro-batch; the sweep path the one asked for.
-    assert [row["micro_batch_size"] for row in result["training"]] == [16, 4, 2]
+    assert [row["path"] for row in result["training"]] == ["usual", "ours", "ours-mb2", "ours-pad64"]
+    # The usual way runs whole batches; ours the CPU's auto micro-batch; the sweep paths what they ask for.
+    assert [row["micro_batch_size"] for row in result["training"]] == [16, 4, 2, 4]
     assert "ours: micro-batches of 2" in format_report(result)
+    assert "ours: lengths padded to multiples of 64" in format_report(result)
     assert [row["path"] for row in result["prediction"]] == ["pipeline", "merged-fp32", "onnx-fp32", "onnx-int8", "openvino-fp32"]
     assert [row["batch_size"] for row in result["prediction"]] == [1, 16, 1, 1, 1]  # the pipeline's 1, then AUTO_BATCH
     for row in result["training"] + result["prediction"]:
         for key in ("samples_per_s", "tokens_per_s", "flops_per_s", "of_peak", "peak_rss_mib"):
             assert row[key] > 0, (row["path"], key)
-    usual, ours, ours_mb2 = result["training"]
+    usual, ours, ours_mb2, ours_pad64 = result["training"]
     # Same rows for all; only the usual way pads every text to 256 tokens, and smaller micro-batches pad less.
-    assert usual["real_tokens"] == ours["real_tokens"] == ours_mb2["real_tokens"]
-    assert ours_mb2["computed_tokens"] <= ours["computed_tokens"]
+    assert usual["real_tokens"] == ours["real_tokens"] == ours_mb2["real_tokens"] == ours_pad64["real_tokens"]
+    assert ours_mb2["computed_tokens"] <= ours["computed_tokens"] <= ours_pad64["computed_tokens"]
+    assert ours_pad64["computed_tokens"] % (4 * 64) == 0  # micro-batches of 4 rows, each padded to a multiple of 64
     assert usual["computed_tokens"] == usual["rows"] * 256
     assert ours["computed_tokens"] <= usual["computed_tokens"]  # quick mode: one batch, padded to its longest
     # Every prediction path scored the same rows with the same adapter, in the same interleaved rounds.

@@ -193,6 +193,8 @@ def test_user_mistakes_get_one_clear_line(tmp_path, minilm_run):
         (("train", "--batch-size", "16", "--micro-batch-size", "5", "--output-dir", str(tmp_path / "x")),
          "train.micro_batch_size 5 must divide the training batch size 16"),
         (("bench", "--quick", "--micro-batch-size", "3"), "micro_batch_sizes [3]: each must be a divisor of batch_size 16"),
+        (("train", "--pad-to-multiple-of", "24", "--max-length", "512", "--output-dir", str(tmp_path / "x")),
+         "config: train.pad_to_multiple_of 24 pads max_length 512 to 528 tokens, past BERT's 512"),
         (("compare", "--adapter", str(tmp_path / "none")), "adapter not found"),
         (("predict", "--adapter", str(minilm_run)), "nothing to predict"),
         (("predict", "--adapter", str(minilm_run), "   "), "argument 1: whitespace-only text"),

@@ -13,7 +13,7 @@ from yelp_lora.data.sources import load_split
 from yelp_lora.data.tokenize import tokenize
 from yelp_lora.errors import ConfigError
 from yelp_lora.modeling.base import load_tokenizer
-from yelp_lora.training.recipe import build_training_model, step_batches, training_arguments
+from yelp_lora.training.recipe import build_training_model, padding_collator, step_batches, training_arguments
 from yelp_lora.training.trainer import StepSortedSampler, lora_trainer_class
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
@@ -120,3 +120,28 @@ def test_loraplus_moves_lora_b_at_ratio_times_the_learning_rate(ratio, tiny_bert
     head_weight = [step for name, step in moved.items() if "classifier" in name and name.endswith("weight")]
     assert lora_b and max(lora_b) == pytest.approx(b_rate, rel=0.05)
     assert head_weight and max(head_weight) == pytest.approx(lr, rel=0.05)
+
+
+@pytest.mark.parametrize("multiple", [None, 16, 64])
+def test_each_batch_is_padded_to_its_longest_text_or_up_to_the_multiple(multiple, data_dir):
+    tokenizer = load_tokenizer("minilm")
+    rows = tokenize(sample_split(load_split(str(data_dir), "train"), 12, seed=5), tokenizer, 192)
+    config = load_config(None, {"train.pad_to_multiple_of": multiple})
+    collate = padding_collator(tokenizer, config.train)
+    for start in range(0, 12, 4):
+        features = [{key: rows[i][key] for key in ("input_ids", "attention_mask")} for i in range(start, start + 4)]
+        batch = collate(features)
+        longest = max(len(feature["input_ids"]) for feature in features)
+        width = longest if multiple is None else -(-longest // multiple) * multiple
+        assert tuple(batch["input_ids"].shape) == (4, width)
+        # Padding adds only masked [PAD] positions: every text's own ids and mask are unchanged.
+        for row, feature in enumerate(features):
+            n = len(feature["input_ids"])
+            assert batch["input_ids"][row, :n].tolist() == feature["input_ids"]
+            assert batch["attention_mask"][row].sum().item() == n
+            assert set(batch["input_ids"][row, n:].tolist()) <= {tokenizer.pad_token_id}
+
+
+def test_a_multiple_that_pads_past_512_positions_is_refused_naming_both_settings():
+    with pytest.raises(ConfigError, match="train.pad_to_multiple_of 24 pads max_length 512 to 528 tokens"):
+        load_config(None, {"train.pad_to_multiple_of": 24, "model.max_length": 512})

@@ -351,6 +351,8 @@ def _add_run_config_options(p: argparse.ArgumentParser) -> None:
     _setting(p, "--batch-size", "train.train_batch_size", type=int, help="training batch size (rows per optimizer step)")
     _setting(p, "--micro-batch-size", "train.micro_batch_size", type=int,
              help="rows per forward pass of a length-sorted step (divides --batch-size; default: 4 on CPU, 16 on CUDA)")
+    _setting(p, "--pad-to-multiple-of", "train.pad_to_multiple_of", type=int, metavar="N",
+             help="pad each batch's length up to a multiple of N tokens (default: to its longest text)")
     _setting(p, "--extra-train", "data.extra_train", type=_train_source, action="append", metavar="SOURCE[:N|:FRACTION][:balanced]",
              help="another training source (repeatable; replaces the config's list), e.g. "
              "../shared/data/yelp_review_full/open_dataset_train.csv:6000:balanced (N: rows; FRACTION: a share "
@@ -531,6 +533,8 @@ def build_parser() -> argparse.ArgumentParser:
              help="leave out a path: usual, ours-fp32, ours (training); pipeline, merged-fp32, merged-bf16, onnx-fp32, onnx-int8")
     _setting(p, "--micro-batch-size", "micro_batch_sizes", action="append", type=int, metavar="N",
              help="also train our path at micro-batches of N (repeat for a sweep; each a divisor of the batch, 16)")
+    _setting(p, "--pad-multiple", "pad_multiples", action="append", type=int, metavar="N",
+             help="also train our path with each batch padded to a multiple of N tokens (repeat for a sweep)")
     p.add_argument("--json", metavar="FILE", help="also write the result as JSON")
     p.set_defaults(handler=cmd_bench)
     return parser

@@ -142,6 +142,10 @@ class TrainConfig(_Section):
         None, ge=1, description="Rows per forward pass under group_by_length; must divide the training batch. "
         "null = auto: 4 on CPU, 16 on CUDA.",
     )
+    pad_to_multiple_of: int | None = Field(
+        None, ge=1, description="Pad each batch's length up to a multiple of this (shapes that matrix tiles "
+        "divide evenly, e.g. AMX's 16 rows); null: to its longest text.",
+    )
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="auto = bf16 autocast where the CPU or GPU supports it, else fp32."
     )
@@ -175,6 +179,18 @@ class RunConfig(_Section):
     lora: LoraSettings = LoraSettings()
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
+
+    @model_validator(mode="after")
+    def _padded_length_fits(self) -> "RunConfig":
+        check_padded_length(self.model.max_length, self.train.pad_to_multiple_of, "train.pad_to_multiple_of")
+        return self
+
+
+def check_padded_length(max_length: int, multiple: int | None, name: str) -> None:
+    """A text of max_length tokens padded up to `multiple` must still fit BERT's 512 positions."""
+    padded = -(-max_length // multiple) * multiple if multiple else max_length
+    if padded > 512:
+        raise ValueError(f"{name} {multiple} pads max_length {max_length} to {padded} tokens, past BERT's 512")
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
@@ -217,8 +233,10 @@ def _validated_config(raw: dict[str, Any], where: str) -> RunConfig:
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as err:
+        # A field's error names the field and its value; a rule across fields names them in its message.
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'])}: {str(e['msg']).removeprefix('Value error, ')} (got {e.get('input')!r})"
+            if e["loc"] else str(e["msg"]).removeprefix("Value error, ")
             for e in err.errors()
         )
         raise ConfigError(f"{where}: {problems}") from None
@@ -434,6 +452,10 @@ class BenchSettings(_Settings):
         (), description="A micro-batch sweep: our bf16 training path once more at each of these sizes "
         "(path ours-mbN), beside the auto one, on the same rows in the same rounds.",
     )
+    pad_multiples: tuple[int, ...] = Field(
+        (), description="A padding sweep: our bf16 training path once more with each batch's length padded up "
+        "to each of these multiples (path ours-padN).",
+    )
 
     @field_validator("model")
     @classmethod
@@ -447,6 +469,10 @@ class BenchSettings(_Settings):
         wrong = [size for size in self.micro_batch_sizes if size < 1 or self.batch_size % size]
         if wrong:
             raise ValueError(f"micro_batch_sizes {wrong}: each must be a divisor of batch_size {self.batch_size}")
+        for multiple in self.pad_multiples:
+            if multiple < 1:
+                raise ValueError(f"pad_multiples {list(self.pad_multiples)}: each must be at least 1")
+            check_padded_length(self.max_length, multiple, "pad_multiples")
         return self
 
 

@@ -31,7 +31,7 @@ from yelp_lora.artifacts import resolve_adapter_dir
 from yelp_lora.bench.peaks import instruction_sets, measure_peak
 from yelp_lora.bench.prediction import PATH_OPTIONS, PREDICT_PATHS, bench_prediction
 from yelp_lora.bench.service import bench_service
-from yelp_lora.bench.training import MICRO_BATCH_PATH, TRAIN_PATHS, bench_training
+from yelp_lora.bench.training import TRAIN_PATHS, bench_training, sweep_paths
 from yelp_lora.config import BenchSettings
 from yelp_lora.data.sampling import sample_split, train_val_split
 from yelp_lora.data.sources import load_split, resolve_source
@@ -93,7 +93,7 @@ def run_bench(settings: BenchSettings, progress=print) -> dict:
 
     # Without bf16, "ours" is fp32: no separate fp32 path.
     train_paths = [path for path in TRAIN_PATHS if path not in settings.skip and not (path == "ours-fp32" and not bf16_ok)]
-    train_paths += [f"{MICRO_BATCH_PATH}{size}" for size in dict.fromkeys(settings.micro_batch_sizes)]
+    train_paths += sweep_paths(settings)
     training = []
     if train_paths:
         training = bench_training(

@@ -27,13 +27,31 @@ TRAIN_PATHS = {
     "ours-fp32": "ours fp32: sorted micro-batches",
     "ours": "ours: + bf16 autocast",
 }
-MICRO_BATCH_PATH = "ours-mb"  # + N: the "ours" path at micro-batches of N (bench --micro-batch-size N)
+# Sweep paths: "ours" once more with one setting changed, named prefix + value (ours-mb2, ours-pad16).
+SWEEP_PATHS = {
+    "ours-mb": ("train.micro_batch_size", "ours: micro-batches of {}"),  # bench --micro-batch-size N
+    "ours-pad": ("train.pad_to_multiple_of", "ours: lengths padded to multiples of {}"),  # bench --pad-multiple N
+}
+
+
+def sweep_setting(path: str) -> tuple[str, int, str] | None:
+    """(setting, value, label) of a sweep path, None for the named paths."""
+    for prefix, (setting, label) in SWEEP_PATHS.items():
+        if path.startswith(prefix) and path.removeprefix(prefix).isdigit():
+            value = int(path.removeprefix(prefix))
+            return setting, value, label.format(value)
+    return None
+
+
+def sweep_paths(settings: BenchSettings) -> list[str]:
+    """The sweep paths `bench --micro-batch-size` / `--pad-multiple` ask for, each value once."""
+    return [f"ours-mb{size}" for size in dict.fromkeys(settings.micro_batch_sizes)] + [
+        f"ours-pad{multiple}" for multiple in dict.fromkeys(settings.pad_multiples)]
 
 
 def train_path_label(path: str) -> str:
-    if path.startswith(MICRO_BATCH_PATH):
-        return f"ours: micro-batches of {path.removeprefix(MICRO_BATCH_PATH)}"
-    return TRAIN_PATHS[path]
+    sweep = sweep_setting(path)
+    return sweep[2] if sweep else TRAIN_PATHS[path]
 
 
 def _train_worker(
@@ -41,10 +59,10 @@ def _train_worker(
 ) -> None:
     """One training path: build it and tell the parent its step count; run the steps each turn
     asks for (timing only those steps); once told to close, score it and send the result."""
-    from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments, default_data_collator
+    from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator
     from transformers.trainer_callback import PrinterCallback
 
-    from yelp_lora.training.recipe import build_training_model, training_arguments
+    from yelp_lora.training.recipe import build_training_model, padding_collator, training_arguments
     from yelp_lora.training.trainer import lora_trainer_class
 
     quiet_upstream_warnings()
@@ -57,8 +75,7 @@ def _train_worker(
             "train.train_batch_size": settings.batch_size,
             "train.seed": settings.seed,
             "train.precision": "fp32" if path == "ours-fp32" else "auto",
-            **({"train.micro_batch_size": int(path.removeprefix(MICRO_BATCH_PATH))}
-               if path.startswith(MICRO_BATCH_PATH) else {}),
+            **({sweep[0]: sweep[1]} if (sweep := sweep_setting(path)) else {}),
         },
     )
     tokenizer = load_tokenizer(base)
@@ -83,7 +100,7 @@ def _train_worker(
         collate = default_data_collator
     else:
         args = training_arguments(config, output, device, resume_possible=False, **short_run)
-        collate = DataCollatorWithPadding(tokenizer)
+        collate = padding_collator(tokenizer, config.train)
     batches: list[tuple[int, int]] = []  # (real tokens, computed tokens) of each batch
 
     def counting_collator(features):

@@ -103,6 +103,13 @@ def build_training_model(config: RunConfig, device: torch.device):
     return model
 
 
+def padding_collator(tokenizer, train: TrainConfig):
+    """Pads each batch to its longest text, or up to a multiple of train.pad_to_multiple_of."""
+    from transformers import DataCollatorWithPadding
+
+    return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=train.pad_to_multiple_of)
+
+
 def training_arguments(config: RunConfig, output_dir: Path, device: torch.device, resume_possible: bool, **overrides):
     """The Trainer's arguments for this config on this device; `overrides` replace any of them (the bench's short runs)."""
     from transformers import TrainingArguments
@@ -214,8 +221,6 @@ def train(config: RunConfig, output_dir: str | Path, *, resume: bool = False, ca
     train_set = tokenize(train_split, tokenizer, config.model.max_length, head, pad)
     val_set = tokenize(val_split, tokenizer, config.model.max_length, head, pad)
 
-    from transformers import DataCollatorWithPadding  # after the data checks: bad data fails fast
-
     model = build_training_model(config, device)
     line = parameter_line(model)
     print(line, flush=True)
@@ -239,7 +244,7 @@ def train(config: RunConfig, output_dir: str | Path, *, resume: bool = False, ca
             train_dataset=train_set,
             eval_dataset=val_set,
             processing_class=tokenizer,
-            data_collator=DataCollatorWithPadding(tokenizer),
+            data_collator=padding_collator(tokenizer, train_config),
             compute_metrics=validation_metrics(train_config.calibrate),
             compute_loss_func=step_mean_loss(weights, train_config.label_smoothing, train_config.ordinal_weight),
             loraplus_lr_ratio=train_config.loraplus_lr_ratio,
