@@ -113,3 +113,15 @@ def test_long_texts_are_read_as_overlapping_windows_of_bounded_number(tiny_bert_
         else:  # far longer: 8 windows from start to end with gaps between them, reported as partly read
             assert len(mine) == MAX_WINDOWS_PER_TEXT and partly_read[index]
     assert owners.tolist() == sorted(owners.tolist()) and not partly_read[0]
+
+
+def test_a_saved_tokenizer_does_not_record_whether_the_hub_was_offline(tmp_path):
+    """transformers keeps `local_files_only` (forced on under HF_HUB_OFFLINE, which the tests set) among
+    the tokenizer's init arguments and writes it to tokenizer_config.json: an adapter's bytes would
+    then depend on the environment of the run that saved it."""
+    import json
+
+    load_tokenizer("minilm").save_pretrained(str(tmp_path))
+    saved = json.loads((tmp_path / "tokenizer_config.json").read_text(encoding="utf-8"))
+    assert saved["tokenizer_class"] and "local_files_only" not in saved
+    assert load_tokenizer(str(tmp_path))("a fine review")["input_ids"] == load_tokenizer("minilm")("a fine review")["input_ids"]

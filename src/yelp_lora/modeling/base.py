@@ -47,9 +47,13 @@ def load_tokenizer(base: str):
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(resolve_model_path(base))
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(base))
     except OSError as err:
         raise ModelError(f"cannot load the tokenizer of '{base}': {err}") from None
+    # A loading option, not part of the tokenizer: transformers forces it on under HF_HUB_OFFLINE and
+    # would write it into every saved tokenizer_config.json, so an adapter's bytes would depend on it.
+    tokenizer.init_kwargs.pop("local_files_only", None)
+    return tokenizer
 
 
 def build_classifier(base: str, seed: int, *, attention: str = "sdpa", attention_dropout: float | None = None):
