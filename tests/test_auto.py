@@ -16,7 +16,7 @@ from support import cli, review_texts
 
 from yelp_lora.errors import ConfigError
 from yelp_lora.inference.predictor import Predictor
-from yelp_lora.modeling.hardware import auto_choices, has_amx, prediction_backend
+from yelp_lora.modeling.hardware import auto_choices, auto_pad_multiple, has_amx, prediction_backend
 
 CPU = torch.device("cpu")
 
@@ -24,8 +24,8 @@ CPU = torch.device("cpu")
 def test_every_auto_setting_is_named_with_its_value_and_reason():
     choices = auto_choices(CPU)
     assert [c.setting for c in choices] == [
-        "train.precision", "model.attention", "model.dropout_kernel", "train micro-batch", "prediction backend",
-        "prediction batch",
+        "train.precision", "model.attention", "model.dropout_kernel", "train micro-batch", "train pad multiple",
+        "prediction backend", "prediction batch",
     ]
     assert all(c.value and len(c.why) > 20 for c in choices)
     backend = next(c for c in choices if c.setting == "prediction backend")
@@ -37,6 +37,10 @@ def test_every_auto_setting_is_named_with_its_value_and_reason():
     assert backend.value == ("onnx" if onnx_installed and not has_amx() else "torch"), backend
     batch = next(c for c in choices if c.setting == "prediction batch")
     assert batch.value == ("1" if backend.value == "onnx" else "16")
+    # Padding multiples were measured on the AVX-512 CPU; unmeasured on AMX, which keeps padding to the longest text.
+    pad = next(c for c in choices if c.setting == "train pad multiple")
+    assert pad.value == ("1" if has_amx() else "8"), pad
+    assert auto_pad_multiple(torch.device("cuda")) == 1
 
 
 def test_a_named_backend_or_bf16_overrides_auto_and_an_unknown_one_is_refused():

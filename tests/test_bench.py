@@ -24,7 +24,7 @@ from yelp_lora.data.sources import load_split
 from yelp_lora.errors import ConfigError
 from yelp_lora.inference.predictor import Predictor
 from yelp_lora.modeling.base import build_classifier
-from yelp_lora.modeling.hardware import auto_choices, bf16_supported
+from yelp_lora.modeling.hardware import auto_choices, auto_pad_multiple, bf16_supported
 from yelp_lora.modeling.lora import apply_lora
 
 pytestmark = pytest.mark.slow
@@ -63,6 +63,7 @@ def test_quick_bench_reports_every_path(quick_bench):
     assert [row["path"] for row in result["training"]] == ["usual", "ours", "ours-mb2", "ours-pad64"]
     # The usual way runs whole batches; ours the CPU's auto micro-batch; the sweep paths what they ask for.
     assert [row["micro_batch_size"] for row in result["training"]] == [16, 4, 2, 4]
+    assert [row["pad_multiple"] for row in result["training"]] == [1, *[auto_pad_multiple(torch.device("cpu"))] * 2, 64]
     assert "ours: micro-batches of 2" in format_report(result)
     assert "ours: lengths padded to multiples of 64" in format_report(result)
     assert [row["path"] for row in result["prediction"]] == ["pipeline", "merged-fp32", "onnx-fp32", "onnx-int8", "openvino-fp32"]

@@ -13,7 +13,8 @@ from yelp_lora.data.sources import load_split
 from yelp_lora.data.tokenize import tokenize
 from yelp_lora.errors import ConfigError
 from yelp_lora.modeling.base import load_tokenizer
-from yelp_lora.training.recipe import build_training_model, padding_collator, step_batches, training_arguments
+from yelp_lora.modeling.hardware import has_amx
+from yelp_lora.training.recipe import build_training_model, pad_multiple, padding_collator, step_batches, training_arguments
 from yelp_lora.training.trainer import StepSortedSampler, lora_trainer_class
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
@@ -122,17 +123,19 @@ def test_loraplus_moves_lora_b_at_ratio_times_the_learning_rate(ratio, tiny_bert
     assert head_weight and max(head_weight) == pytest.approx(lr, rel=0.05)
 
 
-@pytest.mark.parametrize("multiple", [None, 16, 64])
+@pytest.mark.parametrize("multiple", [None, 1, 16, 64])
 def test_each_batch_is_padded_to_its_longest_text_or_up_to_the_multiple(multiple, data_dir):
     tokenizer = load_tokenizer("minilm")
     rows = tokenize(sample_split(load_split(str(data_dir), "train"), 12, seed=5), tokenizer, 192)
     config = load_config(None, {"train.pad_to_multiple_of": multiple})
-    collate = padding_collator(tokenizer, config.train)
+    collate = padding_collator(tokenizer, config.train, CPU)
+    expected_multiple = multiple or (1 if has_amx() else 8)  # auto: measured on the AVX-512 CPU only
+    assert pad_multiple(config.train, CPU) == expected_multiple
     for start in range(0, 12, 4):
         features = [{key: rows[i][key] for key in ("input_ids", "attention_mask")} for i in range(start, start + 4)]
         batch = collate(features)
         longest = max(len(feature["input_ids"]) for feature in features)
-        width = longest if multiple is None else -(-longest // multiple) * multiple
+        width = -(-longest // expected_multiple) * expected_multiple
         assert tuple(batch["input_ids"].shape) == (4, width)
         # Padding adds only masked [PAD] positions: every text's own ids and mask are unchanged.
         for row, feature in enumerate(features):

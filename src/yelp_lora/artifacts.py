@@ -176,6 +176,7 @@ class Resolved(Record):
     attention: str
     micro_batch_size: int
     gradient_accumulation_steps: int
+    pad_to_multiple_of: int = 1  # runs recorded before this field padded to the longest text
 
 
 class RunData(Record):

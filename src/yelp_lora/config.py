@@ -143,8 +143,8 @@ class TrainConfig(_Section):
         "null = auto: 4 on CPU, 16 on CUDA.",
     )
     pad_to_multiple_of: int | None = Field(
-        None, ge=1, description="Pad each batch's length up to a multiple of this (shapes that matrix tiles "
-        "divide evenly, e.g. AMX's 16 rows); null: to its longest text.",
+        None, ge=1, description="Pad each batch's length up to a multiple of this (fewer distinct shapes; "
+        "1: to its longest text). null = auto: 8 on CPUs without AMX (measured faster), 1 elsewhere.",
     )
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="auto = bf16 autocast where the CPU or GPU supports it, else fp32."
@@ -187,7 +187,8 @@ class RunConfig(_Section):
 
 
 def check_padded_length(max_length: int, multiple: int | None, name: str) -> None:
-    """A text of max_length tokens padded up to `multiple` must still fit BERT's 512 positions."""
+    """A text of max_length tokens padded up to `multiple` must still fit BERT's 512 positions (auto's
+    multiple, 8, divides 512)."""
     padded = -(-max_length // multiple) * multiple if multiple else max_length
     if padded > 512:
         raise ValueError(f"{name} {multiple} pads max_length {max_length} to {padded} tokens, past BERT's 512")

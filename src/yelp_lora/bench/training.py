@@ -39,6 +39,8 @@ def sweep_setting(path: str) -> tuple[str, int, str] | None:
     for prefix, (setting, label) in SWEEP_PATHS.items():
         if path.startswith(prefix) and path.removeprefix(prefix).isdigit():
             value = int(path.removeprefix(prefix))
+            if setting == "train.pad_to_multiple_of" and value == 1:
+                return setting, value, "ours: padded to the longest text"
             return setting, value, label.format(value)
     return None
 
@@ -62,7 +64,7 @@ def _train_worker(
     from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator
     from transformers.trainer_callback import PrinterCallback
 
-    from yelp_lora.training.recipe import build_training_model, padding_collator, training_arguments
+    from yelp_lora.training.recipe import build_training_model, pad_multiple, padding_collator, training_arguments
     from yelp_lora.training.trainer import lora_trainer_class
 
     quiet_upstream_warnings()
@@ -100,7 +102,7 @@ def _train_worker(
         collate = default_data_collator
     else:
         args = training_arguments(config, output, device, resume_possible=False, **short_run)
-        collate = padding_collator(tokenizer, config.train)
+        collate = padding_collator(tokenizer, config.train, device)
     batches: list[tuple[int, int]] = []  # (real tokens, computed tokens) of each batch
 
     def counting_collator(features):
@@ -146,6 +148,7 @@ def _train_worker(
         "label": train_path_label(path),
         "precision": "bf16" if args.bf16 else "fp32",
         "micro_batch_size": args.per_device_train_batch_size,
+        "pad_multiple": 1 if usual else pad_multiple(config.train, device),  # the usual way pads to 256
         "rows": len(train_split),
         "steps": trainer.state.global_step,
         "real_tokens": sum(real for real, _ in batches),

@@ -40,7 +40,8 @@ from yelp_lora.modeling import dropout as dropout_stage
 from yelp_lora.modeling.forward import softmax
 from yelp_lora.modeling.base import build_classifier, load_tokenizer, resolve_model_path
 from yelp_lora.modeling.hardware import (
-    AUTO_MICRO_BATCH, AUTO_TRAIN_BATCH, attention_implementation, attention_kernel, bf16_supported, pick_device,
+    AUTO_MICRO_BATCH, AUTO_TRAIN_BATCH, attention_implementation, attention_kernel, auto_pad_multiple, bf16_supported,
+    pick_device,
 )
 from yelp_lora.modeling.lora import apply_lora, parameter_line
 from yelp_lora.training.tracking import require as require_tracking, tracked
@@ -103,11 +104,16 @@ def build_training_model(config: RunConfig, device: torch.device):
     return model
 
 
-def padding_collator(tokenizer, train: TrainConfig):
-    """Pads each batch to its longest text, or up to a multiple of train.pad_to_multiple_of."""
+def pad_multiple(train: TrainConfig, device: torch.device) -> int:
+    """What each batch's length is padded up to a multiple of: the config's, or the device's auto."""
+    return train.pad_to_multiple_of or auto_pad_multiple(device)
+
+
+def padding_collator(tokenizer, train: TrainConfig, device: torch.device):
+    """Pads each batch up to a multiple of `pad_multiple` (1: to its longest text)."""
     from transformers import DataCollatorWithPadding
 
-    return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=train.pad_to_multiple_of)
+    return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_multiple(train, device))
 
 
 def training_arguments(config: RunConfig, output_dir: Path, device: torch.device, resume_possible: bool, **overrides):
@@ -244,7 +250,7 @@ def train(config: RunConfig, output_dir: str | Path, *, resume: bool = False, ca
             train_dataset=train_set,
             eval_dataset=val_set,
             processing_class=tokenizer,
-            data_collator=padding_collator(tokenizer, train_config),
+            data_collator=padding_collator(tokenizer, train_config, device),
             compute_metrics=validation_metrics(train_config.calibrate),
             compute_loss_func=step_mean_loss(weights, train_config.label_smoothing, train_config.ordinal_weight),
             loraplus_lr_ratio=train_config.loraplus_lr_ratio,
@@ -264,6 +270,7 @@ def train(config: RunConfig, output_dir: str | Path, *, resume: bool = False, ca
                 data_source=source, base_model_path=base_path, device=str(device), bf16=args.bf16,
                 attention=attention_kernel(model.get_base_model().config),
                 micro_batch_size=args.per_device_train_batch_size,
+                pad_to_multiple_of=pad_multiple(train_config, device),
                 gradient_accumulation_steps=args.gradient_accumulation_steps,
             ),
             data=RunData(
