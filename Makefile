@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 CONFIG ?= configs/demo.yaml
 RUN_DIR ?= runs/demo
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench bench-cpu clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -31,6 +31,10 @@ test: install
 
 bench: install
 	$(BIN)/yelp-lora bench --json runs/bench.json
+
+# Every measurement a CPU not measured yet needs (issue 15), into runs/<cpu>-*.json: ~20 minutes.
+bench-cpu: install
+	BIN=$(BIN) RUN_DIR=$(RUN_DIR) bash benchmarks/new_cpu.sh
 
 clean:
 	rm -rf $(VENV) runs
