@@ -59,6 +59,8 @@ def test_quick_bench_reports_every_path(quick_bench):
     # What auto chose on this machine, and why, as train / predict / serve would choose it.
     assert [(c["setting"], c["value"]) for c in result["auto"]] == [tuple(c[:2]) for c in auto_choices()]
     assert "What `auto` chooses on this machine" in format_report(result)
+    # The closing line names what the work directory holds: here the adapter the bench trained, no random base.
+    assert f"Work files (training outputs and logs, the adapter its own training wrote): {result['workdir']}" in format_report(result)
     assert "prediction backend" in format_report(result)
     assert [row["path"] for row in result["training"]] == ["usual", "ours", "ours-mb2", "ours-pad64"]
     # The usual way runs whole batches; ours the CPU's auto micro-batch; the sweep paths what they ask for.
@@ -240,7 +242,9 @@ def test_bench_with_every_path_skipped_needs_no_adapter(tmp_path, capsys):
     result = json.loads(out.read_text())
     assert result["training"] == [] and result["prediction"] == [] and result["adapter"] is None
     assert len(result["peak_flops_measured"]) == 2  # the start and the end: no rounds ran
-    assert "adapter for prediction: none (no prediction path)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "adapter for prediction: none (no prediction path)" in printed
+    assert f"Work files (training outputs and logs): {result['workdir']}" in printed  # no adapter was trained
 
 
 def test_unknown_backend_is_a_clear_error(quick_bench):

@@ -75,7 +75,12 @@ def format_report(result: dict) -> str:
     for name in ("training", "prediction"):
         if speed[name] is not None:
             lines.append(f"Speed-up, {name}: {speed[name]:.2f}x the usual way's samples/s")
-    lines.append(f"Work files (the bench's adapter, a bert-base base): {result['workdir']} (delete when done)")
+    made = ["training outputs and logs"]
+    if any(row["path"] == "ours" for row in result["training"]) and not result["settings"]["adapter"]:
+        made.append("the adapter its own training wrote")
+    if result["settings"]["model"] == "bert-base":
+        made.append("the random bert-base")
+    lines.append(f"Work files ({', '.join(made)}): {result['workdir']} (delete when done)")
     return "\n".join(lines)
 
 
