@@ -13,9 +13,10 @@ set -euo pipefail
 BIN=${BIN:-.venv/bin}
 RUN_DIR=${RUN_DIR:-runs/demo}
 test -d "$RUN_DIR/adapter" || { echo "no adapter in $RUN_DIR: run make demo first (or set RUN_DIR)" >&2; exit 2; }
-cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1 | tr 'A-Z' 'a-z' | tr -cs 'a-z0-9' '-' | sed 's/-$//')
+model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
+cpu=$(printf '%s' "$model" | tr 'A-Z' 'a-z' | tr -cs 'a-z0-9' '-' | sed 's/-$//')
 out=runs/${cpu:-cpu}
-echo "CPU: $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1); flags: $(grep -m1 -o -w -E 'amx_(tile|bf16|int8)|avx512_(bf16|vnni)|avx_vnni' /proc/cpuinfo | sort -u | tr '\n' ' ')"
+echo "CPU: $model; flags: $(grep -m1 -o -w -E 'amx_(tile|bf16|int8)|avx512_(bf16|vnni)|avx_vnni' /proc/cpuinfo | sort -u | tr '\n' ' ')"
 no_prediction=(--skip pipeline --skip merged-fp32 --skip merged-bf16 --skip onnx-fp32 --skip onnx-int8 --skip openvino-fp32 --skip openvino-bf16)
 set -x
 "$BIN/yelp-lora" bench --adapter "$RUN_DIR" --json "$out-bench.json"

@@ -72,12 +72,12 @@ def openvino_models(adapter: Path, token_ids: list[list[int]], calibration: list
     model, _ = load_adapter(adapter, merge=True)
     model.set_attn_implementation("sdpa")  # converted to OpenVINO's fused ScaledDotProductAttention
     model.eval()
-    reference = model(**{k: torch.from_numpy(v) for k, v in pad(token_ids[:2], pad_id).items()}).logits
-    wrapped = Logits(model)
-    example = {k: torch.from_numpy(v) for k, v in pad([token_ids[0], token_ids[1][:20]], pad_id).items()}
+    first_two = {k: torch.from_numpy(v) for k, v in pad(token_ids[:2], pad_id).items()}
     with torch.no_grad():
-        cut = wrapped(**{k: torch.from_numpy(v) for k, v in pad(token_ids[:2], pad_id).items()})
-    assert torch.allclose(cut, reference, atol=1e-5), "the [CLS] cut changed the logits"
+        reference = model(**first_two).logits
+        wrapped = Logits(model)  # from here on the model's last layer runs on [CLS] only
+        assert torch.allclose(wrapped(**first_two), reference, atol=1e-5), "the [CLS] cut changed the logits"
+    example = {k: torch.from_numpy(v) for k, v in pad([token_ids[0], token_ids[1][:20]], pad_id).items()}
 
     def convert():
         return ov.convert_model(wrapped, example_input=example, input=[

@@ -466,7 +466,7 @@ class BenchSettings(_Settings):
         return model
 
     @model_validator(mode="after")
-    def _micro_batches_divide_the_batch(self) -> "BenchSettings":
+    def _sweeps_fit_the_batch_and_positions(self) -> "BenchSettings":
         wrong = [size for size in self.micro_batch_sizes if size < 1 or self.batch_size % size]
         if wrong:
             raise ValueError(f"micro_batch_sizes {wrong}: each must be a divisor of batch_size {self.batch_size}")

@@ -27,28 +27,29 @@ TRAIN_PATHS = {
     "ours-fp32": "ours fp32: sorted micro-batches",
     "ours": "ours: + bf16 autocast",
 }
-# Sweep paths: "ours" once more with one setting changed, named prefix + value (ours-mb2, ours-pad16).
+# Sweep paths: "ours" once more with one setting changed, named prefix + value (ours-mb2, ours-pad16):
+# prefix -> (the BenchSettings field listing the values, the run config setting, the path's label).
 SWEEP_PATHS = {
-    "ours-mb": ("train.micro_batch_size", "ours: micro-batches of {}"),  # bench --micro-batch-size N
-    "ours-pad": ("train.pad_to_multiple_of", "ours: lengths padded to multiples of {}"),  # bench --pad-multiple N
+    "ours-mb": ("micro_batch_sizes", "train.micro_batch_size", "ours: micro-batches of {}".format),
+    "ours-pad": ("pad_multiples", "train.pad_to_multiple_of",
+                 lambda multiple: "ours: padded to the longest text" if multiple == 1
+                 else f"ours: lengths padded to multiples of {multiple}"),
 }
 
 
 def sweep_setting(path: str) -> tuple[str, int, str] | None:
     """(setting, value, label) of a sweep path, None for the named paths."""
-    for prefix, (setting, label) in SWEEP_PATHS.items():
+    for prefix, (_, setting, label) in SWEEP_PATHS.items():
         if path.startswith(prefix) and path.removeprefix(prefix).isdigit():
             value = int(path.removeprefix(prefix))
-            if setting == "train.pad_to_multiple_of" and value == 1:
-                return setting, value, "ours: padded to the longest text"
-            return setting, value, label.format(value)
+            return setting, value, label(value)
     return None
 
 
 def sweep_paths(settings: BenchSettings) -> list[str]:
     """The sweep paths `bench --micro-batch-size` / `--pad-multiple` ask for, each value once."""
-    return [f"ours-mb{size}" for size in dict.fromkeys(settings.micro_batch_sizes)] + [
-        f"ours-pad{multiple}" for multiple in dict.fromkeys(settings.pad_multiples)]
+    return [f"{prefix}{value}" for prefix, (field, _, _) in SWEEP_PATHS.items()
+            for value in dict.fromkeys(getattr(settings, field))]
 
 
 def train_path_label(path: str) -> str:
