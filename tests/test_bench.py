@@ -163,21 +163,25 @@ def test_exported_graph_uses_onnx_runtimes_fused_bert_kernels(quick_bench, monke
     result, cache = quick_bench
     monkeypatch.setenv("YELP_LORA_CACHE", str(cache))
     layers = 6  # MiniLM
-    fp32 = collections.Counter(node.op_type for node in onnx.load(exported_model(Path(result["adapter"]), "onnx")).graph.node)
-    assert fp32["Attention"] == layers and fp32["BiasGelu"] == layers and fp32["EmbedLayerNormalization"] == 1
-    assert fp32["Softmax"] == 0
+    graph = onnx.load(exported_model(Path(result["adapter"]), "onnx")).graph
+    fp32 = collections.Counter(node.op_type for node in graph.node)
+    # Every layer's attention fused but the last, which runs as plain ops for the first token.
+    assert fp32["Attention"] == layers - 1 and fp32["BiasGelu"] == layers and fp32["EmbedLayerNormalization"] == 1
+    assert fp32["Softmax"] == 1
     # Residual + LayerNorm, twice per layer, as plain ops (mean and variance: two ReduceMean each).
     assert fp32["SkipLayerNormalization"] == 0 and fp32["ReduceMean"] == 2 * 2 * layers
-    # The last layer carries only the first token after its attention: the attention output and the residual, cut.
-    graph = onnx.load(exported_model(Path(result["adapter"]), "onnx")).graph
-    last_attention = max(index for index, node in enumerate(graph.node) if node.op_type == "Attention")
-    slices = [node for node in graph.node[last_attention + 1 :] if node.op_type == "Slice"]
-    assert sorted(node.input[0] for node in slices) == sorted(
-        [graph.node[last_attention].output[0], graph.node[last_attention].input[0]]
-    )
-    int8 = collections.Counter(node.op_type for node in onnx.load(exported_model(Path(result["adapter"]), "onnx-int8")).graph.node)
-    # Per layer: attention output, FFN in and out; then the pooler and the head.
-    assert int8["QAttention"] == layers and int8["MatMulInteger"] == 3 * layers + 2
+    # The last layer's query and residual are the first token's alone; its keys and values every token's.
+    nodes = {node.name: node for node in graph.node}
+    first_token = nodes["first_token/hidden_states"]
+    assert first_token.op_type == "Slice" and nodes["first_token/key_value_product"].input[0] == first_token.input[0]
+    readers = [node.name for node in graph.node if first_token.output[0] in node.input]
+    assert len(readers) == 2 and "first_token/query_product" in readers  # the query and the residual add
+    int8_graph = onnx.load(exported_model(Path(result["adapter"]), "onnx-int8")).graph
+    int8 = collections.Counter(node.op_type for node in int8_graph.node)
+    # Per layer: attention output, FFN in and out; the last layer's query and keys + values; then
+    # the pooler and the head. Its attention's two products of activations stay fp32.
+    assert int8["QAttention"] == layers - 1 and int8["MatMulInteger"] == 3 * layers + 2 + 2
+    assert sorted(node.name for node in int8_graph.node if node.op_type == "MatMul") == ["first_token/context", "first_token/scores"]
 
 
 def test_predict_cli_onnx_int8(quick_bench, real_texts, monkeypatch, capsys):
@@ -268,10 +272,15 @@ def test_flop_count_matches_the_models_matmul_parameters():
     # Training: frozen matmuls twice (forward, input gradient), attention products and LoRA three times.
     training = training_flops(config, n, LoraSettings())
     assert training == pytest.approx(2 * 2 * frozen * n[0] + 3 * attention + 3 * 2 * lora * n[0] + 2 * 2 * h * h + 3 * 2 * h * 5)
-    # Our ONNX graphs run the last layer's attention output projection and FFN on the first token only.
+    # Our ONNX graphs run the last layer's query, attention, output projection and FFN on the
+    # first token only: keys and values are still computed for every token.
     last = base.bert.encoder.layer[-1]
-    skipped = sum(m.weight.numel() for m in (last.attention.output.dense, last.intermediate.dense, last.output.dense))
-    assert forward - forward_flops(config, n, first_token_last_layer=True) == pytest.approx(2 * skipped * (n[0] - 1))
+    first_token_only = (last.attention.self.query, last.attention.output.dense, last.intermediate.dense, last.output.dense)
+    skipped = sum(m.weight.numel() for m in first_token_only)
+    skipped_attention = 4 * (n[0] - 1) * n[0] * h
+    assert forward - forward_flops(config, n, first_token_last_layer=True) == pytest.approx(
+        2 * skipped * (n[0] - 1) + skipped_attention
+    )
 
 
 def test_each_precisions_peak_names_the_best_instructions_the_cpu_offers():

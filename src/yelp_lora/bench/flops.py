@@ -26,13 +26,15 @@ def _dims(model_config) -> tuple[int, int, int]:
 def forward_flops(model_config, lengths: np.ndarray, first_token_last_layer: bool = False) -> float:
     """Model FLOPs of one inference pass over texts of these real lengths (see the module notes).
 
-    `first_token_last_layer`: the last layer's attention output projection and FFN run on the
-    first token only (our ONNX graphs); the FLOPs they skip are not counted.
+    `first_token_last_layer`: the last layer computes keys and values for every token but its
+    query, attention, output projection and FFN for the first token only (our ONNX graphs); the
+    FLOPs they skip are not counted.
     """
     h, i, layers = _dims(model_config)
     n = np.asarray(lengths, dtype=np.float64)
     per_layer = n * 2 * (4 * h * h + 2 * h * i) + 4 * n * n * h
-    last_layer = n * 2 * 3 * h * h + 4 * n * n * h + 2 * (h * h + 2 * h * i) if first_token_last_layer else per_layer
+    first_token_only = n * 2 * 2 * h * h + 2 * (2 * h * h + 2 * h * i) + 4 * n * h
+    last_layer = first_token_only if first_token_last_layer else per_layer
     per_text = (layers - 1) * per_layer + last_layer + 2 * h * h + 2 * h * NUM_LABELS
     return float(per_text.sum())
 

@@ -37,7 +37,7 @@ CACHE_ENV = "YELP_LORA_CACHE"
 FP32_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
 OPSET = 17
-GRAPH_FORMAT = "fused-v4-first-token"  # bump when export() changes, so cached files are rebuilt
+GRAPH_FORMAT = "fused-v5-first-token-query"  # bump when export() changes, so cached files are rebuilt
 HASHES_FILE = "sha256.json"  # {file name: sha256} of the exported files, written with them
 # ONNX Runtime's CPU SkipLayerNormalization kernel measured slower than the same arithmetic as
 # plain vectorised ops; these session transformers would fuse it back.
@@ -100,6 +100,7 @@ def export(adapter_dir: Path, target: Path, *, base: str | None = None, origin: 
             # inferable output types, hence the default tensor type (float).
             quantize_dynamic(
                 staging / FP32_FILE, staging / INT8_FILE, weight_type=QuantType.QInt8, per_channel=True,
+                nodes_to_exclude=FIRST_TOKEN_FP32_NODES,
                 extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
             )
             hashes = {name: file_sha256(staging / name) for name in (FP32_FILE, INT8_FILE)}
@@ -108,12 +109,16 @@ def export(adapter_dir: Path, target: Path, *, base: str | None = None, origin: 
             logging.getLogger().setLevel(quiet)
 
 
-def last_layer_first_token_only(model) -> None:
-    """After the last Attention, carry only the first ([CLS]) token, in place.
+def last_layer_first_token_only(model, attention_mask: str = "attention_mask") -> None:
+    """Run the last layer for the first ([CLS]) token only, in place: the pooler and the head read
+    nothing else.
 
-    The pooler and the head read nothing else, so the last layer's attention output projection,
-    residual, LayerNorms and FFN for every other token are wasted work (measured 11-12% of a
-    forward pass on MiniLM). Its attention still reads every token's keys and values.
+    Its fused Attention becomes the same arithmetic in standard ops with a query of one token:
+    keys and values for every token, the query for [CLS] alone, then its scores, softmax and
+    weighted values (`attention_mask`, the graph input, masks the padding). After the attention,
+    the residual is the first token's too, so the output projection, LayerNorms and FFN also run
+    for one token. On MiniLM: 11-12% of a forward pass for the cut after the attention, 4% more
+    for the query (docs/performance.md).
     """
     from onnx import helper, numpy_helper
 
@@ -122,20 +127,63 @@ def last_layer_first_token_only(model) -> None:
     if not attentions:
         raise ModelError("the exported graph has no fused Attention node: cannot cut its last layer")
     last = attentions[-1]
-    attention_out, residual = graph.node[last].output[0], graph.node[last].input[0]
-    first_token = {attention_out: "first_token/attention", residual: "first_token/residual"}
+    attention = graph.node[last]
+    hidden_states, qkv_weight, qkv_bias = attention.input[:3]
     later = graph.node[last + 1 :]
-    if sum(name == residual for node in later for name in node.input) != 1:
+    if sum(name == hidden_states for node in later for name in node.input) != 1:
         raise ModelError("the last layer's residual input has other readers: cannot cut it to one token")
     for node in later:
         for position, name in enumerate(node.input):
-            node.input[position] = first_token.get(name, name)
-    for value, name in (([0], "first_token/starts"), ([1], "first_token/ends"), ([1], "first_token/axes")):
-        graph.initializer.append(numpy_helper.from_array(np.array(value, dtype=np.int64), name))
-    for position, (full, sliced) in enumerate(first_token.items(), start=last + 1):
-        graph.node.insert(position, helper.make_node(
-            "Slice", [full, "first_token/starts", "first_token/ends", "first_token/axes"], [sliced], name=sliced
-        ))
+            if name == hidden_states:
+                node.input[position] = "first_token/hidden_states"
+    initializers = {init.name: init for init in graph.initializer}
+    weight, bias = (numpy_helper.to_array(initializers[name]) for name in (qkv_weight, qkv_bias))  # [Q | K | V] columns
+    for name in (qkv_weight, qkv_bias):
+        graph.initializer.remove(initializers[name])
+    hidden, heads = weight.shape[0], next(a.i for a in attention.attribute if a.name == "num_heads")
+    nodes = []
+
+    def constant(name: str, value, dtype=np.int64) -> str:
+        graph.initializer.append(numpy_helper.from_array(np.array(value, dtype=dtype), f"first_token/{name}"))
+        return f"first_token/{name}"
+
+    def op(op_type: str, inputs: list[str], output: str, **attributes) -> str:
+        name = output if output == attention.output[0] else f"first_token/{output}"
+        nodes.append(helper.make_node(op_type, inputs, [name], name=name, **attributes))
+        return name
+
+    def linear(name: str, x: str, columns: slice) -> str:
+        product = op("MatMul", [x, constant(f"{name}_weight", weight[:, columns], np.float32)], f"{name}_product")
+        return op("Add", [product, constant(f"{name}_bias", bias[columns], np.float32)], name)
+
+    def heads_first(x: str, name: str, perm: list[int]) -> str:
+        split = op("Reshape", [x, constant(f"{name}_shape", [0, -1, heads, hidden // heads])], f"{name}_heads")
+        return op("Transpose", [split], f"{name}_t", perm=perm)
+
+    first = op("Slice", [hidden_states, constant("zero", [0]), constant("one", [1]), constant("one_axis", [1])], "hidden_states")
+    key_value = linear("key_value", hidden_states, slice(hidden, None))
+    nodes.append(helper.make_node("Split", [key_value, constant("key_value_sizes", [hidden, hidden])],
+                                  ["first_token/key", "first_token/value"], axis=2, name="first_token/split"))
+    query = heads_first(linear("query", first, slice(hidden)), "query", [0, 2, 1, 3])  # batch, head, 1, d
+    key = heads_first("first_token/key", "key", [0, 2, 3, 1])  # batch, head, d, tokens
+    value = heads_first("first_token/value", "value", [0, 2, 1, 3])  # batch, head, tokens, d
+    scores = op("MatMul", [query, key], "scores")
+    scores = op("Mul", [scores, constant("scale", 1 / np.sqrt(hidden // heads), np.float32)], "scaled_scores")
+    # 0 where attention_mask is 1, -10000 on padding (ONNX Runtime's Attention masks with the same value).
+    mask = op("Cast", [attention_mask], "mask", to=1)
+    mask = op("Sub", [mask, constant("one_float", 1.0, np.float32)], "mask_off")
+    mask = op("Mul", [mask, constant("mask_value", 10000.0, np.float32)], "mask_add")
+    mask = op("Unsqueeze", [mask, constant("mask_axes", [1, 2])], "mask_heads")
+    probabilities = op("Softmax", [op("Add", [scores, mask], "masked_scores")], "probabilities", axis=-1)
+    context = op("Transpose", [op("MatMul", [probabilities, value], "context")], "context_t", perm=[0, 2, 1, 3])
+    op("Reshape", [context, constant("hidden_shape", [0, -1, hidden])], attention.output[0])
+    graph.node.remove(attention)
+    for position, node in enumerate(nodes, start=last):
+        graph.node.insert(position, node)
+
+
+# The first-token attention's products of two activations stay fp32 in the int8 graph.
+FIRST_TOKEN_FP32_NODES = ["first_token/scores", "first_token/context"]
 
 
 def decompose_skip_layer_norms(model) -> None:
