@@ -16,7 +16,8 @@ pytestmark = pytest.mark.slow
 
 def test_train_writes_a_complete_run(minilm_run):
     adapter = minilm_run / "adapter"
-    for name in ("adapter_config.json", "adapter_model.safetensors", "config.json", "tokenizer.json", "yelp_lora.json"):
+    for name in ("adapter_config.json", "adapter_model.safetensors", "config.json", "tokenizer.json", "yelp_lora.json",
+                 "int8_calibration.safetensors"):
         assert (adapter / name).is_file(), name
     assert not (minilm_run / "checkpoints").exists(), "only the best adapter is kept"
     assert not list(adapter.glob("*.bin")) and not list(adapter.glob("*.pt"))

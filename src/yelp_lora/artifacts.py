@@ -1,7 +1,8 @@
 """The run directory and the adapter inside it: their layout, and the typed records written there.
 
     RUN_DIR/
-      adapter/            the best epoch's adapter: PEFT's files, config.json, tokenizer, yelp_lora.json
+      adapter/            the best epoch's adapter: PEFT's files, config.json, tokenizer, yelp_lora.json,
+                          int8_calibration.safetensors
       run.json            RunRecord: config, rows, history, validation, speed, environment
       compare.json        CompareResult, when `compare --json` / `report --compare-json` wrote it there
       checkpoints/        only while a checkpointed run is unfinished (for --resume)
@@ -26,6 +27,8 @@ ADAPTER_DIRNAME = "adapter"
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_META_FILE = "yelp_lora.json"
+# Per-channel input ranges of the matmuls the int8 export quantizes (modeling.calibration).
+INT8_CALIBRATION_FILE = "int8_calibration.safetensors"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 RUN_FILE = "run.json"
 COMPARE_FILE = "compare.json"

@@ -65,7 +65,9 @@ def _train_worker(
     from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator
     from transformers.trainer_callback import PrinterCallback
 
-    from yelp_lora.training.recipe import build_training_model, pad_multiple, padding_collator, training_arguments
+    from yelp_lora.training.recipe import (
+        build_training_model, pad_multiple, padding_collator, save_int8_calibration, training_arguments,
+    )
     from yelp_lora.training.trainer import lora_trainer_class
 
     quiet_upstream_warnings()
@@ -144,6 +146,7 @@ def _train_worker(
             head_seed=settings.seed, max_length=settings.max_length,
         )
         save_adapter(model, tokenizer, Path(workdir) / "adapter", meta)
+        save_int8_calibration(Path(workdir) / "adapter", train_split, config)  # as `train` saves it
     connection.send({
         "path": path,
         "label": train_path_label(path),

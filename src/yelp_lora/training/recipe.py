@@ -17,6 +17,8 @@ import numpy as np
 import torch
 
 from yelp_lora.artifacts import (
+    ADAPTER_DIRNAME,
+    ADAPTER_WEIGHTS,
     CHECKPOINT_DIRNAME,
     RESUME_CONFIG_FILE,
     RUN_FILE,
@@ -38,7 +40,8 @@ from yelp_lora.errors import ConfigError
 from yelp_lora.metrics import calibration, fit_temperature, headline, predictions_of
 from yelp_lora.modeling import dropout as dropout_stage
 from yelp_lora.modeling.forward import softmax
-from yelp_lora.modeling.base import build_classifier, load_tokenizer, resolve_model_path
+from yelp_lora.modeling.base import build_classifier, load_adapter, load_tokenizer, resolve_model_path
+from yelp_lora.modeling.calibration import CALIBRATION_ROWS, activation_ranges, save_activation_ranges
 from yelp_lora.modeling.hardware import (
     AUTO_MICRO_BATCH, AUTO_TRAIN_BATCH, attention_implementation, attention_kernel, auto_pad_multiple, bf16_supported,
     pick_device,
@@ -261,6 +264,9 @@ def train(config: RunConfig, output_dir: str | Path, *, resume: bool = False, ca
         wall = time.time() - started
         if not trainer.is_world_process_zero():
             return None
+        adapter_dir = output_dir / ADAPTER_DIRNAME
+        if (adapter_dir / ADAPTER_WEIGHTS).is_file():  # else no validation ran, so no adapter was kept
+            save_int8_calibration(adapter_dir, train_split, config)
         steps, epochs = _epoch_history(trainer.state.log_history)
         samples_per_second = result.metrics.get("train_samples_per_second")
         mean_tokens = float(np.mean(train_set["length"]))
@@ -300,6 +306,16 @@ def train(config: RunConfig, output_dir: str | Path, *, resume: bool = False, ca
         best = record.best_epoch
         log_final({"best_macro_f1": best.macro_f1 if best else None, "best_accuracy": best.accuracy if best else None})
     return record
+
+
+def save_int8_calibration(adapter_dir: Path, rows, config: RunConfig) -> None:
+    """Save the kept adapter's activation ranges for int8 (modeling.calibration), observed on a
+    seeded sample of its training rows, cut as training cut them."""
+    model, tokenizer = load_adapter(adapter_dir, merge=True)
+    picked = sorted(np.random.default_rng(config.train.seed).permutation(len(rows))[:CALIBRATION_ROWS])
+    ranges = activation_ranges(model, tokenizer, [rows.texts[i] for i in picked],
+                               max_length=config.model.max_length, head=config.model.kept_head)
+    save_activation_ranges(adapter_dir, ranges)
 
 
 def format_run_summary(record: RunRecord) -> str:

@@ -1,0 +1,73 @@
+"""Activation ranges for int8: each quantized matmul's largest input per channel, on training rows.
+
+ONNX Runtime's dynamic int8 gives each matmul input one scale for all its values, so a few
+channels of large values (BERT's LayerNorm outputs and FFN activations have them) leave few
+levels for the rest. SmoothQuant moves part of each channel's range into the weights instead
+(`inference.onnx_backend.smooth_activations`); it needs these ranges, observed once after
+training on the run's own training rows and saved beside the adapter, so that the int8 export
+on a deployment machine needs no data.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from yelp_lora.artifacts import INT8_CALIBRATION_FILE
+from yelp_lora.errors import ModelError
+from yelp_lora.modeling.forward import predict_logits
+from yelp_lora.util.atomic import atomic_write_bytes
+
+CALIBRATION_ROWS = 128
+# The inputs of these linear layers (query, key and value read the same one), per encoder layer.
+OBSERVED = ("attention.self.query", "attention.output.dense", "intermediate.dense", "output.dense")
+
+
+def observed_key(layer: int, linear: str) -> str:
+    """The name a matmul input's ranges are saved under: its linear layer's path in the encoder."""
+    return f"encoder.layer.{layer}.{linear}"
+
+
+def activation_ranges(model, tokenizer, texts: list[str], *, max_length: int, head: int | None) -> dict[str, np.ndarray]:
+    """{observed_key: max |input| per channel} over every token of `texts`, one text per pass (no padding)."""
+    ranges: dict[str, torch.Tensor] = {}
+    hooks = []
+
+    def observe(key: str):
+        def hook(_module, inputs):
+            largest = inputs[0].detach().abs().flatten(0, -2).amax(0)
+            ranges[key] = torch.maximum(ranges[key], largest) if key in ranges else largest
+        return hook
+
+    for index, layer in enumerate(model.base_model.encoder.layer):
+        for linear in OBSERVED:
+            hooks.append(layer.get_submodule(linear).register_forward_pre_hook(observe(observed_key(index, linear))))
+    try:
+        predict_logits(model, tokenizer, texts, max_length=max_length, head=head, batch_size=1)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return {key: value.float().numpy() for key, value in ranges.items()}
+
+
+def save_activation_ranges(adapter_dir: Path, ranges: dict[str, np.ndarray]) -> None:
+    from safetensors.numpy import save
+
+    tensors = {key: np.ascontiguousarray(value, dtype=np.float32) for key, value in sorted(ranges.items())}
+    atomic_write_bytes(adapter_dir / INT8_CALIBRATION_FILE, save(tensors))
+
+
+def load_activation_ranges(adapter_dir: Path) -> dict[str, np.ndarray] | None:
+    """The adapter's saved ranges, or None for an adapter trained before they were saved."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    path = adapter_dir / INT8_CALIBRATION_FILE
+    if not path.is_file():
+        return None
+    try:
+        return load_file(str(path))
+    except (OSError, SafetensorError) as err:
+        raise ModelError(f"{path} is not a readable safetensors file ({err}); delete it to export int8 without it") from None
