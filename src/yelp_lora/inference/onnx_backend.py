@@ -224,6 +224,7 @@ def smooth_activations(model, ranges: dict[str, np.ndarray], alpha: float = SMOO
         one_token |= node.name == "first_token/key_value_product"  # the matmuls after it read [CLS] only
         if key in ranges:
             weight = numpy_helper.to_array(initializers[node.input[1]])
+            graph.initializer.remove(initializers[node.input[1]])  # each linear layer's own weights
             largest = np.maximum(ranges[key], 1e-5)
             scale = (largest**alpha / np.maximum(np.abs(weight).max(axis=1), 1e-5) ** (1 - alpha)).astype(np.float32)
             graph.initializer.append(numpy_helper.from_array(weight * scale[:, None], f"{node.name}/smoothed_weight"))
