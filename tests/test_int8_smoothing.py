@@ -6,13 +6,14 @@ import shutil
 import numpy as np
 import onnx
 import pytest
+from onnx import numpy_helper
 from support import review_texts
 
 from yelp_lora.artifacts import INT8_CALIBRATION_FILE, tokenizer_source
 from yelp_lora.errors import ModelError
 from yelp_lora.inference.onnx_backend import UNFUSED_AT_LOAD, exported_model, smooth_activations
 from yelp_lora.modeling.base import load_tokenizer
-from yelp_lora.modeling.calibration import OBSERVED, load_activation_ranges, observed_key
+from yelp_lora.modeling.calibration import OBSERVED, load_activation_ranges, observed_key, save_activation_ranges
 
 pytestmark = pytest.mark.slow
 
@@ -45,8 +46,19 @@ def test_smoothing_leaves_the_fp32_model_computing_the_same(minilm_run):
         return session.run(["logits"], {name: batch[name].astype(np.int64) for name in ("input_ids", "attention_mask")})[0]
 
     plain = logits(model)
-    smooth_activations(model, load_activation_ranges(adapter))
+    initializers = {init.name: init for init in model.graph.initializer}
+    attention_3 = [node for node in model.graph.node if node.op_type == "Attention"][3]
+    ffn_in_3 = next(node for node in model.graph.node if node.name == "/bert/encoder/layer.3/intermediate/dense/MatMul")
+    weights = {node.name: numpy_helper.to_array(initializers[node.input[1]]) for node in (attention_3, ffn_in_3)}
+    ranges = load_activation_ranges(adapter)
+    smooth_activations(model, ranges)
     np.testing.assert_allclose(logits(model), plain, atol=1e-4)
+    # Each matmul is smoothed with its own layer's ranges: s = range^0.9 / weight range^0.1.
+    smoothed = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    for node, key in ((attention_3, observed_key(3, "attention.self.query")),
+                      (ffn_in_3, observed_key(3, "intermediate.dense"))):
+        scale = ranges[key] ** 0.9 / np.abs(weights[node.name]).max(axis=1) ** 0.1
+        np.testing.assert_allclose(smoothed[f"{node.name}/inverse_smoothing"], 1 / scale, rtol=1e-5)
     # Every matmul that reads all tokens: each layer's Q/K/V, and the other three of all but the
     # last layer, whose output projection and FFN read [CLS] alone.
     assert len(smoothing_nodes(model.graph)) == 6 + 3 * 5
@@ -60,6 +72,13 @@ def test_int8_export_smooths_with_the_adapters_ranges_and_without_them_plainly(t
     shutil.copytree(adapter, older)
     (older / INT8_CALIBRATION_FILE).unlink()
     assert smoothing_nodes(onnx.load(exported_model(older, "onnx-int8")).graph) == []
+    # Ranges saved for another model: one line, not a traceback.
+    save_activation_ranges(older, {key: values[:3] for key, values in load_activation_ranges(adapter).items()})
+    with pytest.raises(ModelError, match="int8_calibration.safetensors: ranges for encoder.layer.0.attention.self.query: "
+                                         "3 channels, .* the file belongs to another model"):
+        exported_model(older, "onnx-int8")
+    # A damaged file stops int8 only: fp32 (and OpenVINO, which runs it) needs no ranges.
     (older / INT8_CALIBRATION_FILE).write_bytes(b"not a tensor file")
+    assert exported_model(older, "onnx").is_file()
     with pytest.raises(ModelError, match=f"{INT8_CALIBRATION_FILE} is not a readable safetensors file"):
         exported_model(older, "onnx-int8")

@@ -17,6 +17,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -48,6 +49,9 @@ UNFUSED_AT_LOAD = ["SkipLayerNormFusion", "LayerNormFusion"]
 # Chosen on fidelity to fp32 (flipped predictions) over 3,799 train.csv and open_dataset_train.csv
 # reviews: 0.5 / 0.8 / 0.9 flipped 223 / 94 / 90 against 145 unsmoothed (docs/performance.md).
 SMOOTHING_ALPHA = 0.9
+# An encoder matmul's traced name, e.g. /bert/encoder/layer.0/intermediate/dense/MatMul: its linear
+# layer's path, as modeling.calibration saves its ranges.
+ENCODER_MATMUL = re.compile(r"^/[^/]+/(encoder/layer\.\d+/.+)/MatMul$")
 
 
 def cache_root() -> Path:
@@ -70,12 +74,17 @@ def _cache_key(adapter_dir: Path, base: str) -> str:
 
 
 def export(adapter_dir: Path, target: Path, *, base: str | None = None, origin: Path | None = None) -> None:
-    """Write TARGET/model.onnx (merged, fused fp32) and TARGET/model.int8.onnx (int8 weights, dynamic activations)."""
+    """Write TARGET/model.onnx (merged, fused fp32) and TARGET/model.int8.onnx (int8 weights, dynamic
+    activations), the latter only if the adapter's activation ranges are readable (or absent)."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.transformers.optimizer import optimize_model
 
-    ranges = load_activation_ranges(adapter_dir)  # a damaged file fails before the long export
+    try:
+        ranges, int8 = load_activation_ranges(adapter_dir), True
+    except ModelError as err:  # fp32 needs no ranges; an int8 request fails on them in exported_model
+        log.warning("%s: exporting the fp32 graph only", err)
+        ranges, int8 = None, False
     model, tokenizer = load_adapter(adapter_dir, merge=True, base=base, origin=origin)
     # Eager attention traces to the MatMul/Softmax pattern ONNX Runtime fuses into one Attention
     # kernel; SDPA's traced form is not recognised (measured 2x slower in int8).
@@ -103,24 +112,27 @@ def export(adapter_dir: Path, target: Path, *, base: str | None = None, origin: 
             decompose_skip_layer_norms(fused.model)
             fused.save_model_to_file(str(staging / FP32_FILE))
             traced.unlink()
-            if ranges is None:
-                log.info("%s has no %s (trained before it was saved): int8 without smoothing",
-                         adapter_dir, INT8_CALIBRATION_FILE)
-                smoothed = staging / FP32_FILE
-            else:
-                smooth_activations(fused.model, ranges)
-                smoothed = staging / "smoothed.onnx"
-                onnx.save(fused.model, str(smoothed))
-            # Per-channel weight scales keep macro-F1 close to fp32. The fused kernels carry no
-            # inferable output types, hence the default tensor type (float).
-            quantize_dynamic(
-                smoothed, staging / INT8_FILE, weight_type=QuantType.QInt8, per_channel=True,
-                nodes_to_exclude=FIRST_TOKEN_FP32_NODES,
-                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-            )
-            if smoothed.name != FP32_FILE:
-                smoothed.unlink()
-            hashes = {name: file_sha256(staging / name) for name in (FP32_FILE, INT8_FILE)}
+            written = [FP32_FILE]
+            if int8:
+                if ranges is None:
+                    log.warning("%s has no %s (trained before it was saved): int8 without smoothing, "
+                                "further from fp32", adapter_dir, INT8_CALIBRATION_FILE)
+                    smoothed = staging / FP32_FILE
+                else:
+                    smooth_activations(fused.model, ranges)
+                    smoothed = staging / "smoothed.onnx"
+                    onnx.save(fused.model, str(smoothed))
+                # Per-channel weight scales keep macro-F1 close to fp32. The fused kernels carry no
+                # inferable output types, hence the default tensor type (float).
+                quantize_dynamic(
+                    smoothed, staging / INT8_FILE, weight_type=QuantType.QInt8, per_channel=True,
+                    nodes_to_exclude=FIRST_TOKEN_FP32_NODES,
+                    extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+                )
+                if smoothed.name != FP32_FILE:
+                    smoothed.unlink()
+                written.append(INT8_FILE)
+            hashes = {name: file_sha256(staging / name) for name in written}
             (staging / HASHES_FILE).write_text(json.dumps(hashes, indent=2) + "\n", encoding="utf-8")
         finally:
             logging.getLogger().setLevel(quiet)
@@ -207,8 +219,9 @@ def smooth_activations(model, ranges: dict[str, np.ndarray], alpha: float = SMOO
     """SmoothQuant, in place: each matmul that reads every token gets its input divided by a
     per-channel s (an elementwise Mul) and its weight rows multiplied by s, the same product in
     fp32, with s = range^alpha / weight range^(1 - alpha). Int8 then quantizes inputs whose
-    channels span less, into weights of per-column scales that absorb it. The last layer's
-    one-token matmuls are left as they are: one token's range is already its own.
+    channels span less, into weights of per-column scales that absorb it. The matmuls after the
+    last layer's attention read [CLS] alone, whose ranges were not saved (they cover every token),
+    and are left as they are, as are the pooler and the head.
     """
     from onnx import helper, numpy_helper
 
@@ -217,13 +230,19 @@ def smooth_activations(model, ranges: dict[str, np.ndarray], alpha: float = SMOO
     nodes, layer, one_token = [], 0, False
     for node in graph.node:
         key = None
+        # Fused Attention nodes carry no layer name; they come in layer order, the last layer's
+        # keys and values (last_layer_first_token_only) after them.
         if node.op_type == "Attention" or node.name == "first_token/key_value_product":
             key, layer = observed_key(layer, "attention.self.query"), layer + 1
-        elif not one_token and node.op_type == "MatMul" and node.name.startswith("/bert/encoder/layer."):
-            key = node.name.removeprefix("/bert/").removesuffix("/MatMul").replace("/", ".")
-        one_token |= node.name == "first_token/key_value_product"  # the matmuls after it read [CLS] only
-        if key in ranges:
+        elif not one_token and node.op_type == "MatMul" and (named := ENCODER_MATMUL.match(node.name)):
+            key = named.group(1).replace("/", ".")
+        one_token |= node.name == "first_token/key_value_product"
+        if key is not None:
             weight = numpy_helper.to_array(initializers[node.input[1]])
+            if key not in ranges or ranges[key].shape != weight.shape[:1]:
+                found = "none" if key not in ranges else f"{ranges[key].shape[0]} channels"
+                raise ModelError(f"{INT8_CALIBRATION_FILE}: ranges for {key}: {found}, but the model's matmul there "
+                                 f"reads {weight.shape[0]}: the file belongs to another model")
             graph.initializer.remove(initializers[node.input[1]])  # each linear layer's own weights
             largest = np.maximum(ranges[key], 1e-5)
             scale = (largest**alpha / np.maximum(np.abs(weight).max(axis=1), 1e-5) ** (1 - alpha)).astype(np.float32)
@@ -233,6 +252,10 @@ def smooth_activations(model, ranges: dict[str, np.ndarray], alpha: float = SMOO
                                           [f"{node.name}/smoothed_input"], name=f"{node.name}/smoothing"))
             node.input[0], node.input[1] = f"{node.name}/smoothed_input", f"{node.name}/smoothed_weight"
         nodes.append(node)
+    saved_layers = {key.split(".")[2] for key in ranges}
+    if layer != len(saved_layers):
+        raise ModelError(f"{INT8_CALIBRATION_FILE} holds ranges for {len(saved_layers)} layers, the graph's "
+                         f"attention {layer}: cannot match them layer by layer")
     del graph.node[:]
     graph.node.extend(nodes)
 
@@ -290,6 +313,8 @@ def exported_model(adapter_dir: Path, backend: str, *, base: str | None = None, 
         log.warning("cached ONNX file %s does not match the sha256 recorded when it was exported: rebuilding it",
                     target / name)
     if not _intact(target, name):
+        if backend == "onnx-int8":
+            load_activation_ranges(adapter_dir)  # a damaged file fails here in one line, before the export
         try:
             export(adapter_dir, target, base=base, origin=origin)
         except SaveError:

@@ -264,9 +264,6 @@ def train(config: RunConfig, output_dir: str | Path, *, resume: bool = False, ca
         wall = time.time() - started
         if not trainer.is_world_process_zero():
             return None
-        adapter_dir = output_dir / ADAPTER_DIRNAME
-        if (adapter_dir / ADAPTER_WEIGHTS).is_file():  # else no validation ran, so no adapter was kept
-            save_int8_calibration(adapter_dir, train_split, config)
         steps, epochs = _epoch_history(trainer.state.log_history)
         samples_per_second = result.metrics.get("train_samples_per_second")
         mean_tokens = float(np.mean(train_set["length"]))
@@ -302,6 +299,9 @@ def train(config: RunConfig, output_dir: str | Path, *, resume: bool = False, ca
             world_size=args.world_size,
         )
         write_record(output_dir / RUN_FILE, record)
+        adapter_dir = output_dir / ADAPTER_DIRNAME
+        if (adapter_dir / ADAPTER_WEIGHTS).is_file():  # else no validation ran, so no adapter was kept
+            save_int8_calibration(adapter_dir, train_split, config)
         shutil.rmtree(checkpoints, ignore_errors=True)  # only the best adapter is kept
         best = record.best_epoch
         log_final({"best_macro_f1": best.macro_f1 if best else None, "best_accuracy": best.accuracy if best else None})
