@@ -117,20 +117,15 @@ def export(adapter_dir: Path, target: Path, *, base: str | None = None, origin: 
                 if ranges is None:
                     log.warning("%s has no %s (trained before it was saved): int8 without smoothing, "
                                 "further from fp32", adapter_dir, INT8_CALIBRATION_FILE)
-                    smoothed = staging / FP32_FILE
                 else:
                     smooth_activations(fused.model, ranges)
-                    smoothed = staging / "smoothed.onnx"
-                    onnx.save(fused.model, str(smoothed))
                 # Per-channel weight scales keep macro-F1 close to fp32. The fused kernels carry no
                 # inferable output types, hence the default tensor type (float).
                 quantize_dynamic(
-                    smoothed, staging / INT8_FILE, weight_type=QuantType.QInt8, per_channel=True,
+                    fused.model, staging / INT8_FILE, weight_type=QuantType.QInt8, per_channel=True,
                     nodes_to_exclude=FIRST_TOKEN_FP32_NODES,
                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
                 )
-                if smoothed.name != FP32_FILE:
-                    smoothed.unlink()
                 written.append(INT8_FILE)
             hashes = {name: file_sha256(staging / name) for name in written}
             (staging / HASHES_FILE).write_text(json.dumps(hashes, indent=2) + "\n", encoding="utf-8")
@@ -177,9 +172,8 @@ def last_layer_first_token_only(model, attention_mask: str = "attention_mask") -
         return f"first_token/{name}"
 
     def op(op_type: str, inputs: list[str], output: str, **attributes) -> str:
-        name = output if output == attention.output[0] else f"first_token/{output}"
-        nodes.append(helper.make_node(op_type, inputs, [name], name=name, **attributes))
-        return name
+        nodes.append(helper.make_node(op_type, inputs, [f"first_token/{output}"], name=f"first_token/{output}", **attributes))
+        return f"first_token/{output}"
 
     def linear(name: str, x: str, columns: slice) -> str:
         product = op("MatMul", [x, constant(f"{name}_weight", weight[:, columns], np.float32)], f"{name}_product")
@@ -205,7 +199,8 @@ def last_layer_first_token_only(model, attention_mask: str = "attention_mask") -
     mask = op("Unsqueeze", [mask, constant("mask_axes", [1, 2])], "mask_heads")
     probabilities = op("Softmax", [op("Add", [scores, mask], "masked_scores")], "probabilities", axis=-1)
     context = op("Transpose", [op("MatMul", [probabilities, value], "context")], "context_t", perm=[0, 2, 1, 3])
-    op("Reshape", [context, constant("hidden_shape", [0, -1, hidden])], attention.output[0])
+    nodes.append(helper.make_node("Reshape", [context, constant("hidden_shape", [0, -1, hidden])], [attention.output[0]],
+                                  name=attention.output[0]))  # the attention's own output, read by the rest
     graph.node.remove(attention)
     for position, node in enumerate(nodes, start=last):
         graph.node.insert(position, node)
