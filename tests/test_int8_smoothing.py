@@ -1,6 +1,7 @@
 """Int8 with SmoothQuant: the activation ranges `train` saves beside the adapter, and how the ONNX
 export uses them (inference.onnx_backend.smooth_activations)."""
 
+import re
 import shutil
 
 import numpy as np
@@ -12,6 +13,7 @@ from support import review_texts
 from yelp_lora.artifacts import INT8_CALIBRATION_FILE, tokenizer_source
 from yelp_lora.errors import ModelError
 from yelp_lora.inference.onnx_backend import UNFUSED_AT_LOAD, exported_model, smooth_activations
+from yelp_lora.inference.predictor import Predictor
 from yelp_lora.modeling.base import load_tokenizer
 from yelp_lora.modeling.calibration import OBSERVED, load_activation_ranges, observed_key, save_activation_ranges
 
@@ -82,3 +84,6 @@ def test_int8_export_smooths_with_the_adapters_ranges_and_without_them_plainly(t
     assert exported_model(older, "onnx").is_file()
     with pytest.raises(ModelError, match=f"{INT8_CALIBRATION_FILE} is not a readable safetensors file"):
         exported_model(older, "onnx-int8")
+    # Predicting loads a private copy of the adapter; the error names the user's file, not the copy.
+    with pytest.raises(ModelError, match=f"^{re.escape(str(older / INT8_CALIBRATION_FILE))} is not a readable"):
+        Predictor(older, backend="onnx-int8")

@@ -81,7 +81,7 @@ def export(adapter_dir: Path, target: Path, *, base: str | None = None, origin: 
     from onnxruntime.transformers.optimizer import optimize_model
 
     try:
-        ranges, int8 = load_activation_ranges(adapter_dir), True
+        ranges, int8 = load_activation_ranges(adapter_dir, origin), True
     except ModelError as err:  # fp32 needs no ranges; an int8 request fails on them in exported_model
         log.warning("%s: exporting the fp32 graph only", err)
         ranges, int8 = None, False
@@ -309,7 +309,7 @@ def exported_model(adapter_dir: Path, backend: str, *, base: str | None = None, 
                     target / name)
     if not _intact(target, name):
         if backend == "onnx-int8":
-            load_activation_ranges(adapter_dir)  # a damaged file fails here in one line, before the export
+            load_activation_ranges(adapter_dir, origin)  # a damaged file fails here in one line, before the export
         try:
             export(adapter_dir, target, base=base, origin=origin)
         except SaveError:

@@ -59,8 +59,9 @@ def save_activation_ranges(adapter_dir: Path, ranges: dict[str, np.ndarray]) -> 
     atomic_write_bytes(adapter_dir / INT8_CALIBRATION_FILE, save(tensors))
 
 
-def load_activation_ranges(adapter_dir: Path) -> dict[str, np.ndarray] | None:
-    """The adapter's saved ranges, or None for an adapter trained before they were saved."""
+def load_activation_ranges(adapter_dir: Path, origin: Path | None = None) -> dict[str, np.ndarray] | None:
+    """The adapter's saved ranges, or None for an adapter trained before they were saved (`origin`:
+    where the adapter really is, named in errors when `adapter_dir` is a private copy of it)."""
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
@@ -70,4 +71,5 @@ def load_activation_ranges(adapter_dir: Path) -> dict[str, np.ndarray] | None:
     try:
         return load_file(str(path))
     except (OSError, SafetensorError) as err:
-        raise ModelError(f"{path} is not a readable safetensors file ({err}); delete it to export int8 without it") from None
+        shown = (origin or adapter_dir) / INT8_CALIBRATION_FILE
+        raise ModelError(f"{shown} is not a readable safetensors file ({err}); delete it to export int8 without it") from None
