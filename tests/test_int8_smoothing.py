@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
-from support import review_texts
+from support import TINY_ENV, review_texts, run_cli
 
 from yelp_lora.artifacts import INT8_CALIBRATION_FILE, tokenizer_source
 from yelp_lora.errors import ModelError
@@ -87,3 +87,23 @@ def test_int8_export_smooths_with_the_adapters_ranges_and_without_them_plainly(t
     # Predicting loads a private copy of the adapter; the error names the user's file, not the copy.
     with pytest.raises(ModelError, match=f"^{re.escape(str(older / INT8_CALIBRATION_FILE))} is not a readable"):
         Predictor(older, backend="onnx-int8")
+
+
+def test_calibrate_gives_a_run_trained_without_ranges_the_file_train_writes(tiny_run, tmp_path, capsys):
+    from yelp_lora import cli
+
+    older = tmp_path / "run"  # a run trained before train saved the ranges
+    shutil.copytree(tiny_run, older)
+    (older / "adapter" / INT8_CALIBRATION_FILE).unlink()
+    # The adapter directory finds its run. As many threads as training had: sums in another order
+    # round differently.
+    done = run_cli("calibrate", str(older / "adapter"), env=TINY_ENV)
+    assert f"written to {older / 'adapter' / INT8_CALIBRATION_FILE}" in done.stdout
+    assert (older / "adapter" / INT8_CALIBRATION_FILE).read_bytes() == (tiny_run / "adapter" / INT8_CALIBRATION_FILE).read_bytes()
+    # Only a run directory says which rows the adapter was trained on.
+    shutil.copytree(tiny_run / "adapter", tmp_path / "bare")
+    assert cli.main(["calibrate", str(tmp_path / "bare")]) == 2
+    assert "run.json not found" in capsys.readouterr().err
+    (older / "adapter" / "adapter_model.safetensors").unlink()
+    assert cli.main(["calibrate", str(older)]) == 2
+    assert "the run kept no adapter to calibrate" in capsys.readouterr().err

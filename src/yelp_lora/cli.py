@@ -87,6 +87,13 @@ def cmd_tune(args: argparse.Namespace) -> None:
     print(format_tune_summary(result))
 
 
+def cmd_calibrate(args: argparse.Namespace) -> None:
+    from yelp_lora.training.recipe import calibrate_run
+
+    path = calibrate_run(args.run_dir)
+    print(f"int8 activation ranges written to {path}: `--backend onnx-int8` now smooths with them")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from yelp_lora.evaluation.evaluate import evaluate, format_detailed
 
@@ -422,6 +429,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_train_parser(sub)
     _add_tune_parser(sub)
+
+    p = sub.add_parser("calibrate", help="add the int8 activation ranges train now saves to a run trained without them")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="run directory written by train (adapter/ and run.json)")
+    p.set_defaults(handler=cmd_calibrate)
 
     p = sub.add_parser("evaluate", help="accuracy, macro-F1, per-class scores and confusion matrix")
     p.add_argument("--adapter", required=True, help="run directory or adapter directory")

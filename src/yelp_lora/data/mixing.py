@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from yelp_lora.artifacts import SourceRows
+from yelp_lora.artifacts import RunRecord, SourceRows
 from yelp_lora.config import DataConfig, TrainSource
 from yelp_lora.data.rows import MAX_REPORTED_PROBLEMS, Split
 from yelp_lora.data.sampling import balanced_indices, stratified_indices, train_val_split
@@ -53,6 +53,21 @@ def training_rows(data: DataConfig, seed: int) -> TrainingRows:
             row_ids=[r for part in parts for r in part.row_ids],
         )
     return TrainingRows(train, validation, primary, sources)
+
+
+def run_training_rows(record: RunRecord) -> tuple[Split, Split]:
+    """(train, validation) exactly as a recorded run drew them; refuses if they are not the rows it recorded."""
+    config = record.config
+    source = record.resolved.data_source
+    rows = training_rows(config.data.model_copy(update={"source": source}), config.train.seed)
+    expected = record.data.train.fingerprint
+    if rows.train.fingerprint() != expected:
+        raise DataError(
+            f"cannot rebuild the adapter's training rows from {source}: their fingerprint is "
+            f"{rows.train.fingerprint()[:16]}…, run.json recorded {expected[:16]}… (the data or run.json changed "
+            "since training), so they are not the rows the adapter was trained on"
+        )
+    return rows.train, rows.validation
 
 
 def _source_rows(part: Split, file: Split, overlap_dropped: int = 0) -> SourceRows:

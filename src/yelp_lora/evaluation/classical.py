@@ -13,31 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
-from yelp_lora.artifacts import ClassicalFit, Headline, RunRecord, read_run
+from yelp_lora.artifacts import ClassicalFit, Headline, read_run
 from yelp_lora.config import NUM_LABELS
-from yelp_lora.data.rows import Split
-from yelp_lora.data.mixing import training_rows
-from yelp_lora.errors import DataError
+from yelp_lora.data.mixing import run_training_rows
 from yelp_lora.metrics import headline
 
 # Inverse regularisation strengths tried on the validation rows (ties go to the stronger regularisation).
 C_GRID = (0.5, 2.0, 8.0, 32.0)
-
-
-def run_training_rows(record: RunRecord) -> tuple[Split, Split]:
-    """(train, validation) exactly as the run drew them; refuses if they are not the rows it recorded."""
-    config = record.config
-    source = record.resolved.data_source
-    rows = training_rows(config.data.model_copy(update={"source": source}), config.train.seed)
-    train, validation = rows.train, rows.validation
-    expected = record.data.train.fingerprint
-    if train.fingerprint() != expected:
-        raise DataError(
-            f"cannot rebuild the adapter's training rows from {source}: their fingerprint is "
-            f"{train.fingerprint()[:16]}…, run.json recorded {expected[:16]}… (the data or run.json changed "
-            "since training); the classical baseline would not be trained on the same rows"
-        )
-    return train, validation
 
 
 @dataclass

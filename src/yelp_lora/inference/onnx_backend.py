@@ -115,8 +115,9 @@ def export(adapter_dir: Path, target: Path, *, base: str | None = None, origin: 
             written = [FP32_FILE]
             if int8:
                 if ranges is None:
-                    log.warning("%s has no %s (trained before it was saved): int8 without smoothing, "
-                                "further from fp32", adapter_dir, INT8_CALIBRATION_FILE)
+                    log.warning("%s has no %s (trained before it was saved): int8 without smoothing, further "
+                                "from fp32; `yelp-lora calibrate RUN_DIR` adds it", origin or adapter_dir,
+                                INT8_CALIBRATION_FILE)
                 else:
                     smooth_activations(fused.model, ranges)
                 # Per-channel weight scales keep macro-F1 close to fp32. The fused kernels carry no

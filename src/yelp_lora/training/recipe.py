@@ -20,6 +20,7 @@ from yelp_lora.artifacts import (
     ADAPTER_DIRNAME,
     ADAPTER_WEIGHTS,
     CHECKPOINT_DIRNAME,
+    INT8_CALIBRATION_FILE,
     RESUME_CONFIG_FILE,
     RUN_FILE,
     STAGING_PREFIX,
@@ -30,13 +31,14 @@ from yelp_lora.artifacts import (
     RunData,
     RunRecord,
     StepLog,
+    read_run,
     write_record,
 )
 from yelp_lora.config import NUM_LABELS, RunConfig, TrainConfig, changed_fields
-from yelp_lora.data.mixing import training_rows
+from yelp_lora.data.mixing import run_training_rows, training_rows
 from yelp_lora.data.sources import resolve_source
 from yelp_lora.data.tokenize import tokenize
-from yelp_lora.errors import ConfigError
+from yelp_lora.errors import ConfigError, ModelError
 from yelp_lora.metrics import calibration, fit_temperature, headline, predictions_of
 from yelp_lora.modeling import dropout as dropout_stage
 from yelp_lora.modeling.forward import softmax
@@ -316,6 +318,18 @@ def save_int8_calibration(adapter_dir: Path, rows, config: RunConfig) -> None:
     ranges = activation_ranges(model, tokenizer, [rows.texts[i] for i in picked],
                                max_length=config.model.max_length, head=config.model.kept_head)
     save_activation_ranges(adapter_dir, ranges)
+
+
+def calibrate_run(run_or_adapter: str | Path) -> Path:
+    """Write a finished run's int8 activation ranges, the file `train` writes beside the adapter since
+    2026-12-07, for an adapter trained before: on the same seeded rows, so the same bytes. Returns its path."""
+    run_dir, record = read_run(run_or_adapter)
+    adapter_dir = run_dir / record.adapter_dir
+    if not (adapter_dir / ADAPTER_WEIGHTS).is_file():
+        raise ModelError(f"{adapter_dir / ADAPTER_WEIGHTS} not found: the run kept no adapter to calibrate")
+    train_split, _ = run_training_rows(record)
+    save_int8_calibration(adapter_dir, train_split, record.config)
+    return adapter_dir / INT8_CALIBRATION_FILE
 
 
 def format_run_summary(record: RunRecord) -> str:
