@@ -60,3 +60,27 @@ def test_failed_adapter_save_keeps_previous_run_and_says_so(tiny_bert_dir, data_
     assert after == before, "the first run's adapter and run.json are untouched"
     assert json.loads(after["run.json"])["config"]["train"]["seed"] == 42
     assert not [p.name for p in run.iterdir() if p.name.startswith(".")], "no half-written staging directory"
+
+
+def test_a_process_that_finds_an_export_under_way_waits_for_it_instead_of_repeating_it(tiny_run, tmp_path, monkeypatch):
+    """torchrun ranks or a second server on a cold cache: one export, not one each."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from yelp_lora.artifacts import adapter_base
+    from yelp_lora.inference import onnx_backend
+    from yelp_lora.util.atomic import exclusive
+
+    monkeypatch.setenv("YELP_LORA_CACHE", str(tmp_path))
+    adapter = tiny_run / "adapter"
+    target = onnx_backend.export_dir(adapter, adapter_base(adapter))
+    exports, export = [], onnx_backend.export
+    monkeypatch.setattr(onnx_backend, "export", lambda *args, **options: exports.append(args) or export(*args, **options))
+    with ThreadPoolExecutor(1) as other:
+        with exclusive(target.with_name(f"{target.name}.lock")):  # this process is mid-export
+            waiting = other.submit(onnx_backend.exported_model, adapter, "onnx")
+            time.sleep(2)
+            assert not waiting.done()
+            export(adapter, target)
+        assert waiting.result(timeout=300) == target / onnx_backend.FP32_FILE
+    assert exports == []  # it found this process's files intact once the lock was free

@@ -31,7 +31,7 @@ from yelp_lora.modeling.base import load_adapter, load_tokenizer
 from yelp_lora.modeling.calibration import load_activation_ranges, observed_key
 from yelp_lora.modeling.hardware import ONNX_BACKENDS
 from yelp_lora.registry.store import base_model_fingerprint
-from yelp_lora.util.atomic import atomic_dir
+from yelp_lora.util.atomic import atomic_dir, exclusive
 from yelp_lora.util.hashing import file_sha256
 
 log = logging.getLogger("yelp_lora.inference")
@@ -71,6 +71,11 @@ def _cache_key(adapter_dir: Path, base: str) -> str:
         if path.is_file():
             digest.update(name.encode() + path.read_bytes())
     return digest.hexdigest()[:20]
+
+
+def export_dir(adapter_dir: Path, base: str) -> Path:
+    """The cache directory an adapter's export goes to; beside it, `<dir>.lock` while one is written."""
+    return cache_root() / _cache_key(adapter_dir, base)
 
 
 def export(adapter_dir: Path, target: Path, *, base: str | None = None, origin: Path | None = None) -> None:
@@ -303,7 +308,7 @@ def exported_model(adapter_dir: Path, backend: str, *, base: str | None = None, 
         raise ModelError("the ONNX export that backends onnx, onnx-int8 and openvino run needs onnxruntime: "
                          "pip install 'yelp-lora[onnx]'")
     base = base or adapter_base(adapter_dir)
-    target = cache_root() / _cache_key(adapter_dir, base)
+    target = export_dir(adapter_dir, base)
     name = INT8_FILE if backend == "onnx-int8" else FP32_FILE
     if (target / INT8_FILE).is_file() and not _intact(target, name):
         log.warning("cached ONNX file %s does not match the sha256 recorded when it was exported: rebuilding it",
@@ -311,11 +316,14 @@ def exported_model(adapter_dir: Path, backend: str, *, base: str | None = None, 
     if not _intact(target, name):
         if backend == "onnx-int8":
             load_activation_ranges(adapter_dir, origin)  # a damaged file fails here in one line, before the export
-        try:
-            export(adapter_dir, target, base=base, origin=origin)
-        except SaveError:
-            if not _intact(target, name):  # else another process (a torchrun rank, a second server) published it first
-                raise
+        # Other processes exporting the same model (torchrun ranks, a second server) wait for this one.
+        with exclusive(target.with_name(f"{target.name}.lock")):
+            try:
+                if not _intact(target, name):
+                    export(adapter_dir, target, base=base, origin=origin)
+            except SaveError:
+                if not _intact(target, name):  # else, where locks don't hold, another process published it first
+                    raise
     if not _intact(target, name):
         raise ModelError(f"the ONNX file exported to {target / name} does not match its recorded sha256")
     return target / name

@@ -12,6 +12,11 @@ from typing import Iterator
 
 from yelp_lora.errors import SaveError
 
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -67,6 +72,20 @@ def publish_dir(staging: Path, target: Path) -> None:
         shutil.rmtree(retired, ignore_errors=True)
     else:
         os.replace(staging, target)
+
+
+@contextlib.contextmanager
+def exclusive(lock: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock on the file `lock` (created if missing; POSIX advisory locks), so that
+    processes about to build the same thing wait for the first instead of repeating its work."""
+    lock = Path(lock)
+    with save_errors(lock):
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(lock, "ab")
+    with handle:
+        if fcntl is not None:  # elsewhere each builds its own copy, published atomically as before
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield  # closing the file releases the lock
 
 
 @contextlib.contextmanager
