@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 
 from yelp_lora.artifacts import read_run
-from yelp_lora.evaluation.classical import run_training_rows
+from yelp_lora.data.mixing import run_training_rows
 from yelp_lora.inference.predictor import Predictor
 from yelp_lora.metrics import headline
 
