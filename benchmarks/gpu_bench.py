@@ -114,7 +114,6 @@ def bench_training(config, device, batch: int, seq: int, bf16: bool, seconds: fl
         f"{steps * batch * seq / wall:10.0f} tokens/s  {_rate(flops)}  MFU {100 * flops / peak:5.1f}%  "
         f"({steps} steps, peak mem {_memory(device)})"
     )
-    del model, optimizer
 
 
 def bench_prediction(config, device, batch: int, seq: int, seconds: float, peak: float) -> None:
@@ -134,7 +133,6 @@ def bench_prediction(config, device, batch: int, seq: int, seconds: float, peak:
         f"{steps * batch * seq / wall:10.0f} tokens/s  {_rate(flops)}  MFU {100 * flops / peak:5.1f}%  "
         f"({steps} steps, peak mem {_memory(device)})"
     )
-    del model
 
 
 def _rate(flops: float) -> str:
