@@ -16,7 +16,6 @@ read back only after every file's hash matches its manifest.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -40,7 +39,7 @@ from yelp_lora.errors import RegistryError
 from yelp_lora.modeling.base import resolve_model_path
 from yelp_lora.registry.card import model_card
 from yelp_lora.registry.manifest import MANIFEST_FILE, BaseModelRecord, Manifest, build_manifest
-from yelp_lora.util.atomic import atomic_dir, atomic_write_text
+from yelp_lora.util.atomic import atomic_dir, atomic_write_text, exclusive
 from yelp_lora.util.hashing import file_sha256
 
 REGISTRY_ENV = "YELP_LORA_REGISTRY"
@@ -207,12 +206,8 @@ class Registry:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise RegistryError(f"cannot use {self.root} as a registry directory: {err.strerror}") from None
-        with open(self.root / LOCK_FILE, "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with exclusive(self.root / LOCK_FILE):
+            yield
 
     def add(self, run_dir: str | Path, name: str | None = None) -> Manifest:
         """Register the best adapter of a training run as the next version; returns its manifest."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 import shutil
@@ -11,11 +12,6 @@ from pathlib import Path
 from typing import Iterator
 
 from yelp_lora.errors import SaveError
-
-try:
-    import fcntl
-except ImportError:  # Windows
-    fcntl = None
 
 
 def _umask() -> int:
@@ -76,15 +72,14 @@ def publish_dir(staging: Path, target: Path) -> None:
 
 @contextlib.contextmanager
 def exclusive(lock: str | Path) -> Iterator[None]:
-    """Hold an exclusive lock on the file `lock` (created if missing; POSIX advisory locks), so that
-    processes about to build the same thing wait for the first instead of repeating its work."""
+    """Hold an exclusive lock on the file `lock` (created if missing; a POSIX advisory lock), so that
+    processes about to write the same thing wait for the first instead of racing it."""
     lock = Path(lock)
     with save_errors(lock):
         lock.parent.mkdir(parents=True, exist_ok=True)
         handle = open(lock, "ab")
     with handle:
-        if fcntl is not None:  # elsewhere each builds its own copy, published atomically as before
-            fcntl.flock(handle, fcntl.LOCK_EX)
+        fcntl.flock(handle, fcntl.LOCK_EX)
         yield  # closing the file releases the lock
 
 
