@@ -62,7 +62,7 @@ def test_failed_adapter_save_keeps_previous_run_and_says_so(tiny_bert_dir, data_
     assert not [p.name for p in run.iterdir() if p.name.startswith(".")], "no half-written staging directory"
 
 
-def test_a_process_that_finds_an_export_under_way_waits_for_it_instead_of_repeating_it(tiny_run, tmp_path, monkeypatch):
+def test_a_process_that_finds_an_export_under_way_waits_for_it_instead_of_repeating_it(tiny_run, tmp_path, monkeypatch, caplog):
     """torchrun ranks or a second server on a cold cache: one export, not one each."""
     import time
     from concurrent.futures import ThreadPoolExecutor
@@ -84,3 +84,4 @@ def test_a_process_that_finds_an_export_under_way_waits_for_it_instead_of_repeat
             export(adapter, target)
         assert waiting.result(timeout=300) == target / onnx_backend.FP32_FILE
     assert exports == []  # it found this process's files intact once the lock was free
+    assert f"another process is exporting {target}: waiting for it" in caplog.text

@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import warnings
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -317,7 +318,8 @@ def exported_model(adapter_dir: Path, backend: str, *, base: str | None = None, 
         if backend == "onnx-int8":
             load_activation_ranges(adapter_dir, origin)  # a damaged file fails here in one line, before the export
         # Other processes exporting the same model (torchrun ranks, a second server) wait for this one.
-        with exclusive(target.with_name(f"{target.name}.lock")):
+        waiting = partial(log.warning, "another process is exporting %s: waiting for it", target)
+        with exclusive(target.with_name(f"{target.name}.lock"), on_wait=waiting):
             try:
                 if not _intact(target, name):
                     export(adapter_dir, target, base=base, origin=origin)

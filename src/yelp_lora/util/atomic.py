@@ -9,7 +9,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from yelp_lora.errors import SaveError
 
@@ -71,15 +71,21 @@ def publish_dir(staging: Path, target: Path) -> None:
 
 
 @contextlib.contextmanager
-def exclusive(lock: str | Path) -> Iterator[None]:
+def exclusive(lock: str | Path, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
     """Hold an exclusive lock on the file `lock` (created if missing; a POSIX advisory lock), so that
-    processes about to write the same thing wait for the first instead of racing it."""
+    processes about to write the same thing wait for the first instead of racing it; `on_wait` is
+    called first if another holds it."""
     lock = Path(lock)
     with save_errors(lock):
         lock.parent.mkdir(parents=True, exist_ok=True)
         handle = open(lock, "ab")
     with handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait:
+                on_wait()
+            fcntl.flock(handle, fcntl.LOCK_EX)
         yield  # closing the file releases the lock
 
 
