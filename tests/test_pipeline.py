@@ -133,12 +133,12 @@ def test_predict_text_and_every_input_format(minilm_run, tmp_path):
     (tmp_path / "in.csv").write_text("text\n" + "\n".join(f'"{t}"' for t in texts) + "\n")
     (tmp_path / "in.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
     pq.write_table(pa.table({"text": texts}), tmp_path / "in.parquet")
-    for name in ("in.txt", "in.csv", "in.jsonl", "in.parquet"):
-        rows = json.loads(run_cli("predict", "--adapter", str(minilm_run), "--input", str(tmp_path / name), "--json").stdout)
+    for name in ("in.txt", "in.csv", "in.jsonl", "in.parquet"):  # in this process: the file formats are what differs
+        rows = json.loads(cli("predict", "--adapter", str(minilm_run), "--input", str(tmp_path / name), "--json").stdout)
         assert [r["label"] for r in rows] == [r["label"] for r in direct], name
         for got, want in zip(rows, direct):
             assert got["probabilities"] == pytest.approx(want["probabilities"], abs=1e-5)
-    plain = run_cli("predict", "--adapter", str(minilm_run), texts[0]).stdout
+    plain = cli("predict", "--adapter", str(minilm_run), texts[0]).stdout
     assert "★" in plain and "confidence" in plain
 
 
