@@ -85,3 +85,22 @@ def test_a_process_that_finds_an_export_under_way_waits_for_it_instead_of_repeat
         assert waiting.result(timeout=300) == target / onnx_backend.FP32_FILE
     assert exports == []  # it found this process's files intact once the lock was free
     assert f"another process is exporting {target}: waiting for it" in caplog.text
+
+
+def test_where_the_file_system_keeps_no_locks_an_export_goes_on_and_a_registry_write_stops(tmp_path, monkeypatch):
+    """NFS without a lock daemon answers flock with ENOLCK: the ONNX export publishes atomically
+    anyway, but two registry adds could pick one version number, so that lock is required."""
+    import errno
+
+    from yelp_lora.errors import SaveError
+    from yelp_lora.util import atomic
+
+    def no_locks(descriptor, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(atomic.fcntl, "flock", no_locks)
+    with atomic.exclusive(tmp_path / "export.lock", optional=True):
+        pass
+    with pytest.raises(SaveError, match=f"^cannot lock {tmp_path / 'registry.lock'}: No locks available$"):
+        with atomic.exclusive(tmp_path / "registry.lock"):
+            pass

@@ -75,7 +75,8 @@ def _cache_key(adapter_dir: Path, base: str) -> str:
 
 
 def export_dir(adapter_dir: Path, base: str) -> Path:
-    """The cache directory an adapter's export goes to; beside it, `<dir>.lock` while one is written."""
+    """The cache directory an adapter's export goes to; beside it `<dir>.lock`, which an export holds
+    locked while it writes (the empty file stays)."""
     return cache_root() / _cache_key(adapter_dir, base)
 
 
@@ -122,7 +123,8 @@ def export(adapter_dir: Path, target: Path, *, base: str | None = None, origin: 
             if int8:
                 if ranges is None:
                     log.warning("%s has no %s (trained before it was saved): int8 without smoothing, further "
-                                "from fp32; `yelp-lora calibrate RUN_DIR` adds it", origin or adapter_dir,
+                                "from fp32; `yelp-lora calibrate RUN_DIR` on the run it came from adds it (then "
+                                "`registry add` that run again for a registered version)", origin or adapter_dir,
                                 INT8_CALIBRATION_FILE)
                 else:
                     smooth_activations(fused.model, ranges)
@@ -319,12 +321,12 @@ def exported_model(adapter_dir: Path, backend: str, *, base: str | None = None, 
             load_activation_ranges(adapter_dir, origin)  # a damaged file fails here in one line, before the export
         # Other processes exporting the same model (torchrun ranks, a second server) wait for this one.
         waiting = partial(log.warning, "another process is exporting %s: waiting for it", target)
-        with exclusive(target.with_name(f"{target.name}.lock"), on_wait=waiting):
+        with exclusive(target.with_name(f"{target.name}.lock"), on_wait=waiting, optional=True):
             try:
                 if not _intact(target, name):
                     export(adapter_dir, target, base=base, origin=origin)
             except SaveError:
-                if not _intact(target, name):  # else, where locks don't hold, another process published it first
+                if not _intact(target, name):  # else, on a file system without locks, another process published it first
                     raise
     if not _intact(target, name):
         raise ModelError(f"the ONNX file exported to {target / name} does not match its recorded sha256")

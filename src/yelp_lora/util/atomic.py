@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import re
@@ -70,23 +71,38 @@ def publish_dir(staging: Path, target: Path) -> None:
         os.replace(staging, target)
 
 
+# flock errors that mean the file system keeps no locks (NFS without a lock daemon, some FUSE mounts).
+_NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS}
+
+
 @contextlib.contextmanager
-def exclusive(lock: str | Path, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
-    """Hold an exclusive lock on the file `lock` (created if missing; a POSIX advisory lock), so that
-    processes about to write the same thing wait for the first instead of racing it; `on_wait` is
-    called first if another holds it."""
+def exclusive(lock: str | Path, on_wait: Callable[[], None] | None = None, *, optional: bool = False) -> Iterator[None]:
+    """Hold an exclusive advisory lock (flock) on the file `lock`, created if missing and left in
+    place, so that processes about to write the same thing wait for the first instead of racing it;
+    `on_wait` is called first if another process holds it. Where the file system keeps no locks, an
+    `optional` lock goes on without one (for writes that are atomic anyway); any other is a SaveError."""
     lock = Path(lock)
-    with save_errors(lock):
+    try:
         lock.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(lock, "ab")
-    with handle:
+        # Read-only: a lock file another user created stays usable wherever the directory is shared.
+        descriptor = os.open(lock, os.O_RDONLY | os.O_CREAT, 0o666)
+    except OSError as err:
+        raise SaveError(err.errno, f"cannot create the lock file {lock}: {err.strerror}") from None
+    try:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             if on_wait:
                 on_wait()
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        yield  # closing the file releases the lock
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+    except OSError as err:
+        if not (optional and err.errno in _NO_LOCKS):
+            os.close(descriptor)
+            raise SaveError(err.errno, f"cannot lock {lock}: {err.strerror}") from None
+    try:
+        yield
+    finally:
+        os.close(descriptor)  # closing it releases the lock
 
 
 @contextlib.contextmanager
