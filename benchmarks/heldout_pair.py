@@ -18,9 +18,9 @@ import re
 from pathlib import Path
 
 from yelp_lora.artifacts import read_run
+from yelp_lora.data.mixing import run_training_rows
 from yelp_lora.data.sampling import balanced_indices
 from yelp_lora.data.sources import load_split, resolve_source
-from yelp_lora.data.mixing import run_training_rows
 from yelp_lora.inference.predictor import Predictor
 from yelp_lora.metrics import headline, mcnemar
 

@@ -61,6 +61,8 @@ def main() -> None:
     parser.add_argument("adapter", help="run or adapter directory the server loads")
     parser.add_argument("--requests", type=int, default=384, help="requests per generator and client count")
     args = parser.parse_args()
+    if args.requests < 1:
+        parser.error(f"--requests {args.requests}: at least 1")
     bodies = [json.dumps({"texts": [t]}).encode() for t in load_split("auto", "test").texts[:400]]
     log = Path(tempfile.mkdtemp(prefix="load-generator-")) / "serve.log"
     with ServeProcess("--adapter", args.adapter, "--backend", "onnx-int8", log=log) as server:

@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
-from support import TINY_ENV, review_texts, run_cli
+from support import cli, review_texts
 
 from yelp_lora.artifacts import INT8_CALIBRATION_FILE, tokenizer_source
 from yelp_lora.errors import ModelError
@@ -89,21 +89,18 @@ def test_int8_export_smooths_with_the_adapters_ranges_and_without_them_plainly(t
         Predictor(older, backend="onnx-int8")
 
 
-def test_calibrate_gives_a_run_trained_without_ranges_the_file_train_writes(tiny_run, tmp_path, capsys):
-    from yelp_lora import cli
-
+def test_calibrate_gives_a_run_trained_without_ranges_the_file_train_writes(tiny_run, tmp_path):
     older = tmp_path / "run"  # a run trained before train saved the ranges
     shutil.copytree(tiny_run, older)
     (older / "adapter" / INT8_CALIBRATION_FILE).unlink()
-    # The adapter directory finds its run. As many threads as training had: sums in another order
-    # round differently.
-    done = run_cli("calibrate", str(older / "adapter"), env=TINY_ENV)
+    # In this process, with its own thread count: calibrate observes with the one the run recorded
+    # (the tiny run trained on one thread), and the adapter directory finds its run.
+    done = cli("calibrate", str(older / "adapter"))
     assert f"written to {older / 'adapter' / INT8_CALIBRATION_FILE}" in done.stdout
     assert (older / "adapter" / INT8_CALIBRATION_FILE).read_bytes() == (tiny_run / "adapter" / INT8_CALIBRATION_FILE).read_bytes()
     # Only a run directory says which rows the adapter was trained on.
     shutil.copytree(tiny_run / "adapter", tmp_path / "bare")
-    assert cli.main(["calibrate", str(tmp_path / "bare")]) == 2
-    assert "run.json not found" in capsys.readouterr().err
+    assert "run.json not found" in cli("calibrate", str(tmp_path / "bare"), check=False).stderr
     (older / "adapter" / "adapter_model.safetensors").unlink()
-    assert cli.main(["calibrate", str(older)]) == 2
-    assert "the run kept no adapter to calibrate" in capsys.readouterr().err
+    refused = cli("calibrate", str(older), check=False)
+    assert refused.returncode == 2 and "the run kept no adapter to calibrate" in refused.stderr

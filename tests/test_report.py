@@ -16,11 +16,11 @@ from support import DEMO_CONFIG, MINILM_RUN
 from yelp_lora import cli
 from yelp_lora.artifacts import finished_run, read_run
 from yelp_lora.config import RunConfig
+from yelp_lora.data.mixing import run_training_rows
 from yelp_lora.data.sampling import sample_split
 from yelp_lora.data.sources import load_split
 from yelp_lora.data.tokenize import tokenize
 from yelp_lora.errors import DataError
-from yelp_lora.data.mixing import run_training_rows
 from yelp_lora.evaluation.classical import fit_classical
 from yelp_lora.evaluation.report import REPORT_HTML, REPORT_JSON, REPORT_MD, Block, render_html, render_markdown
 from yelp_lora.modeling.base import load_tokenizer
