@@ -87,7 +87,7 @@ def exclusive(lock: str | Path, on_wait: Callable[[], None] | None = None, *, op
         # Read-only: a lock file another user created stays usable wherever the directory is shared.
         descriptor = os.open(lock, os.O_RDONLY | os.O_CREAT, 0o666)
     except OSError as err:
-        raise SaveError(err.errno, f"cannot create the lock file {lock}: {err.strerror}") from None
+        raise SaveError(err.errno, f"cannot write {lock}: {err.strerror}") from None
     try:
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
