@@ -199,6 +199,8 @@ def test_user_mistakes_get_one_clear_line(tmp_path, minilm_run):
         (("compare", "--adapter", str(tmp_path / "none")), "adapter not found"),
         (("predict", "--adapter", str(minilm_run)), "nothing to predict"),
         (("predict", "--adapter", str(minilm_run), "   "), "argument 1: whitespace-only text"),
+        (("predict", "--adapter", str(minilm_run), "--batch-size", "-3", "Great tacos."),
+         "batch size -3: at least 1 text per forward pass"),
     ]
     for number, (args, message) in enumerate(cases):
         # The first as a user runs it, in its own process; the rest through the same entry point in this one.

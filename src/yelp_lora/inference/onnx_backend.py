@@ -121,12 +121,7 @@ def export(adapter_dir: Path, target: Path, *, base: str | None = None, origin: 
             traced.unlink()
             written = [FP32_FILE]
             if int8:
-                if ranges is None:
-                    log.warning("%s has no %s (trained before it was saved): int8 without smoothing, further "
-                                "from fp32; `yelp-lora calibrate RUN_DIR` on the run it came from adds it (then "
-                                "`registry add` that run again for a registered version)", origin or adapter_dir,
-                                INT8_CALIBRATION_FILE)
-                else:
+                if ranges is not None:  # else trained before they were saved: exported_model warns
                     smooth_activations(fused.model, ranges)
                 # Per-channel weight scales keep macro-F1 close to fp32. The fused kernels carry no
                 # inferable output types, hence the default tensor type (float).
@@ -330,6 +325,10 @@ def exported_model(adapter_dir: Path, backend: str, *, base: str | None = None, 
                     raise
     if not _intact(target, name):
         raise ModelError(f"the ONNX file exported to {target / name} does not match its recorded sha256")
+    if backend == "onnx-int8" and not (adapter_dir / INT8_CALIBRATION_FILE).is_file():
+        log.warning("%s has no %s (trained before it was saved): int8 without smoothing, further from fp32; "
+                    "`yelp-lora calibrate RUN_DIR` on the run it came from adds it (then `registry add` that run "
+                    "again for a registered version)", origin or adapter_dir, INT8_CALIBRATION_FILE)
     return target / name
 
 

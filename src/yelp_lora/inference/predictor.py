@@ -76,6 +76,8 @@ class Predictor:
     ):
         if long_text not in LONG_TEXT_MODES:
             raise ConfigError(f"long_text {long_text!r}: expected one of {', '.join(LONG_TEXT_MODES)}")
+        if batch_size is not None and batch_size < 1:
+            raise ConfigError(f"batch size {batch_size}: at least 1 text per forward pass")
         self.long_text = long_text
         self.max_windows = MAX_WINDOWS_PER_TEXT if long_text == "chunk" else 1
         self.adapter_dir = resolve_adapter_dir(adapter)
