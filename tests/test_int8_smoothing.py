@@ -1,6 +1,7 @@
 """Int8 with SmoothQuant: the activation ranges `train` saves beside the adapter, and how the ONNX
 export uses them (inference.onnx_backend.smooth_activations)."""
 
+import json
 import re
 import shutil
 
@@ -92,7 +93,7 @@ def test_int8_export_smooths_with_the_adapters_ranges_and_without_them_plainly(t
         Predictor(older, backend="onnx-int8")
 
 
-def test_calibrate_gives_a_run_trained_without_ranges_the_file_train_writes(tiny_run, tmp_path):
+def test_calibrate_gives_a_run_trained_without_ranges_the_file_train_writes(tiny_run, data_dir, tmp_path):
     older = tmp_path / "run"  # a run trained before train saved the ranges
     shutil.copytree(tiny_run, older)
     (older / "adapter" / INT8_CALIBRATION_FILE).unlink()
@@ -100,6 +101,13 @@ def test_calibrate_gives_a_run_trained_without_ranges_the_file_train_writes(tiny
     # (the tiny run trained on one thread), and the adapter directory finds its run.
     done = cli("calibrate", str(older / "adapter"))
     assert f"written to {older / 'adapter' / INT8_CALIBRATION_FILE}" in done.stdout
+    assert (older / "adapter" / INT8_CALIBRATION_FILE).read_bytes() == (tiny_run / "adapter" / INT8_CALIBRATION_FILE).read_bytes()
+    # Data that has moved since training: named, then found with --data.
+    record = json.loads((older / "run.json").read_text())
+    record["resolved"]["data_source"] = str(tmp_path / "moved")
+    (older / "run.json").write_text(json.dumps(record))
+    assert f"data path not found: {tmp_path / 'moved'}" in cli("calibrate", str(older), check=False).stderr
+    cli("calibrate", str(older), "--data", str(data_dir))
     assert (older / "adapter" / INT8_CALIBRATION_FILE).read_bytes() == (tiny_run / "adapter" / INT8_CALIBRATION_FILE).read_bytes()
     # Only a run directory says which rows the adapter was trained on.
     shutil.copytree(tiny_run / "adapter", tmp_path / "bare")

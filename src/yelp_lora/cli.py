@@ -90,7 +90,7 @@ def cmd_tune(args: argparse.Namespace) -> None:
 def cmd_calibrate(args: argparse.Namespace) -> None:
     from yelp_lora.training.recipe import calibrate_run
 
-    path = calibrate_run(args.run_dir)
+    path = calibrate_run(args.run_dir, args.data)
     print(f"int8 activation ranges written to {path}: `--backend onnx-int8` now smooths with them")
 
 
@@ -432,6 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("calibrate", help="add the int8 activation ranges train now saves to a run trained without them")
     p.add_argument("run_dir", metavar="RUN_DIR", help="run directory written by train (adapter/ and run.json)")
+    p.add_argument("--data", help="where the run's training data is now, if it has moved (default: the path run.json "
+                   "records); its rows must match the fingerprint recorded there")
     p.set_defaults(handler=cmd_calibrate)
 
     p = sub.add_parser("evaluate", help="accuracy, macro-F1, per-class scores and confusion matrix")

@@ -55,10 +55,11 @@ def training_rows(data: DataConfig, seed: int) -> TrainingRows:
     return TrainingRows(train, validation, primary, sources)
 
 
-def run_training_rows(record: RunRecord) -> tuple[Split, Split]:
-    """(train, validation) exactly as a recorded run drew them; refuses if they are not the rows it recorded."""
+def run_training_rows(record: RunRecord, source: str | None = None) -> tuple[Split, Split]:
+    """(train, validation) exactly as a recorded run drew them, read from where run.json says its data
+    was or from `source` if it has moved since; refuses if they are not the rows it recorded."""
     config = record.config
-    source = record.resolved.data_source
+    source = source or record.resolved.data_source
     rows = training_rows(config.data.model_copy(update={"source": source}), config.train.seed)
     expected = record.data.train.fingerprint
     if rows.train.fingerprint() != expected:

@@ -320,18 +320,19 @@ def save_int8_calibration(adapter_dir: Path, rows, config: RunConfig) -> None:
     save_activation_ranges(adapter_dir, ranges)
 
 
-def calibrate_run(run_or_adapter: str | Path) -> Path:
+def calibrate_run(run_or_adapter: str | Path, data: str | None = None) -> Path:
     """Write a finished run's int8 activation ranges, the file `train` writes beside the adapter since
     2026-12-07, for an adapter trained before. Returns its path.
 
-    The same seeded rows and the thread count the run recorded (sums split across other threads
-    round differently), so on the same machine and library versions, the same bytes as `train`.
+    The same seeded rows (read from `data` if the run's data has moved since) and the thread count
+    the run recorded (sums split across other threads round differently), so on the same machine
+    and library versions, the same bytes as `train`.
     """
     run_dir, record = read_run(run_or_adapter)
     adapter_dir = run_dir / record.adapter_dir
     if not (adapter_dir / ADAPTER_WEIGHTS).is_file():
         raise ModelError(f"{adapter_dir / ADAPTER_WEIGHTS} not found: the run kept no adapter to calibrate")
-    train_split, _ = run_training_rows(record)
+    train_split, _ = run_training_rows(record, data)
     threads = torch.get_num_threads()
     torch.set_num_threads(record.environment.hardware.torch_threads)
     try:
