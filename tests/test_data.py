@@ -142,7 +142,7 @@ def test_prediction_inputs(tmp_path):
     assert [(row.where, row.problem) for row in iter_texts(tmp_path / "in.jsonl")] == [
         ("line 1", None),
         ("line 2", "expected an object with a 'text' field"),
-        ("line 3", "invalid JSON (Expecting property name enclosed in double quotes)"),
+        ("line 3", "invalid JSON (Expecting property name enclosed in double quotes at column 2)"),
         ("line 4", "whitespace-only text"),
     ]
     (tmp_path / "no-text.csv").write_text("id,review\n1,hello\n")

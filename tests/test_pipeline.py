@@ -187,6 +187,8 @@ def test_same_command_twice_gives_byte_identical_adapter(minilm_run, data_dir, t
 
 
 def test_user_mistakes_get_one_clear_line(tmp_path, minilm_run):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
     cases = [
         (("train", "--data", "./missing-dir", "--output-dir", str(tmp_path / "x")), "data path not found: ./missing-dir"),
         (("train", "--config", "nope.yaml", "--output-dir", str(tmp_path / "x")), "config file not found"),
@@ -199,6 +201,8 @@ def test_user_mistakes_get_one_clear_line(tmp_path, minilm_run):
         (("compare", "--adapter", str(tmp_path / "none")), "adapter not found"),
         (("predict", "--adapter", str(minilm_run)), "nothing to predict"),
         (("predict", "--adapter", str(minilm_run), "   "), "argument 1: whitespace-only text"),
+        (("predict", "--adapter", str(minilm_run), "--input", str(tmp_path)), f"input {tmp_path} is a directory"),
+        (("predict", "--adapter", str(minilm_run), "--input", str(empty)), f"nothing to predict: {empty} holds no review texts"),
         (("predict", "--adapter", str(minilm_run), "--batch-size", "-3", "Great tacos."),
          "batch size -3: at least 1 text per forward pass"),
     ]

@@ -136,6 +136,8 @@ def test_random_paths_and_methods_add_no_series(server):
 def test_hosts_not_served_here_are_refused(server):
     answer = httpx.get(f"{server.url}/healthz", headers={"Host": "attacker.example:8000"})
     assert answer.status_code == 400 and answer.json()["error"]["code"] == "host_not_allowed"
+    allowed = answer.json()["error"]["message"].split("(allowed: ")[1].rstrip(")").split(", ")
+    assert "127.0.0.1" in allowed and len(allowed) == len(set(allowed)), allowed  # each name once
     assert httpx.get(f"{server.url}/healthz", headers={"Host": f"localhost:{server.port}"}).status_code == 200
 
 

@@ -137,7 +137,8 @@ def _read_inputs(args: argparse.Namespace) -> list[str]:
                 raise DataError(f"{args.input}: {row.where}: {row.problem}")
             texts.append(row.text)
     if not texts:
-        raise UserError("nothing to predict: give review texts as arguments or --input FILE")
+        raise UserError(f"nothing to predict: {args.input} holds no review texts" if args.input else
+                        "nothing to predict: give review texts as arguments or --input FILE")
     return texts
 
 

@@ -417,7 +417,7 @@ class ServeSettings(_Settings):
         """The Host header names accepted (without port), or None for any."""
         if self.allowed_hosts is not None:
             return self.allowed_hosts
-        return (*LOOPBACK_HOSTS, self.host) if self.loopback else None
+        return tuple(dict.fromkeys((*LOOPBACK_HOSTS, self.host))) if self.loopback else None
 
     @property
     def max_body_bytes(self) -> int:

@@ -218,7 +218,7 @@ def _jsonl_rows(path: Path) -> Iterator[Row]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as err:
-            yield Row(where, row_id, problem=f"invalid JSON ({err.msg})")
+            yield Row(where, row_id, problem=f"invalid JSON ({err.msg} at column {err.colno})")
             continue
         except ValueError as err:  # an integer of more digits than Python converts
             yield Row(where, row_id, problem=f"invalid JSON ({err})")

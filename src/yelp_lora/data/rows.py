@@ -108,7 +108,7 @@ def text_problem(text: object) -> str | None:
     if text is None:
         return "missing text"
     if not isinstance(text, str):
-        return f"text is a {type(text).__name__}, not a string"
+        return f"text is of type {type(text).__name__}, not a string"
     if not text.strip():
         return "empty text" if not text else "whitespace-only text"
     if "\x00" in text:
@@ -218,11 +218,17 @@ class InputText(NamedTuple):
     problem: str | None
 
 
+def require_input_file(path: Path) -> None:
+    if path.is_dir():
+        raise DataError(f"input {path} is a directory: give one file of reviews")
+    if not path.is_file():
+        raise DataError(f"input file not found: {path}")
+
+
 def iter_texts(path: Path) -> Iterator[InputText]:
     """Prediction input streamed in bounded memory whatever the file size: CSV / JSONL / Parquet
     with a 'text' column, or any other file as one review per line."""
-    if not path.is_file():
-        raise DataError(f"input file not found: {path}")
+    require_input_file(path)
     table = open_table(path, lines_as_text=True)
     table.require(label=False)
     for row in table.rows:

@@ -22,7 +22,7 @@ from typing import Iterator
 
 from yelp_lora.artifacts import ADAPTER_WEIGHTS, Record, read_record, resolve_adapter_dir, write_record
 from yelp_lora.config import LABEL_NAMES, LongText
-from yelp_lora.data.rows import InputText, iter_texts
+from yelp_lora.data.rows import InputText, iter_texts, require_input_file
 from yelp_lora.errors import DataError, ModelError, SaveError
 from yelp_lora.inference.predictor import Predictor, to_predictions
 from yelp_lora.modeling.hardware import pick_device, prediction_backend
@@ -226,8 +226,7 @@ def predict_file(
     suffix = output.suffix.lower()
     if suffix not in OUTPUT_FORMATS:
         raise DataError(f"--output {output}: unknown format '{suffix}'; use one of {', '.join(OUTPUT_FORMATS)}")
-    if not input_path.is_file():
-        raise DataError(f"input file not found: {input_path}")
+    require_input_file(input_path)
     if chunk_rows < 1:
         raise DataError(f"--chunk-size must be at least 1, not {chunk_rows}")
     rank, world = _distributed()
