@@ -186,3 +186,17 @@ def test_expect_sha256_and_a_tampered_onnx_cache(tiny_run, tmp_path, monkeypatch
         again = Predictor(tiny_run, backend="onnx-int8")
     assert "does not match the sha256 recorded when it was exported: rebuilding it" in caplog.text
     assert (again.probabilities(texts)[0] == expected).all()
+
+
+def test_an_address_in_use_is_one_line_before_the_model_loads(tiny_run):
+    import socket
+
+    from support import cli
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        refused = cli("serve", "--adapter", str(tiny_run / "missing"), "--port", str(port), check=False)
+    # The adapter path does not exist either: the address is checked first, before any loading.
+    assert refused.returncode == 2 and refused.stderr == f"yelp-lora serve: error: cannot listen on 127.0.0.1:{port}: Address already in use\n"

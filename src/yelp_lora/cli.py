@@ -230,15 +230,16 @@ def cmd_export(args: argparse.Namespace) -> None:
 def cmd_serve(args: argparse.Namespace) -> None:
     from yelp_lora.config import ServeSettings, build_settings
     from yelp_lora.errors import ModelError
-    from yelp_lora.serving.app import serve
+    from yelp_lora.serving.app import listen, serve
 
     settings = build_settings(ServeSettings, **_given(args, ServeSettings.model_fields))  # bad limits fail before loading
-    # The worker gathers up to --max-batch texts; the predictor runs them in its own length-sorted batches.
-    predictor = _load_predictor(args)
-    loaded = predictor.info.adapter_sha256
-    if settings.expect_sha256 and loaded != settings.expect_sha256.lower():
-        raise ModelError(f"--expect-sha256 {settings.expect_sha256}: the adapter loaded has sha256 {loaded}; not serving it")
-    serve(predictor, settings)
+    with listen(settings) as sock:  # so does an address in use
+        # The worker gathers up to --max-batch texts; the predictor runs them in its own length-sorted batches.
+        predictor = _load_predictor(args)
+        loaded = predictor.info.adapter_sha256
+        if settings.expect_sha256 and loaded != settings.expect_sha256.lower():
+            raise ModelError(f"--expect-sha256 {settings.expect_sha256}: the adapter loaded has sha256 {loaded}; not serving it")
+        serve(predictor, settings, sock)
 
 
 def cmd_mcp(args: argparse.Namespace) -> None:

@@ -10,6 +10,7 @@ import importlib.resources
 import logging
 import math
 import secrets
+import socket
 import sys
 import time
 import uuid
@@ -24,6 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from yelp_lora import __version__
 from yelp_lora.config import ServeSettings
+from yelp_lora.errors import UserError
 from yelp_lora.inference.predictor import Prediction, Predictor
 from yelp_lora.serving.batcher import DeadlineExceeded, MicroBatcher, ServiceBusy, ServiceClosed
 from yelp_lora.serving.http import header_deadline_protocol
@@ -392,15 +394,31 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> F
     return app
 
 
-def serve(predictor: Predictor, settings: ServeSettings, *, graceful_s: float = 30.0) -> None:
-    """Run until SIGINT/SIGTERM; uvicorn then stops accepting, answers in-flight requests, and exits."""
+def listen(settings: ServeSettings) -> socket.socket:
+    """The service's socket, bound before the model loads: an address in use or not this machine's
+    fails at once, in one line, instead of after the load in uvicorn's own words."""
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a restart need not wait out TIME_WAIT
+        sock.bind((settings.host, settings.port))
+    except OSError as err:
+        sock.close()
+        raise UserError(f"cannot listen on {settings.host}:{settings.port}: {err.strerror}") from None
+    return sock
+
+
+def serve(predictor: Predictor, settings: ServeSettings, sock: socket.socket, *, graceful_s: float = 30.0) -> None:
+    """Run on `sock` (from `listen`) until SIGINT/SIGTERM; uvicorn then stops accepting, answers
+    in-flight requests, and exits."""
     import uvicorn
 
     if not settings.loopback and not settings.api_key:
         print(f"yelp-lora serve: warning: listening on {settings.host} beyond loopback without an API key: "
               "anyone who can reach it can use it (set --api-key-file or $YELP_LORA_API_KEY)", file=sys.stderr)
-    uvicorn.run(
+    config = uvicorn.Config(
         create_app(predictor, settings), host=settings.host, port=settings.port, log_level="info",
         timeout_graceful_shutdown=graceful_s, limit_concurrency=settings.limit_concurrency,
         timeout_keep_alive=math.ceil(settings.keep_alive), http=header_deadline_protocol(settings.read_timeout, settings.http),
     )
+    uvicorn.Server(config).run(sockets=[sock])
