@@ -200,3 +200,28 @@ def test_an_address_in_use_is_one_line_before_the_model_loads(tiny_run):
         refused = cli("serve", "--adapter", str(tiny_run / "missing"), "--port", str(port), check=False)
     # The adapter path does not exist either: the address is checked first, before any loading.
     assert refused.returncode == 2 and refused.stderr == f"yelp-lora serve: error: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+
+
+def test_connections_on_the_bound_socket_send_without_waiting_for_acks():
+    """uvicorn serves `listen`'s socket through asyncio's create_server, which turns Nagle's algorithm
+    off on each accepted connection only when the socket was made for TCP. Without that, every
+    response's body waited for the client's delayed ACK of its headers: 44 ms per request."""
+    from yelp_lora.config import ServeSettings
+    from yelp_lora.serving.app import listen
+
+    async def accepted_nodelay() -> int:
+        accepted = asyncio.get_running_loop().create_future()
+
+        class Record(asyncio.Protocol):
+            def connection_made(self, transport):
+                accepted.set_result(transport.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+        server = await asyncio.get_running_loop().create_server(Record, sock=listen(ServeSettings(port=0)))
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            value = await asyncio.wait_for(accepted, 10)
+            writer.close()
+            return value
+
+    assert asyncio.run(accepted_nodelay()) != 0
