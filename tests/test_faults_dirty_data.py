@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from support import run_cli, shared_rows, tiny_train_args, TINY_ENV
+from support import cli, run_cli, shared_rows, tiny_train_args, TINY_ENV
 
 pytestmark = pytest.mark.slow
 MADE_UP = "The soup was warm and the waiter was kind."
@@ -53,6 +53,8 @@ PARQUET_BAD_ROWS = [
     ("3", HUGE, "text is 1,000,000 characters long"),
 ]
 GOOD_ROWS = 60
+# One case runs as a user runs it, in its own process; the rest run the same entry point in this
+# process, which skips an interpreter start and torch's import for each.
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +110,8 @@ def assert_clear_error(result, *fragments: str) -> None:
 def test_every_broken_row_is_named_with_file_and_row(kind, good, tiny_bert_dir, tmp_path):
     write, problems, unit = CASES[kind]
     data = write(tmp_path / f"train.{kind}", good)
-    result = run_cli(*tiny_train_args(tiny_bert_dir, data, tmp_path / "run", "--max-steps", "1"), check=False, env=TINY_ENV)
+    args = tiny_train_args(tiny_bert_dir, data, tmp_path / "run", "--max-steps", "1")
+    result = run_cli(*args, check=False, env=TINY_ENV) if kind == "csv" else cli(*args, check=False)
     assert_clear_error(result, f"{len(problems)} bad row(s) in {data}", "--skip-bad-rows")
     first_bad = first_data_line(kind) + GOOD_ROWS
     for offset, problem in enumerate(problems):
@@ -124,7 +127,7 @@ def test_skip_bad_rows_trains_and_counts_them(kind, good, tiny_bert_dir, tmp_pat
     args = tiny_train_args(tiny_bert_dir, data, run, "--max-steps", "1", "--skip-bad-rows")
     args[args.index("--train-samples") + 1] = "16"
     args[args.index("--val-samples") + 1] = "8"
-    result = run_cli(*args, check=False, env=TINY_ENV)
+    result = cli(*args, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads((run / "run.json").read_text())
     assert record["data"]["skipped_bad_rows"] == len(problems)
@@ -138,29 +141,29 @@ def test_headerless_stars_out_of_range(good, tiny_bert_dir, tmp_path):
     rows = [f'"{label + 1}",' for label, _ in good[:20]]
     body = [row.encode() + _csv_quote(text) for row, (_, text) in zip(rows, good[:20])]
     data.write_bytes(b"\n".join(body + [b'"0","zero stars"', b'"6","six stars"']) + b"\n")
-    result = run_cli(*tiny_train_args(tiny_bert_dir, data, tmp_path / "run"), check=False, env=TINY_ENV)
+    result = cli(*tiny_train_args(tiny_bert_dir, data, tmp_path / "run"), check=False)
     assert_clear_error(result, f"{data}: line 21: stars 0 is out of range 1-5", f"{data}: line 22: stars 6 is out of range 1-5")
 
 
 def test_csv_with_a_broken_quote(good, tiny_bert_dir, tmp_path):
     data = tmp_path / "broken.csv"
     data.write_bytes(b'label,text\n1,"fine"\n2,"this quote never closes\n3,"next"\n')
-    result = run_cli(*tiny_train_args(tiny_bert_dir, data, tmp_path / "run"), check=False, env=TINY_ENV)
+    result = cli(*tiny_train_args(tiny_bert_dir, data, tmp_path / "run"), check=False)
     assert_clear_error(result, f"{data}: line 4: malformed CSV", "unclosed quote")
 
 
 def test_parquet_without_a_label_column(tiny_bert_dir, tmp_path):
     data = tmp_path / "nolabel.parquet"
     pq.write_table(pa.table({"text": [MADE_UP], "score": [3]}), data)
-    result = run_cli(*tiny_train_args(tiny_bert_dir, data, tmp_path / "run"), check=False, env=TINY_ENV)
+    result = cli(*tiny_train_args(tiny_bert_dir, data, tmp_path / "run"), check=False)
     assert_clear_error(result, "needs columns 'text' and 'label' (0-4) or 'stars' (1-5); has ['text', 'score']")
 
 
 def test_missing_path_and_unknown_hub_id_are_named(tiny_bert_dir, tmp_path):
     missing = tmp_path / "no-such" / "train.csv"
-    result = run_cli(*tiny_train_args(tiny_bert_dir, missing, tmp_path / "run"), check=False, env=TINY_ENV)
+    result = cli(*tiny_train_args(tiny_bert_dir, missing, tmp_path / "run"), check=False)
     assert_clear_error(result, f"data path not found: {missing}")
-    result = run_cli(*tiny_train_args(tiny_bert_dir, "someone/no-such-yelp-set", tmp_path / "run"), check=False, env=TINY_ENV)
+    result = cli(*tiny_train_args(tiny_bert_dir, "someone/no-such-yelp-set", tmp_path / "run"), check=False)
     assert_clear_error(result, "data source 'someone/no-such-yelp-set' is not a local file or directory", "hub")
 
 
@@ -174,13 +177,13 @@ def test_damaged_weights_files_are_named_not_a_traceback(good, tiny_bert_dir, ti
     shutil.copytree(tiny_bert_dir, damaged)
     weights = damaged / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
-    result = run_cli(*tiny_train_args(damaged, data, tmp_path / "run"), check=False, env=TINY_ENV)
+    result = cli(*tiny_train_args(damaged, data, tmp_path / "run"), check=False)
     assert_clear_error(result, f"cannot load base model '{damaged}'", "damaged or cut short")
     # The same for an adapter's weights.
     run = tmp_path / "good-run"
     shutil.copytree(tiny_run, run)
     weights = run / "adapter" / "adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
-    result = run_cli("predict", "--adapter", str(run), MADE_UP, check=False, env=TINY_ENV)
+    result = cli("predict", "--adapter", str(run), MADE_UP, check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
     assert "yelp-lora predict: error: cannot load adapter" in result.stderr and "damaged or cut short" in result.stderr
