@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from support import PYTHON, REPO, cli_env, run_cli, shared_rows, TINY_ENV
+from support import PYTHON, REPO, cli, cli_env, run_cli, shared_rows, TINY_ENV
 
 pytestmark = pytest.mark.slow
 BIG_ROWS = 100_000
@@ -116,11 +116,11 @@ def test_bad_rows_stop_with_their_row_or_are_written_with_an_error(adapter, tmp_
     column = texts(10)
     column[3], column[7] = "   ", "nul\x00byte"
     pq.write_table(pa.table({"text": column}), source)
-    stopped = run_cli(*predict_args(adapter, source, tmp_path / "out.jsonl"), check=False, env=TINY_ENV)
+    stopped = cli(*predict_args(adapter, source, tmp_path / "out.jsonl"), check=False)
     assert stopped.returncode == 2 and "Traceback" not in stopped.stderr
     assert f"yelp-lora predict: error: {source}: row 3: whitespace-only text (--skip-bad-rows" in stopped.stderr
 
-    skipped = run_cli(*predict_args(adapter, source, tmp_path / "out.jsonl", "--resume", "--skip-bad-rows"), check=False, env=TINY_ENV)
+    skipped = cli(*predict_args(adapter, source, tmp_path / "out.jsonl", "--resume", "--skip-bad-rows"), check=False)
     assert skipped.returncode == 0, skipped.stderr[-3000:]
     records = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [r["error"] for r in records if r["error"]] == ["whitespace-only text", "text contains NUL bytes"]
@@ -134,16 +134,16 @@ def test_an_unparsable_jsonl_line_is_a_row_error_and_a_changed_input_is_not_resu
     lines[2] = '{"text": "never closed'
     source.write_text("\n".join(lines) + "\n", encoding="utf-8")
     output = tmp_path / "out.jsonl"
-    stopped = run_cli(*predict_args(adapter, source, output), check=False, env=TINY_ENV)
+    stopped = cli(*predict_args(adapter, source, output), check=False)
     assert stopped.returncode == 2 and f"{source}: line 3: invalid JSON" in stopped.stderr
     # The same size and modification time, other bytes: the job record's input hash tells them apart.
     stat = source.stat()
     source.write_text(source.read_text(encoding="utf-8").replace("a", "e"), encoding="utf-8")
     os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    changed = run_cli(*predict_args(adapter, source, output, "--resume"), check=False, env=TINY_ENV)
+    changed = cli(*predict_args(adapter, source, output, "--resume"), check=False)
     assert changed.returncode == 2 and "belongs to a different job (input_sha256:" in changed.stderr
     shutil.rmtree(output.with_name(output.name + ".parts"))
-    skipped = run_cli(*predict_args(adapter, source, output, "--skip-bad-rows"), check=False, env=TINY_ENV)
+    skipped = cli(*predict_args(adapter, source, output, "--skip-bad-rows"), check=False)
     assert skipped.returncode == 0, skipped.stderr[-3000:]
     records = [json.loads(line) for line in output.read_text().splitlines()]
     assert len(records) == 6 and records[2]["error"].startswith("invalid JSON") and records[2]["label"] is None
