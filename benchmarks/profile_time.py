@@ -250,7 +250,7 @@ def profile_training(args, trace_dir: Path | None) -> dict:
     dataset = tokenize(rows, tokenizer, config.model.max_length, config.model.kept_head, train_config.pad_to_max_length)
     tokenise_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    list(StepSortedSampler(dataset["length"], micro_batch, accumulation))  # the epoch's draw and sort, once per epoch
+    list(StepSortedSampler(dataset["length"], micro_batch, accumulation, train_config.seed))  # the epoch's draw and sort, once per epoch
     sort_seconds = time.perf_counter() - started
 
     timer = DataTimer()

@@ -1,4 +1,5 @@
-"""Issue 6.1: a training process killed with SIGKILL mid-epoch resumes to the same adapter bytes."""
+"""Issue 6.1: a training process killed with SIGKILL resumes to the same adapter bytes: killed as an
+epoch's checkpoint appears, and again mid-way through a later epoch."""
 
 from __future__ import annotations
 
@@ -6,37 +7,51 @@ import json
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
 from support import PYTHON, REPO, cli_env, run_cli, tiny_train_args, TINY_ENV
 
 pytestmark = pytest.mark.slow
-# 64 rows / batch 8 = 8 steps per epoch: checkpoint-3 is mid-epoch 1, long before epoch 1's adapter.
-SCHEDULE = ("--epochs", "2", "--save-steps", "3", "--lr", "5e-3")
+# 64 rows / batch 8 = 8 steps per epoch, 24 in all: checkpoint-8 ends epoch 1 (the step save and the
+# epoch's coincide), checkpoint-12 is mid-epoch 2, whose order is drawn anew.
+SCHEDULE = ("--epochs", "3", "--save-steps", "4", "--lr", "5e-3")
 
 
-def test_sigkill_mid_epoch_then_resume_gives_identical_adapter(tiny_bert_dir, data_dir, tmp_path):
-    data = data_dir
-    straight = run_cli(*tiny_train_args(tiny_bert_dir, data, tmp_path / "straight", *SCHEDULE), check=False, env=TINY_ENV)
+def kill_at_next_checkpoint(args: list[str], checkpoints: Path) -> str:
+    """Run `train ARGS` and SIGKILL it as soon as a checkpoint it wrote appears; returns that checkpoint's name."""
+    before = {p.name for p in checkpoints.glob("checkpoint-*")}
+    process = subprocess.Popen([PYTHON, "-m", "yelp_lora", *args], env=cli_env(**TINY_ENV), cwd=REPO,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not (written := {p.name for p in checkpoints.glob("checkpoint-*")} - before):
+        assert process.poll() is None, "training ended before its next checkpoint"
+        assert time.time() < deadline
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert len(written) == 1, written
+    return written.pop()
+
+
+def test_sigkill_then_resume_gives_identical_adapter(tiny_bert_dir, data_dir, tmp_path):
+    straight = run_cli(*tiny_train_args(tiny_bert_dir, data_dir, tmp_path / "straight", *SCHEDULE), check=False, env=TINY_ENV)
     assert straight.returncode == 0, straight.stderr
 
     crashed = tmp_path / "crashed"
-    args = tiny_train_args(tiny_bert_dir, data, crashed, *SCHEDULE)
-    process = subprocess.Popen([PYTHON, "-m", "yelp_lora", *args], env=cli_env(**TINY_ENV), cwd=REPO,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = tiny_train_args(tiny_bert_dir, data_dir, crashed, *SCHEDULE)
     checkpoints = crashed / "checkpoints"
-    deadline = time.time() + 240
-    while not list(checkpoints.glob("checkpoint-*")):
-        assert process.poll() is None, "training ended before its first checkpoint"
-        assert time.time() < deadline
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert [p.name for p in checkpoints.glob("checkpoint-*")] == ["checkpoint-3"]
-    assert not (crashed / "adapter").exists() and not (crashed / "run.json").exists()
+    assert kill_at_next_checkpoint(args, checkpoints) == "checkpoint-4"
+    assert kill_at_next_checkpoint([*args, "--resume"], checkpoints) == "checkpoint-8"
+    # The end of an epoch is checkpointed after its validation, never before: resumed from here, the
+    # run must not skip epoch 1's score.
+    history = json.loads((checkpoints / "checkpoint-8" / "trainer_state.json").read_text())["log_history"]
+    assert [entry["epoch"] for entry in history if "eval_macro_f1" in entry] == [1.0]
+    assert kill_at_next_checkpoint([*args, "--resume"], checkpoints) == "checkpoint-12"
+    assert not (crashed / "run.json").exists()
     # What a kill during a later save leaves behind: a hidden, partial staging directory.
-    partial = checkpoints / ".staging-checkpoint-6" / "checkpoint-6"
+    partial = checkpoints / ".staging-checkpoint-16" / "checkpoint-16"
     partial.mkdir(parents=True)
     (partial / "adapter_model.safetensors").write_bytes(b"\x00" * 10)
 
@@ -49,8 +64,9 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_adapter(tiny_bert_dir, da
     adapter = "adapter/adapter_model.safetensors"
     assert (crashed / adapter).read_bytes() == (tmp_path / "straight" / adapter).read_bytes()
     before, after = (json.loads((d / "run.json").read_text()) for d in (tmp_path / "straight", crashed))
+    assert [score["epoch"] for score in after["validation"]] == [1.0, 2.0, 3.0]
     assert after["validation"] == before["validation"]
-    assert after["best_epoch"] == before["best_epoch"] and after["global_step"] == before["global_step"] == 16
+    assert after["best_epoch"] == before["best_epoch"] and after["global_step"] == before["global_step"] == 24
     # Logged training loss is a running mean since the last log, restarted on resume; the
     # gradients themselves must match step for step.
     assert [h["grad_norm"] for h in after["history"]] == [h["grad_norm"] for h in before["history"]]

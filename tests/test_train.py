@@ -26,7 +26,7 @@ def test_each_step_holds_the_rows_a_random_order_would_give_it_sorted_by_length(
     micro, per_step = 4, 4
     step = micro * per_step
     torch.manual_seed(11)
-    order = list(StepSortedSampler(lengths, micro, per_step))
+    order = list(StepSortedSampler(lengths, micro, per_step, seed=42))  # the first epoch: the global generator
     torch.manual_seed(11)
     random_order = torch.randperm(len(lengths)).tolist()  # what the sampler draws from the same seed
     assert sorted(order) == list(range(len(lengths)))
@@ -148,3 +148,21 @@ def test_each_batch_is_padded_to_its_longest_text_or_up_to_the_multiple(multiple
 def test_a_multiple_that_pads_past_512_positions_is_refused_naming_both_settings():
     with pytest.raises(ConfigError, match="train.pad_to_multiple_of 24 pads max_length 512 to 528 tokens"):
         load_config(None, {"train.pad_to_multiple_of": 24, "model.max_length": 512})
+
+
+def test_later_epochs_draw_their_order_from_the_seed_and_epoch_alone():
+    """A resumed run draws its epoch's order before the checkpoint's generator state is restored, so
+    epochs after the first must not depend on what the global generator served before them."""
+    lengths = torch.randint(5, 257, (203,), generator=torch.Generator().manual_seed(0)).tolist()
+    sampler = StepSortedSampler(lengths, 4, 4, seed=42)
+    orders = {}
+    for epoch in (1, 2):
+        sampler.set_epoch(epoch)
+        torch.manual_seed(0)
+        orders[epoch] = list(sampler)
+        torch.rand(1000)  # what dropout would have drawn
+        assert list(sampler) == orders[epoch]
+    assert orders[1] != orders[2] and sorted(orders[1]) == list(range(len(lengths)))
+    other_seed = StepSortedSampler(lengths, 4, 4, seed=7)
+    other_seed.set_epoch(1)
+    assert list(other_seed) != orders[1]

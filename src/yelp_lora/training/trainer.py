@@ -11,6 +11,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from yelp_lora.artifacts import ADAPTER_DIRNAME, STAGING_PREFIX, AdapterMeta, save_adapter
@@ -54,6 +55,13 @@ def save_every_epoch_callback():
     class SaveEveryEpoch(TrainerCallback):
         """With step checkpoints, also checkpoint at each epoch end (after its validation)."""
 
+        def on_step_end(self, args, state, control, **kwargs):
+            # A step that ends an epoch or the run is checkpointed by on_epoch_end, after its validation.
+            # Saved here as well, before it, a run killed during that validation would resume past it:
+            # the epoch would never be scored, nor its adapter kept.
+            if float(state.epoch).is_integer() or control.should_training_stop:
+                control.should_save = False
+
         def on_epoch_end(self, args, state, control, **kwargs):
             control.should_save = True
 
@@ -71,10 +79,16 @@ class StepSortedSampler(torch.utils.data.Sampler):
     epoch is moved into the first micro-batch, so running out of memory shows at once.
     """
 
-    def __init__(self, lengths: list[int], micro_batch_size: int, micro_batches_per_step: int):
+    def __init__(self, lengths: list[int], micro_batch_size: int, micro_batches_per_step: int, seed: int):
         self.lengths = list(lengths)
         self.micro_batch_size = micro_batch_size
         self.micro_batches_per_step = micro_batches_per_step
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by the Trainer (through accelerate's loader) before each epoch, resumed ones too."""
+        self.epoch = epoch
 
     def __len__(self):
         return len(self.lengths)
@@ -82,8 +96,15 @@ class StepSortedSampler(torch.utils.data.Sampler):
     def __iter__(self):
         from transformers.trainer_pt_utils import get_length_grouped_indices
 
-        # Drawn from torch's global generator, which the Trainer seeds with train.seed.
-        return iter(get_length_grouped_indices(self.lengths, self.micro_batch_size, self.micro_batches_per_step))
+        # The first epoch draws from torch's global generator, seeded with train.seed, as it always
+        # has (so one-epoch runs, the demo's included, keep their bytes). Later epochs draw from a
+        # generator of their own: the global one has by then served the dropout masks, and a run
+        # resumed mid-epoch draws its epoch's order before the checkpoint's generator state is restored.
+        generator = None
+        if self.epoch:
+            seed = int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0])
+            generator = torch.Generator().manual_seed(seed)
+        return iter(get_length_grouped_indices(self.lengths, self.micro_batch_size, self.micro_batches_per_step, generator))
 
 
 def step_mean_loss(class_weights: torch.Tensor | None = None, label_smoothing: float = 0.0, ordinal_weight: float = 0.0):
@@ -153,7 +174,7 @@ def lora_trainer_class():
             per_step = self.args.gradient_accumulation_steps * max(1, self.args.world_size)
             # data.tokenize's length column; the loader's copy of the set has had it removed.
             lengths = self.train_dataset["length"]
-            return StepSortedSampler(lengths, self.args.per_device_train_batch_size, per_step)
+            return StepSortedSampler(lengths, self.args.per_device_train_batch_size, per_step, self.args.seed)
 
         def _get_output_dir(self, trial):
             return self._staging_root or super()._get_output_dir(trial)
