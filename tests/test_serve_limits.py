@@ -198,8 +198,10 @@ def test_an_address_in_use_is_one_line_before_the_model_loads(tiny_run):
         taken.listen()
         port = taken.getsockname()[1]
         refused = cli("serve", "--adapter", str(tiny_run / "missing"), "--port", str(port), check=False)
+        agent = cli("mcp", "--transport", "http", "--adapter", str(tiny_run / "missing"), "--port", str(port), check=False)
     # The adapter path does not exist either: the address is checked first, before any loading.
     assert refused.returncode == 2 and refused.stderr == f"yelp-lora serve: error: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+    assert agent.returncode == 2 and agent.stderr == f"yelp-lora mcp: error: cannot listen on 127.0.0.1:{port}: Address already in use\n"
 
 
 def test_connections_on_the_bound_socket_send_without_waiting_for_acks():

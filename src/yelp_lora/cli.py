@@ -245,11 +245,14 @@ def cmd_serve(args: argparse.Namespace) -> None:
 def cmd_mcp(args: argparse.Namespace) -> None:
     from yelp_lora.config import ServeSettings, build_settings
     from yelp_lora.serving.agent import build_server, run_http
+    from yelp_lora.serving.app import listen
 
     if args.transport == "stdio":
         return build_server(_load_predictor(args)).run(transport="stdio")
-    key = build_settings(ServeSettings, **_given(args, ("api_key", "api_key_file"))).api_key  # read and checked as serve does
-    run_http(build_server(_load_predictor(args)), host=args.host, port=args.port, api_key=key)
+    # The key, host and port read and checked as serve's are; the address bound before the model loads.
+    settings = build_settings(ServeSettings, **_given(args, ("api_key", "api_key_file", "host", "port")))
+    with listen(settings) as sock:
+        run_http(build_server(_load_predictor(args)), sock, host=settings.host, api_key=settings.api_key)
 
 
 def cmd_tool_schema(args: argparse.Namespace) -> None:
@@ -361,7 +364,8 @@ def _add_run_config_options(p: argparse.ArgumentParser) -> None:
     _setting(p, "--micro-batch-size", "train.micro_batch_size", type=int,
              help="rows per forward pass of a length-sorted step (divides --batch-size; default: 4 on CPU, 16 on CUDA)")
     _setting(p, "--pad-to-multiple-of", "train.pad_to_multiple_of", type=int, metavar="N",
-             help="pad each batch's length up to a multiple of N tokens (default: to its longest text)")
+             help="pad each batch's length up to a multiple of N tokens; 1: to its longest text (default: auto, "
+             "8 on CPUs without AMX, 1 elsewhere)")
     _setting(p, "--extra-train", "data.extra_train", type=_train_source, action="append", metavar="SOURCE[:N|:FRACTION][:balanced]",
              help="another training source (repeatable; replaces the config's list), e.g. "
              "../shared/data/yelp_review_full/open_dataset_train.csv:6000:balanced (N: rows; FRACTION: a share "
@@ -567,6 +571,10 @@ def main(argv: list[str] | None = None) -> int:
         args.handler(args)
     except USER_ERRORS as err:
         print(f"yelp-lora {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a path named on the command line that cannot be used as asked, found late
+        where = f": {err.filename}" if err.filename else ""
+        print(f"yelp-lora {args.command}: error: {err.strerror or err}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"yelp-lora {args.command}: interrupted", file=sys.stderr)

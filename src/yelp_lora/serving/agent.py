@@ -8,6 +8,7 @@ input schema and description in OpenAI's function-tool format, so both agents se
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 from typing import Annotated
 
@@ -98,9 +99,11 @@ class KeyRequired:
         return await self.app(scope, receive, send)
 
 
-def run_http(server: MCPServer, *, host: str, port: int, api_key: str | None) -> None:
-    """The MCP server on the streamable HTTP transport (endpoint /mcp), behind the API key when one is set."""
+def run_http(server: MCPServer, sock: socket.socket, *, host: str, api_key: str | None) -> None:
+    """The MCP server on the streamable HTTP transport (endpoint /mcp) on `sock` (serving.app.listen),
+    behind the API key when one is set."""
     import uvicorn
 
     app = server.streamable_http_app(host=host)
-    uvicorn.run(KeyRequired(app, api_key) if api_key else app, host=host, port=port, log_level="info")
+    config = uvicorn.Config(KeyRequired(app, api_key) if api_key else app, log_level="info")
+    uvicorn.Server(config).run(sockets=[sock])
