@@ -110,6 +110,18 @@ def test_missing_paths_and_directories_without_a_split(tmp_path):
         load_split(str(tmp_path), "test")
 
 
+def test_auto_without_a_local_copy_says_where_it_looked(tmp_path, monkeypatch):
+    monkeypatch.delenv("YELP_LORA_DATA", raising=False)
+    monkeypatch.chdir(tmp_path)  # no ../shared beside it; the hub is offline in tests
+    with pytest.raises(DataError) as refused:
+        load_split("auto", "train")
+    assert "data source 'yelp_review_full' is not a local file or directory" in str(refused.value)
+    assert str(refused.value).endswith(
+        f"a local copy is read from $YELP_LORA_DATA or ../shared/data/yelp_review_full beside the current directory ({tmp_path}), "
+        "and neither is there"
+    )
+
+
 def test_validation_is_carved_from_train_stratified_and_seeded(data_dir):
     train = load_split(str(data_dir), "train")
     a_train, a_val = train_val_split(train, 400, 1000, seed=42)

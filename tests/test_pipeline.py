@@ -205,6 +205,15 @@ def test_user_mistakes_get_one_clear_line(tmp_path, minilm_run):
         (("predict", "--adapter", str(minilm_run), "--input", str(empty)), f"nothing to predict: {empty} holds no review texts"),
         (("predict", "--adapter", str(minilm_run), "--batch-size", "-3", "Great tacos."),
          "batch size -3: at least 1 text per forward pass"),
+        (("train", "--config", str(tmp_path), "--output-dir", str(tmp_path / "x")), f"cannot read config file {tmp_path}: Is a directory"),
+        (("train", "--output-dir", str(empty)), f"--output-dir {empty} exists and is not a directory"),
+        (("train", "--output-dir", str(empty / "run")), f"--output-dir {empty / 'run'} cannot be created: {empty} is a file"),
+        (("tune", "--output-dir", str(empty)), f"--output-dir {empty} exists and is not a directory"),
+        (("export", "v1", "--registry", str(tmp_path / "registry"), "--merged", str(empty)), f"--merged {empty} exists and is not a directory"),
+        (("train", "--max-steps", "0", "--output-dir", str(tmp_path / "x")), "train.max_steps: must be at least 1, or -1 for all epochs"),
+        (("train", "--seed", "-1", "--output-dir", str(tmp_path / "x")), "train.seed: Input should be greater than or equal to 0"),
+        (("evaluate", "--adapter", str(minilm_run), "--seed", "-1"), "--seed must be at least 0 (got -1)"),
+        (("tune", "--seed", str(2**32), "--output-dir", str(tmp_path / "t")), "--seed 4294967296: Input should be less than or equal to 4294967295"),
     ]
     for number, (args, message) in enumerate(cases):
         # The first as a user runs it, in its own process; the rest through the same entry point in this one.

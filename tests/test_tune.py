@@ -203,6 +203,8 @@ def test_mlflow_nests_each_trial_in_the_study_run(tmp_path, tiny_bert_dir, train
         ("[1, 2]\n", [], "space file SPACE must hold a mapping"),
         ("", ["--storage", "nosuchdb://somewhere"], "--storage nosuchdb://somewhere: cannot open the study's database"),
         ("", ["--trials", "0"], "--trials must be at least 1 (got 0)"),
+        # Checked before the study exists, so that it holds no failed trial for it.
+        ("", ["--data", "./no-such-data.csv"], "data path not found: ./no-such-data.csv"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, tiny_bert_dir, train_only_data, space, extra, fragment):
@@ -212,7 +214,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, tiny_bert_dir, train_only_da
     assert result.returncode == 2
     assert result.stderr.startswith("yelp-lora tune: error: ") and result.stderr.count("\n") == 1
     assert fragment.replace("SPACE", str(space_file)) in result.stderr
-    assert not (tmp_path / "out" / "trials").exists()
+    assert not (tmp_path / "out" / "trials").exists() and not (tmp_path / "out" / "study.db").exists()
 
 
 def test_without_optuna_it_says_what_to_install(tmp_path, tiny_bert_dir, train_only_data, monkeypatch):

@@ -23,6 +23,8 @@ LABEL_NAMES: tuple[str, ...] = (
 NUM_LABELS = len(LABEL_NAMES)
 ID2LABEL = dict(enumerate(LABEL_NAMES))
 LABEL2ID = {name: i for i, name in ID2LABEL.items()}
+# What NumPy's and Optuna's generators accept as a seed.
+SEED_RANGE = dict(ge=0, le=2**32 - 1)
 
 
 class _Section(BaseModel):
@@ -124,13 +126,13 @@ class TrainConfig(_Section):
     lr_scheduler: str = "linear"
     warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
     epochs: float = Field(3, gt=0)
-    max_steps: int = Field(-1, description="Stop after this many optimizer steps; -1 = run all epochs.")
+    max_steps: int = Field(-1, ge=-1, description="Stop after this many optimizer steps; -1 = run all epochs.")
     train_batch_size: int | None = Field(
         None, ge=1, description="null = auto: 16 on CPU, 64 on CUDA (16 leaves a large GPU launch-bound)."
     )
     eval_batch_size: int | None = Field(None, ge=1, description="null = auto: 16 on CPU, 128 on CUDA.")
     weight_decay: float = Field(0.01, ge=0.0)
-    seed: int = 42
+    seed: int = Field(42, **SEED_RANGE)
     pad_to_max_length: bool = Field(False, description="Pad every text to max_length (the tutorials' fixed form).")
     group_by_length: bool = Field(
         True,
@@ -173,6 +175,13 @@ class TrainConfig(_Section):
     logging_steps: int = Field(10, ge=1)
     save_steps: int | None = Field(None, ge=1, description="Also checkpoint every N steps (for --resume).")
 
+    @field_validator("max_steps")
+    @classmethod
+    def _some_steps_or_all(cls, steps: int) -> int:
+        if steps == 0:  # the Trainer would run one step
+            raise ValueError("must be at least 1, or -1 for all epochs")
+        return steps
+
 
 class RunConfig(_Section):
     model: ModelConfig = ModelConfig()
@@ -211,6 +220,8 @@ def read_mapping(path: Path, what: str) -> dict[str, Any]:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         raise ConfigError(f"{what} not found: {path}") from None
+    except OSError as err:  # a directory, no permission, ...
+        raise ConfigError(f"cannot read {what} {path}: {err.strerror}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise ConfigError(f"{what} {path} is not valid YAML: {err}") from None
     if not isinstance(raw, dict):
@@ -302,7 +313,7 @@ class EvalSettings(_Settings):
     data: str | None = Field(None, description="Data source; null = the one the adapter was trained on.")
     split: Literal["train", "test"] = "test"
     n: int | None = Field(500, ge=1, description="Seeded stratified sample size; null = every row.")
-    seed: int = Field(42, description="Sample (and bootstrap) seed.")
+    seed: int = Field(42, **SEED_RANGE, description="Sample (and bootstrap) seed.")
     batch_size: int = Field(64, ge=1)
     skip_bad_rows: bool = False
     with_classical: bool = Field(False, description="Also TF-IDF + logistic regression on the adapter's training rows.")
@@ -318,7 +329,7 @@ class TuneSettings(_Settings):
     timeout: float | None = Field(None, gt=0, description="Minutes after which no new trial starts (a running one finishes).")
     storage: str | None = Field(None, description="SQLAlchemy URL of the study's database; null = sqlite OUTPUT_DIR/study.db.")
     study_name: str = Field("yelp-lora", min_length=1)
-    seed: int | None = Field(None, description="The sampler's seed; null = the base config's train.seed.")
+    seed: int | None = Field(None, **SEED_RANGE, description="The sampler's seed; null = the base config's train.seed.")
     prune_startup_trials: int = Field(
         3, ge=0, description="Trials run whole before the median pruner may stop one after an epoch."
     )
@@ -446,7 +457,7 @@ class BenchSettings(_Settings):
     )
     matmul_size: int = Field(2048, ge=1)
     rounds: int = Field(5, ge=1, description="The paths of each kind take turns: a share of the work per round.")
-    seed: int = 42
+    seed: int = Field(42, **SEED_RANGE)
     service: bool = True
     skip: tuple[str, ...] = Field((), description="Path ids to leave out, e.g. pipeline.")
     micro_batch_sizes: tuple[int, ...] = Field(

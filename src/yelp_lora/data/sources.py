@@ -59,9 +59,12 @@ def _load_hub(dataset_id: str, split: str, skip_bad_rows: bool) -> Split:
         data = datasets.load_dataset(dataset_id, split=split)
     except Exception as err:  # offline, unknown id, missing split: all end here
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        # The default source ('auto') ends here when no local copy was found: say where it looked.
+        local = (f"; a local copy is read from ${DATA_ENV} or {SHARED_DATA_DIR} beside the current directory "
+                 f"({Path.cwd()}), and neither is there") if resolve_source("auto") == dataset_id else ""
         raise DataError(
             f"data source '{dataset_id}' is not a local file or directory, and no hub data set of that name "
-            f"could be loaded (split '{split}'): {reason}"
+            f"could be loaded (split '{split}'): {reason}{local}"
         ) from None
     table = columns_table(f"{dataset_id}[{split}]", data.to_dict(), f"{dataset_id}:{split}")
     return labelled_split(table, split, f"hub:{dataset_id}", skip_bad_rows)

@@ -9,13 +9,14 @@ from yelp_lora.errors import RegistryError
 from yelp_lora.modeling.base import load_adapter
 from yelp_lora.registry.card import model_card
 from yelp_lora.registry.store import CARD_FILE, Registry
-from yelp_lora.util.atomic import atomic_dir
+from yelp_lora.util.atomic import atomic_dir, check_output_dir
 
 
 def export_merged(registry: Registry, ref: str, target: str | Path) -> Path:
     """A full transformers model directory (LoRA merged, head, id2label, tokenizer) for `pipeline(...)`."""
     target = Path(target)
     marker = "yelp_lora_export.json"
+    check_output_dir(target, "--merged")
     if target.exists() and any(target.iterdir()) and not (target / marker).is_file():
         raise RegistryError(f"{target} exists and is not an earlier yelp-lora export; choose an empty or new directory")
     adapter_dir, manifest = registry.open(ref)

@@ -51,7 +51,7 @@ from yelp_lora.modeling.hardware import (
 from yelp_lora.modeling.lora import apply_lora, parameter_line
 from yelp_lora.training.tracking import require as require_tracking, tracked
 from yelp_lora.training.trainer import keep_best_callback, lora_trainer_class, save_every_epoch_callback, step_mean_loss
-from yelp_lora.util.atomic import atomic_write_text
+from yelp_lora.util.atomic import atomic_write_text, check_output_dir
 from yelp_lora.util.provenance import environment
 
 
@@ -216,6 +216,7 @@ def train(config: RunConfig, output_dir: str | Path, *, resume: bool = False, ca
     `callbacks` are further TrainerCallbacks (tune's pruning); they see each epoch's validation metrics.
     """
     output_dir = Path(output_dir)
+    check_output_dir(output_dir, "--output-dir")
     checkpoints = output_dir / CHECKPOINT_DIRNAME
     checkpointing = bool(config.train.save_steps) or resume
     if checkpointing:

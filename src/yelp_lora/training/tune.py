@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import logging
 import shutil
 import warnings
 from dataclasses import dataclass, field
@@ -34,11 +35,12 @@ import yaml
 
 from yelp_lora.artifacts import ADAPTER_DIRNAME, CHECKPOINT_DIRNAME
 from yelp_lora.config import RunConfig, TuneSettings, changed_fields, with_overrides
-from yelp_lora.errors import ConfigError
+from yelp_lora.data.mixing import training_rows
+from yelp_lora.errors import USER_ERRORS, ConfigError
 from yelp_lora.training.recipe import train
 from yelp_lora.training.space import FloatRange, IntRange, SearchSpace, config_value
 from yelp_lora.training.tracking import study_run
-from yelp_lora.util.atomic import atomic_write_bytes, atomic_write_text
+from yelp_lora.util.atomic import atomic_write_bytes, atomic_write_text, check_output_dir
 
 STUDY_DB = "study.db"
 TRIALS_DIRNAME = "trials"
@@ -88,6 +90,8 @@ def tune(base: RunConfig, space: SearchSpace, settings: TuneSettings, *, pruner=
     optuna = _optuna()
     space.check(base)  # a value no trial could train with fails now, not hours in
     output_dir = Path(settings.output_dir)
+    check_output_dir(output_dir, "--output-dir")
+    training_rows(base.data, base.train.seed)  # so does data that is missing or broken, before the study records a failed trial
     output_dir.mkdir(parents=True, exist_ok=True)
     url = settings.storage or f"sqlite:///{(output_dir / STUDY_DB).resolve()}"
     finished_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -106,6 +110,8 @@ def tune(base: RunConfig, space: SearchSpace, settings: TuneSettings, *, pruner=
             study.set_user_attr(MLFLOW_RUN_ATTR, mlflow.active_run().info.run_id)
             mlflow.set_tags({"optuna.study": settings.study_name, "optuna.storage": url, "optuna.sampler_seed": seed})
         objective = _objective(optuna, base, space, output_dir, mlflow)
+        trial_log = logging.getLogger("optuna.study._optimize")
+        trial_log.addFilter(_no_traceback_for_user_errors)
         try:
             if remaining > 0:
                 study.optimize(
@@ -116,6 +122,7 @@ def tune(base: RunConfig, space: SearchSpace, settings: TuneSettings, *, pruner=
                     gc_after_trial=True,
                 )
         finally:
+            trial_log.removeFilter(_no_traceback_for_user_errors)
             _drop_adapters(optuna, study, output_dir)
             result = TuneResult(
                 study_name=settings.study_name, storage=url, trials_run=len(study.get_trials(deepcopy=False)) - ran_before,
@@ -128,6 +135,14 @@ def tune(base: RunConfig, space: SearchSpace, settings: TuneSettings, *, pruner=
             if mlflow is not None:
                 _log_study(mlflow, result)
     return result
+
+
+def _no_traceback_for_user_errors(record: logging.LogRecord) -> bool:
+    """Optuna logs a failed trial with its traceback; for a user's mistake or Ctrl-C, its message and
+    the CLI's one line are enough."""
+    if record.exc_info and isinstance(record.exc_info[1], (*USER_ERRORS, KeyboardInterrupt)):
+        record.exc_info = None
+    return True
 
 
 def _open_study(optuna, url: str, settings: TuneSettings, base: RunConfig, space: SearchSpace, pruner):

@@ -43,6 +43,19 @@ def save_errors(target: str | Path) -> Iterator[None]:
         raise SaveError(code, f"cannot write {target}: {os.strerror(code)}; any previous copy is unchanged") from None
 
 
+def check_output_dir(path: str | Path, what: str) -> None:
+    """Fail now, in one SaveError naming `path`, if it cannot become a directory to write into, rather
+    than after minutes of work; creates nothing."""
+    path = Path(path).absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if existing == path and not path.is_dir():
+        raise SaveError(errno.ENOTDIR, f"{what} {path} exists and is not a directory")
+    if not existing.is_dir():
+        raise SaveError(errno.ENOTDIR, f"{what} {path} cannot be created: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise SaveError(errno.EACCES, f"{what} {path}: {existing} is not writable")
+
+
 def _fsync_tree(root: Path) -> None:
     # mkdtemp/mkstemp create private (0700/0600) entries; give the result ordinary permissions.
     mask = _umask()
