@@ -91,6 +91,35 @@ def test_versions_aliases_list_show_verify(own_registry, minilm_run):
         assert "Traceback" not in result.stderr
 
 
+def test_damaged_versions_are_each_named_and_spoil_no_other_command(own_registry, minilm_run):
+    reg = ["--registry", str(own_registry)]
+    (own_registry / "v2").mkdir()  # a stray, half-deleted version: no manifest
+    (own_registry / "aliases.json").write_text('{"production": "v1", "old": "v9"}')
+    added = cli("registry", "add", str(minilm_run), *reg)
+    assert "as v3" in added.stdout and "note: same adapter weights as v1" in added.stdout
+    with open(own_registry / "v1" / "README.md", "a") as card:
+        card.write("edited\n")
+
+    listing = cli("registry", "list", *reg).stdout.splitlines()
+    assert [line.split()[0] for line in listing[:3]] == ["v1", "v2", "v3"]
+    assert listing[1].startswith(f"v2    damaged: {own_registry}/v2/manifest.json not found")
+    assert listing[3] == "note: alias 'old' points at v9, which is not in this registry"
+    verified = cli("registry", "verify", *reg, check=False)
+    assert verified.returncode == 2
+    assert verified.stdout == "v3: ok, every file matches its sha256\n"
+    assert verified.stderr.splitlines() == [
+        "v1: FAILED", "  v1/README.md: sha256 differs from the manifest (file changed after registration)",
+        "v2: FAILED", f"  {own_registry}/v2/manifest.json not found: version v2 is damaged",
+        "yelp-lora registry: error: 2 of 3 version(s) differ from their manifests: v1, v2",
+    ]
+    for args, problem in [
+        (("add", str(minilm_run), "--name", " "), "--name: a version's name must not be empty"),
+        (("list", "--registry", str(own_registry / "typo")), f"registry {own_registry / 'typo'} not found: no such directory"),
+    ]:
+        result = cli("registry", *args, *([] if "--registry" in args else reg), check=False)
+        assert result.returncode == 2 and problem in result.stderr, result.stderr
+
+
 def test_concurrent_adds_get_distinct_versions(own_registry, minilm_run):
     registry = Registry(own_registry)
     versions = []

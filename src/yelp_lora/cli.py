@@ -191,7 +191,7 @@ def _load_predictor(args: argparse.Namespace, **options):
 
 
 def cmd_registry(args: argparse.Namespace) -> None:
-    from yelp_lora.errors import UserError
+    from yelp_lora.errors import RegistryError, UserError
     from yelp_lora.registry.card import format_version_line
     from yelp_lora.registry.store import Registry
 
@@ -199,11 +199,20 @@ def cmd_registry(args: argparse.Namespace) -> None:
     if args.action == "add":
         manifest = registry.add(args.run_dir, args.name)
         print(f"Registered {args.run_dir} as {manifest.version} in {registry.root}/ (adapter sha256 {manifest.adapter_sha256})")
-        same = [v for v in registry.versions()[:-1] if registry.manifest(v).adapter_sha256 == manifest.adapter_sha256]
+        others = [(v, _manifest_or_problem(registry, v)[0]) for v in registry.versions() if v != manifest.version]
+        same = [v for v, other in others if other and other.adapter_sha256 == manifest.adapter_sha256]
         if same:
             print(f"note: same adapter weights as {', '.join(same)}")
     elif args.action == "list":
-        lines = [format_version_line(registry.manifest(v), registry.aliases_of(v)) for v in registry.versions()]
+        if not registry.root.is_dir():
+            raise UserError(f"registry {registry.root} not found: no such directory (--registry or $YELP_LORA_REGISTRY)")
+        lines = []
+        for version in registry.versions():  # a damaged version is listed as such, the others as usual
+            manifest, problem = _manifest_or_problem(registry, version)
+            lines.append(format_version_line(manifest, registry.aliases_of(version)) if manifest else
+                         f"{version:<5} damaged: {problem} (see `yelp-lora registry verify {version}`)")
+        lines += [f"note: alias '{alias}' points at {target}, which is not in this registry"
+                  for alias, target in sorted(registry.aliases().items()) if target not in registry.versions()]
         print("\n".join(lines) or f"registry {registry.root} is empty")
     elif args.action == "show":
         manifest = registry.manifest(args.ref)
@@ -211,11 +220,32 @@ def cmd_registry(args: argparse.Namespace) -> None:
     elif args.action == "promote":
         print(f"{args.alias} -> {registry.promote(args.ref, args.alias)}")
     elif args.action == "verify":
-        refs = [args.ref] if args.ref else registry.versions()
+        refs = [registry.resolve(args.ref)] if args.ref else registry.versions()
         if not refs:
             raise UserError(f"registry {registry.root} holds no versions to verify")
-        for ref in refs:
-            print(f"{registry.verify(ref).version}: ok, every file matches its sha256")
+        failed = []
+        for version in refs:  # every version is checked, and each one's problems listed
+            try:
+                problems = registry.problems(version)
+            except RegistryError as err:  # its manifest cannot be read
+                problems = [str(err)]
+            if problems:
+                failed.append(version)
+                print(f"{version}: FAILED\n  " + "\n  ".join(problems), file=sys.stderr)
+            else:
+                print(f"{version}: ok, every file matches its sha256")
+        if failed:
+            raise RegistryError(f"{len(failed)} of {len(refs)} version(s) differ from their manifests: {', '.join(failed)}")
+
+
+def _manifest_or_problem(registry, version: str):
+    """(its manifest, None), or (None, why it cannot be read) for a damaged or half-deleted version."""
+    from yelp_lora.errors import RegistryError
+
+    try:
+        return registry.manifest(version), None
+    except RegistryError as err:
+        return None, str(err)
 
 
 def cmd_export(args: argparse.Namespace) -> None:

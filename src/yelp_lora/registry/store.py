@@ -211,6 +211,8 @@ class Registry:
 
     def add(self, run_dir: str | Path, name: str | None = None) -> Manifest:
         """Register the best adapter of a training run as the next version; returns its manifest."""
+        if name is not None and not name.strip():
+            raise RegistryError("--name: a version's name must not be empty")
         adapter_dir = resolve_adapter_dir(run_dir)
         run_root = run_dir_of(adapter_dir)
         run_file = run_root / RUN_FILE
