@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from support import PYTHON, REPO, cli_env, run_cli, tiny_train_args, TINY_ENV
+from support import PYTHON, REPO, cli, cli_env, run_cli, tiny_train_args, TINY_ENV
 
 pytestmark = pytest.mark.slow
 # 64 rows / batch 8 = 8 steps per epoch, 24 in all: checkpoint-8 ends epoch 1 (the step save and the
@@ -43,6 +43,12 @@ def test_sigkill_then_resume_gives_identical_adapter(tiny_bert_dir, data_dir, tm
     args = tiny_train_args(tiny_bert_dir, data_dir, crashed, *SCHEDULE)
     checkpoints = crashed / "checkpoints"
     assert kill_at_next_checkpoint(args, checkpoints) == "checkpoint-4"
+    # Without --resume, the same command would start over and delete that progress: refused.
+    again = cli(*args, check=False)
+    assert again.returncode == 2 and again.stderr == (
+        f"yelp-lora train: error: {crashed} holds an interrupted run's checkpoint-4: pass --resume to continue it, "
+        f"or delete {checkpoints} to start over\n")
+    assert (checkpoints / "checkpoint-4").is_dir()
     assert kill_at_next_checkpoint([*args, "--resume"], checkpoints) == "checkpoint-8"
     # The end of an epoch is checkpointed after its validation, never before: resumed from here, the
     # run must not skip epoch 1's score.

@@ -218,6 +218,12 @@ def train(config: RunConfig, output_dir: str | Path, *, resume: bool = False, ca
     output_dir = Path(output_dir)
     check_output_dir(output_dir, "--output-dir")
     checkpoints = output_dir / CHECKPOINT_DIRNAME
+    left = sorted(checkpoints.glob("checkpoint-*"), key=lambda path: path.stat().st_mtime)
+    if left and not resume:  # starting over would delete an interrupted run's progress
+        raise ConfigError(
+            f"{output_dir} holds an interrupted run's {left[-1].name}: pass --resume to continue it, "
+            f"or delete {checkpoints} to start over"
+        )
     checkpointing = bool(config.train.save_steps) or resume
     if checkpointing:
         _check_resume_config(config, checkpoints, resume, is_main=int(os.environ.get("RANK", "0")) == 0)
