@@ -49,9 +49,14 @@ def _eval_settings(args: argparse.Namespace, **values):
 def _run_config(args: argparse.Namespace):
     """The run config from --config, the run-config flags given (their dest is a dotted field) and --set."""
     from yelp_lora.config import load_config, parse_set
+    from yelp_lora.errors import UserError
 
     overrides = {dest: value for dest, value in vars(args).items() if "." in dest}
-    return load_config(args.config, {**overrides, **parse_set(args.set)})
+    assigned = parse_set(args.set)
+    both = sorted(field for field in set(overrides) & set(assigned) if overrides[field] != assigned[field])
+    if both:  # neither order nor precedence would be obvious: say so rather than drop one silently
+        raise UserError(f"{', '.join(both)} set twice, by a flag and by --set, to different values: give one")
+    return load_config(args.config, {**overrides, **assigned})
 
 
 def cmd_train(args: argparse.Namespace) -> None:

@@ -30,7 +30,11 @@ def training_rows(data: DataConfig, seed: int) -> TrainingRows:
     seen = set(validation.texts) | set(train.texts)
     parts = [train]
     for number, extra in enumerate(data.extra_train, start=1):
-        rows = load_split(_extra_path(extra, source), "train", skip_bad_rows=data.skip_bad_rows)
+        path = _extra_path(extra, source)
+        try:
+            rows = load_split(path, "train", skip_bad_rows=data.skip_bad_rows)
+        except DataError as err:
+            raise DataError(f"extra training source {extra.source} (--extra-train, data.extra_train): {err}") from None
         # Rows already there are left out before the draw, so its size and balance hold for what is added.
         fresh = rows.select([i for i, text in enumerate(rows.texts) if text not in seen], f"extra {number}")
         if not len(fresh):
