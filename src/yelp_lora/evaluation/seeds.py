@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from yelp_lora.artifacts import RUN_FILE, CompareResult, EpochScore, Record, finished_run, write_record
+from yelp_lora.artifacts import CHECKPOINT_DIRNAME, RUN_FILE, CompareResult, EpochScore, Record, finished_run, write_record
 from yelp_lora.config import EvalSettings, RunConfig
 from yelp_lora.evaluation.evaluate import compare
 from yelp_lora.training.recipe import format_run_summary, train
@@ -98,7 +98,11 @@ def sweep(config: RunConfig, output_dir: str | Path, seeds: int, settings: EvalS
         if record:
             print(f"already trained with this config: reusing {run_dir / RUN_FILE}", flush=True)
         else:
-            record = train(seed_config, run_dir)
+            # A seed interrupted after a checkpoint (with --save-steps) continues from it.
+            resume = any((run_dir / CHECKPOINT_DIRNAME).glob("checkpoint-*"))
+            if resume:
+                print(f"resuming from its checkpoint in {run_dir / CHECKPOINT_DIRNAME}", flush=True)
+            record = train(seed_config, run_dir, resume=resume)
             print(format_run_summary(record), flush=True)
         result = compare(run_dir, settings)
         runs.append(SeedRun(seed=seed, run_dir=str(run_dir), best_epoch=record.best_epoch, **read_metrics(result)))
