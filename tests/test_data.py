@@ -111,11 +111,15 @@ def test_missing_paths_and_directories_without_a_split(tmp_path):
 
 
 def test_auto_without_a_local_copy_says_where_it_looked(tmp_path, monkeypatch):
+    import yelp_lora.data.sources as sources
+
     monkeypatch.delenv("YELP_LORA_DATA", raising=False)
-    monkeypatch.chdir(tmp_path)  # no ../shared beside it; the hub is offline in tests
+    monkeypatch.chdir(tmp_path)  # no ../shared beside it
+    # A hub id no cache holds (yelp_review_full may be in a developer's), reached offline as 'auto' reaches its own.
+    monkeypatch.setattr(sources, "DEFAULT_HUB_DATASET", "yelp-lora-tests/no-such-data-set")
     with pytest.raises(DataError) as refused:
         load_split("auto", "train")
-    assert "data source 'yelp_review_full' is not a local file or directory" in str(refused.value)
+    assert "data source 'yelp-lora-tests/no-such-data-set' is not a local file or directory" in str(refused.value)
     assert str(refused.value).endswith(
         f"a local copy is read from $YELP_LORA_DATA or ../shared/data/yelp_review_full beside the current directory ({tmp_path}), "
         "and neither is there"

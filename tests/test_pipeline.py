@@ -215,7 +215,7 @@ def test_user_mistakes_get_one_clear_line(tmp_path, minilm_run):
         (("evaluate", "--adapter", str(minilm_run), "--seed", "-1"), "--seed must be at least 0 (got -1)"),
         (("tune", "--seed", str(2**32), "--output-dir", str(tmp_path / "t")), "--seed 4294967296: Input should be less than or equal to 4294967295"),
         (("train", "--set", "train.seed=3", "--seed", "4", "--output-dir", str(tmp_path / "x")),
-         "train.seed set twice, by a flag and by --set, to different values: give one"),
+         "train.seed set twice, by a flag and by --set: give one"),
         (("train", "--extra-train", "nope.csv:10", "--output-dir", str(tmp_path / "x")),
          "extra training source nope.csv (--extra-train, data.extra_train): data path not found: nope.csv"),
     ]

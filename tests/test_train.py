@@ -157,12 +157,12 @@ def test_later_epochs_draw_their_order_from_the_seed_and_epoch_alone():
     sampler = StepSortedSampler(lengths, 4, 4, seed=42)
     orders = {}
     for epoch in (1, 2):
-        sampler.set_epoch(epoch)
+        sampler.epoch = epoch
         torch.manual_seed(0)
         orders[epoch] = list(sampler)
         torch.rand(1000)  # what dropout would have drawn
         assert list(sampler) == orders[epoch]
     assert orders[1] != orders[2] and sorted(orders[1]) == list(range(len(lengths)))
     other_seed = StepSortedSampler(lengths, 4, 4, seed=7)
-    other_seed.set_epoch(1)
+    other_seed.epoch = 1
     assert list(other_seed) != orders[1]

@@ -53,9 +53,9 @@ def _run_config(args: argparse.Namespace):
 
     overrides = {dest: value for dest, value in vars(args).items() if "." in dest}
     assigned = parse_set(args.set)
-    both = sorted(field for field in set(overrides) & set(assigned) if overrides[field] != assigned[field])
+    both = sorted(set(overrides) & set(assigned))
     if both:  # neither order nor precedence would be obvious: say so rather than drop one silently
-        raise UserError(f"{', '.join(both)} set twice, by a flag and by --set, to different values: give one")
+        raise UserError(f"{', '.join(both)} set twice, by a flag and by --set: give one")
     return load_config(args.config, {**overrides, **assigned})
 
 
@@ -210,7 +210,9 @@ def cmd_registry(args: argparse.Namespace) -> None:
             print(f"note: same adapter weights as {', '.join(same)}")
     elif args.action == "list":
         if not registry.root.is_dir():
-            raise UserError(f"registry {registry.root} not found: no such directory (--registry or $YELP_LORA_REGISTRY)")
+            print(f"registry {registry.root} does not exist (yet): no versions (`registry add RUN_DIR` creates it; "
+                  "another one: --registry or $YELP_LORA_REGISTRY)")
+            return
         lines = []
         for version in registry.versions():  # a damaged version is listed as such, the others as usual
             manifest, problem = _manifest_or_problem(registry, version)
@@ -594,6 +596,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# OS errors that mean a path given was wrong (not a full disk, a network failure or a bug: those keep
+# their traceback).
+PATH_MISTAKES = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)
+
+
 def main(argv: list[str] | None = None) -> int:
     # Tokenisers run inside our own batching; a second thread pool per process only oversubscribes the CPU.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -607,9 +614,8 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as err:
         print(f"yelp-lora {args.command}: error: {err}", file=sys.stderr)
         return 2
-    except OSError as err:  # a path named on the command line that cannot be used as asked, found late
-        where = f": {err.filename}" if err.filename else ""
-        print(f"yelp-lora {args.command}: error: {err.strerror or err}{where}", file=sys.stderr)
+    except PATH_MISTAKES as err:  # a path named on the command line that cannot be used as asked, found late
+        print(f"yelp-lora {args.command}: error: {err.strerror}: {err.filename}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"yelp-lora {args.command}: interrupted", file=sys.stderr)

@@ -265,7 +265,8 @@ def changed_fields(before: dict[str, dict], after: dict[str, dict]) -> list[str]
 
 
 def parse_set(assignments: list[str]) -> dict[str, Any]:
-    """`--set train.learning_rate=1e-3` -> {"train.learning_rate": 0.001}; values are read as YAML scalars."""
+    """`--set train.epochs=2` -> {"train.epochs": 2}; values are read as YAML scalars (`1e-3`, without a
+    dot, is the string '1e-3', which the config's float field then reads as 0.001)."""
     overrides = {}
     for assignment in assignments:
         key, sep, text = assignment.partition("=")

@@ -14,6 +14,7 @@ import numpy as np
 
 from yelp_lora.artifacts import CHECKPOINT_DIRNAME, RUN_FILE, CompareResult, EpochScore, Record, finished_run, write_record
 from yelp_lora.config import EvalSettings, RunConfig
+from yelp_lora.errors import ConfigError
 from yelp_lora.evaluation.evaluate import compare
 from yelp_lora.training.recipe import format_run_summary, train
 
@@ -99,10 +100,16 @@ def sweep(config: RunConfig, output_dir: str | Path, seeds: int, settings: EvalS
             print(f"already trained with this config: reusing {run_dir / RUN_FILE}", flush=True)
         else:
             # A seed interrupted after a checkpoint (with --save-steps) continues from it.
-            resume = any((run_dir / CHECKPOINT_DIRNAME).glob("checkpoint-*"))
+            checkpoints = run_dir / CHECKPOINT_DIRNAME
+            resume = any(checkpoints.glob("checkpoint-*"))
             if resume:
-                print(f"resuming from its checkpoint in {run_dir / CHECKPOINT_DIRNAME}", flush=True)
-            record = train(seed_config, run_dir, resume=resume)
+                print(f"resuming from its checkpoint in {checkpoints}", flush=True)
+            try:
+                record = train(seed_config, run_dir, resume=resume)
+            except ConfigError as err:
+                if not resume:
+                    raise
+                raise ConfigError(f"seed {seed}: {err}; delete {checkpoints} to train this seed afresh") from None
             print(format_run_summary(record), flush=True)
         result = compare(run_dir, settings)
         runs.append(SeedRun(seed=seed, run_dir=str(run_dir), best_epoch=record.best_epoch, **read_metrics(result)))

@@ -105,5 +105,6 @@ def run_http(server: MCPServer, sock: socket.socket, *, host: str, api_key: str 
     import uvicorn
 
     app = server.streamable_http_app(host=host)
-    config = uvicorn.Config(KeyRequired(app, api_key) if api_key else app, log_level="info")
+    # host and port only name the address in uvicorn's log: the socket is already bound.
+    config = uvicorn.Config(KeyRequired(app, api_key) if api_key else app, host=host, port=sock.getsockname()[1], log_level="info")
     uvicorn.Server(config).run(sockets=[sock])

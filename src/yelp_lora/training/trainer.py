@@ -84,11 +84,7 @@ class StepSortedSampler(torch.utils.data.Sampler):
         self.micro_batch_size = micro_batch_size
         self.micro_batches_per_step = micro_batches_per_step
         self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Called by the Trainer (through accelerate's loader) before each epoch, resumed ones too."""
-        self.epoch = epoch
+        self.epoch = 0  # set by LoraTrainer's EpochToSampler before each epoch, a resumed one too
 
     def __len__(self):
         return len(self.lengths)
@@ -133,8 +129,20 @@ def step_mean_loss(class_weights: torch.Tensor | None = None, label_smoothing: f
 
 def lora_trainer_class():
     """transformers' Trainer with step-sorted batches under group_by_length and atomic checkpoints."""
-    from transformers import Trainer
+    from transformers import Trainer, TrainerCallback
     from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+
+    class EpochToSampler(TrainerCallback):
+        """Tells the step-sorted sampler which epoch begins, from the Trainer's state (restored from the
+        checkpoint on --resume). Not through `set_epoch`: accelerate's loader does not pass that down
+        every nesting of its wrappers (under torchrun, resumed mid-epoch, it stops short of the sampler)."""
+
+        def __init__(self, trainer):
+            self.trainer = trainer
+
+        def on_epoch_begin(self, args, state, control, **kwargs):
+            if self.trainer.step_sampler is not None:
+                self.trainer.step_sampler.epoch = int(state.epoch or 0)
 
     class LoraTrainer(Trainer):
         """A Trainer whose checkpoints appear only complete, and whose length grouping stays within a step.
@@ -150,7 +158,9 @@ def lora_trainer_class():
         def __init__(self, *args, loraplus_lr_ratio: float | None = None, **kwargs):
             kwargs.setdefault("compute_loss_func", step_mean_loss())
             self.loraplus_lr_ratio = loraplus_lr_ratio
+            self.step_sampler: StepSortedSampler | None = None
             super().__init__(*args, **kwargs)
+            self.add_callback(EpochToSampler(self))
 
         def create_optimizer(self, model=None):
             if self.loraplus_lr_ratio is None or self.optimizer is not None:
@@ -174,7 +184,8 @@ def lora_trainer_class():
             per_step = self.args.gradient_accumulation_steps * max(1, self.args.world_size)
             # data.tokenize's length column; the loader's copy of the set has had it removed.
             lengths = self.train_dataset["length"]
-            return StepSortedSampler(lengths, self.args.per_device_train_batch_size, per_step, self.args.seed)
+            self.step_sampler = StepSortedSampler(lengths, self.args.per_device_train_batch_size, per_step, self.args.seed)
+            return self.step_sampler
 
         def _get_output_dir(self, trial):
             return self._staging_root or super()._get_output_dir(trial)

@@ -47,7 +47,10 @@ def check_output_dir(path: str | Path, what: str) -> None:
     """Fail now, in one SaveError naming `path`, if it cannot become a directory to write into, rather
     than after minutes of work; creates nothing."""
     path = Path(path).absolute()
-    existing = next(p for p in (path, *path.parents) if p.exists())
+    try:
+        existing = next(p for p in (path, *path.parents) if p.exists())
+    except OSError as err:  # a parent that cannot be searched
+        raise SaveError(err.errno or errno.EACCES, f"{what} {path}: {err.strerror}") from None
     if existing == path and not path.is_dir():
         raise SaveError(errno.ENOTDIR, f"{what} {path} exists and is not a directory")
     if not existing.is_dir():
