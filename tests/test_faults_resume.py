@@ -61,7 +61,7 @@ def test_sigkill_then_resume_gives_identical_adapter(tiny_bert_dir, data_dir, tm
     partial.mkdir(parents=True)
     (partial / "adapter_model.safetensors").write_bytes(b"\x00" * 10)
 
-    changed = run_cli(*args, "--resume", "--seed", "7", check=False, env=TINY_ENV)
+    changed = cli(*args, "--resume", "--seed", "7", check=False)
     assert changed.returncode == 2 and "train.seed: 42 -> 7" in changed.stderr, changed.stderr
 
     resumed = run_cli(*args, "--resume", check=False, env=TINY_ENV)
@@ -80,6 +80,6 @@ def test_sigkill_then_resume_gives_identical_adapter(tiny_bert_dir, data_dir, tm
 
 
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
-    result = run_cli("train", "--resume", "--output-dir", str(tmp_path / "nothing"), timeout=120, check=False, env=TINY_ENV)
+    result = cli("train", "--resume", "--output-dir", str(tmp_path / "nothing"), check=False)
     assert result.returncode == 2
     assert "--resume: no checkpoint to resume from" in result.stderr and "Traceback" not in result.stderr
