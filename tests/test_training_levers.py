@@ -406,3 +406,25 @@ def test_a_relative_file_name_is_found_beside_data_sources_train_split(data_dir,
     assert rows.sources[1].source == str(data_dir / "open_dataset_train.csv") and rows.sources[1].rows == 50
     with pytest.raises(DataError, match="not found"):
         _rows(data_dir, TrainSource(source="no_such_file.csv", samples=50))
+
+
+def test_the_training_rows_are_rebuilt_from_a_moved_copy_of_the_data(tmp_path, tiny_bert_dir, data_dir):
+    """An extra source named beside the data (as configs/demo.yaml names open_dataset_train.csv) has its
+    path in its rows' ids: `calibrate --data` on a moved copy must still find the rows recorded."""
+    import shutil
+
+    from yelp_lora.artifacts import read_run
+    from yelp_lora.data.mixing import run_training_rows
+
+    trained_on, moved = tmp_path / "trained-on", tmp_path / "moved"
+    trained_on.mkdir()
+    for name in ("train.csv", "open_dataset_train.csv"):
+        shutil.copy(data_dir / name, trained_on / name)
+    run = tmp_path / "run"
+    cli(*tiny_train_args(tiny_bert_dir, trained_on, run, "--max-steps", "1", "--extra-train", "open_dataset_train.csv:20"))
+    trained_on.rename(moved)
+    _, record = read_run(run)
+    train, _ = run_training_rows(record, str(moved))
+    assert train.fingerprint() == record.data.train.fingerprint and len(train) == 64 + 20
+    with pytest.raises(DataError, match="data path not found"):
+        run_training_rows(record)  # where run.json says it was: gone

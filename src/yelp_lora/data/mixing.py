@@ -65,6 +65,11 @@ def run_training_rows(record: RunRecord, source: str | None = None) -> tuple[Spl
     config = record.config
     source = source or record.resolved.data_source
     rows = training_rows(config.data.model_copy(update={"source": source}), config.train.seed)
+    # An extra source's row ids carry its path; read from a moved copy, they take back the path the
+    # run recorded, so that the fingerprint compares the rows themselves.
+    moved = {now.source: then.source for now, then in zip(rows.sources[1:], record.data.sources[1:]) if now.source != then.source}
+    if moved:
+        rows.train.row_ids = [_recorded_id(row_id, moved) for row_id in rows.train.row_ids]
     expected = record.data.train.fingerprint
     if rows.train.fingerprint() != expected:
         raise DataError(
@@ -73,6 +78,13 @@ def run_training_rows(record: RunRecord, source: str | None = None) -> tuple[Spl
             "since training), so they are not the rows the adapter was trained on"
         )
     return rows.train, rows.validation
+
+
+def _recorded_id(row_id: str, moved: dict[str, str]) -> str:
+    for now, then in moved.items():
+        if row_id.startswith(f"{now}:"):
+            return then + row_id[len(now):]
+    return row_id
 
 
 def _source_rows(part: Split, file: Split, overlap_dropped: int = 0) -> SourceRows:
