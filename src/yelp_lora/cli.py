@@ -152,6 +152,13 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
     if args.output:
         return _predict_file(args)
+    from yelp_lora.errors import UserError
+
+    given = [flag for flag, value in (("--resume", args.resume), ("--skip-bad-rows", args.skip_bad_rows),
+                                      ("--json-summary", args.json_summary)) if value]
+    if given:  # they belong to a batch job; without one they would be ignored
+        raise UserError(f"{', '.join(given)} {'needs' if len(given) == 1 else 'need'} --output: "
+                        "they apply to predicting a whole --input FILE into OUT")
     texts = _read_inputs(args)
     predictor = _load_predictor(args, batch_size=args.batch_size)
     predictions = predictor.predict(texts, progress=len(texts) > predictor.batch_size)
@@ -168,6 +175,10 @@ def _predict_file(args: argparse.Namespace) -> None:
 
     if args.texts or not args.input:
         raise UserError("--output predicts a whole --input FILE; give no review texts as arguments")
+    written = {"--output": Path(args.output), "--json-summary": Path(args.json_summary) if args.json_summary else None}
+    for flag, path in written.items():  # written over, the reviews would be lost
+        if path is not None and path.resolve() == Path(args.input).resolve():
+            raise UserError(f"{flag} {path} is the --input file: it would be written over; name another file")
     if args.adapter:
         adapter = args.adapter
     else:
@@ -586,7 +597,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="tiny sizes: checks the bench runs, figures mean little")
     _setting(p, "--no-service", "service", action="store_false", help="leave out the HTTP service bench")
     _setting(p, "--skip", "skip", action="append", metavar="PATH",
-             help="leave out a path: usual, ours-fp32, ours (training); pipeline, merged-fp32, merged-bf16, onnx-fp32, onnx-int8")
+             help="leave out a path: usual, ours-fp32, ours (training); pipeline, merged-fp32, merged-bf16, onnx-fp32, "
+             "onnx-int8, openvino-fp32, openvino-bf16 (prediction)")
     _setting(p, "--micro-batch-size", "micro_batch_sizes", action="append", type=int, metavar="N",
              help="also train our path at micro-batches of N (repeat for a sweep; each a divisor of the batch, 16)")
     _setting(p, "--pad-multiple", "pad_multiples", action="append", type=int, metavar="N",

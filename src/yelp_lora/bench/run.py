@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -35,7 +36,7 @@ from yelp_lora.bench.training import TRAIN_PATHS, bench_training, sweep_paths
 from yelp_lora.config import BenchSettings
 from yelp_lora.data.sampling import sample_split, train_val_split
 from yelp_lora.data.sources import load_split, resolve_source
-from yelp_lora.errors import ModelError
+from yelp_lora.errors import ConfigError, ModelError
 from yelp_lora.modeling.base import MINILM_ALIAS, load_tokenizer
 from yelp_lora.modeling.hardware import auto_choices, bf16_supported, pick_device
 from yelp_lora.util.provenance import environment
@@ -70,9 +71,23 @@ def prepare_base(model: str, workdir: Path, seed: int) -> str:
 
 
 def run_bench(settings: BenchSettings, progress=print) -> dict:
+    unknown = sorted(set(settings.skip) - set(TRAIN_PATHS) - set(PREDICT_PATHS))
+    if unknown:  # a misspelt path would quietly be measured
+        raise ConfigError(f"--skip {', '.join(unknown)}: no such path (training: {', '.join(TRAIN_PATHS)}; "
+                          f"prediction: {', '.join(PREDICT_PATHS)})")
+    if settings.adapter:
+        resolve_adapter_dir(settings.adapter)  # a wrong --adapter fails now, not after the training rounds
+    workdir = Path(tempfile.mkdtemp(prefix="yelp-lora-bench-"))
+    try:
+        return _measure(settings, workdir, progress)
+    except BaseException:  # nothing to show for it: no work files left behind
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+
+
+def _measure(settings: BenchSettings, workdir: Path, progress) -> dict:
     load_at_start = os.getloadavg()
     device = pick_device()
-    workdir = Path(tempfile.mkdtemp(prefix="yelp-lora-bench-"))
     base = prepare_base(settings.model, workdir, settings.seed)
     settings = settings.model_copy(update={"data": resolve_source(settings.data)})
     train_split, val_split = train_val_split(
