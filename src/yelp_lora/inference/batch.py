@@ -113,8 +113,8 @@ def _prepare_parts(parts: Path, job: BatchJob, before: BatchJob | None) -> None:
     """Create OUT.parts with its job record, or check that --resume continues the same job: `before`,
     the record --resume found there."""
     if before is None:
-        if (parts / JOB_FILE).is_file():  # there, but --resume not given
-            done = len(list(parts.glob("chunk-*")))
+        done = len(list(parts.glob("chunk-*")))
+        if (parts / JOB_FILE).is_file() and done:  # there, but --resume not given (with none done, nothing is lost)
             raise DataError(
                 f"{parts} holds {done} finished chunk(s) of an interrupted run: "
                 "pass --resume to continue it, or delete that directory to start over"
