@@ -101,11 +101,14 @@ def test_torchrun_shards_give_the_same_output_as_one_process(adapter, tmp_path):
     single = run_cli(*predict_args(adapter, source, tmp_path / "single.csv", "--chunk-size", "1024"), check=False, env=TINY_ENV)
     assert single.returncode == 0, single.stderr[-3000:]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                "-m", "yelp_lora", *predict_args(adapter, source, tmp_path / "sharded.csv", "--chunk-size", "1024")]
+                "-m", "yelp_lora", *predict_args(adapter, source, tmp_path / "sharded.csv", "--chunk-size", "1024",
+                                                 "--json-summary", str(tmp_path / "summary.json"))]
     sharded = subprocess.run(torchrun, capture_output=True, text=True, env=cli_env(**TINY_ENV), cwd=REPO, timeout=300)
     assert sharded.returncode == 0, sharded.stderr[-3000:]
     assert "rank 0/2: predicted 2,952 rows in 3 chunk(s)" in sharded.stderr
     assert "rank 1/2: predicted 2,048 rows in 2 chunk(s)" in sharded.stderr
+    # Each rank's figures in a file of its own.
+    assert [json.loads((tmp_path / f"summary.rank{rank}.json").read_text())["predicted_rows"] for rank in (0, 1)] == [2952, 2048]
     assert (tmp_path / "sharded.csv").read_bytes() == (tmp_path / "single.csv").read_bytes()
     with open(tmp_path / "sharded.csv", newline="", encoding="utf-8") as handle:
         assert sum(1 for _ in csv.DictReader(handle)) == 5000

@@ -193,7 +193,11 @@ def _predict_file(args: argparse.Namespace) -> None:
     print(format_batch_summary(summary), file=sys.stderr)
     if summary["rank"] == 0:
         print(f"Predictions written to {args.output}", file=sys.stderr)
-    _write_json(args.json_summary, summary)
+    json_summary = args.json_summary
+    if json_summary and summary["world_size"] > 1:  # each rank's own figures, in a file of its own
+        path = Path(json_summary)
+        json_summary = str(path.with_name(f"{path.stem}.rank{summary['rank']}{path.suffix}"))
+    _write_json(json_summary, summary)
 
 
 def _load_predictor(args: argparse.Namespace, **options):
