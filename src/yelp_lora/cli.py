@@ -179,6 +179,8 @@ def _predict_file(args: argparse.Namespace) -> None:
     for flag, path in written.items():  # written over, the reviews would be lost
         if path is not None and path.resolve() == Path(args.input).resolve():
             raise UserError(f"{flag} {path} is the --input file: it would be written over; name another file")
+        if path is not None and path.is_dir():  # found now, not once every row is predicted
+            raise UserError(f"{flag} {path} is a directory: name a file")
     if args.adapter:
         adapter = args.adapter
     else:

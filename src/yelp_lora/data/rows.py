@@ -221,8 +221,10 @@ class InputText(NamedTuple):
 def require_input_file(path: Path) -> None:
     if path.is_dir():
         raise DataError(f"input {path} is a directory: give one file of reviews")
-    if not path.is_file():
+    if not path.exists():
         raise DataError(f"input file not found: {path}")
+    if not path.is_file():  # a device, a pipe: read once, it could not be resumed or hashed
+        raise DataError(f"input {path} is not a regular file: give one file of reviews")
 
 
 def iter_texts(path: Path) -> Iterator[InputText]:
