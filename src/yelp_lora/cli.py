@@ -230,13 +230,13 @@ def cmd_registry(args: argparse.Namespace) -> None:
             print(f"registry {registry.root} does not exist (yet): no versions (`registry add RUN_DIR` creates it; "
                   "another one: --registry or $YELP_LORA_REGISTRY)")
             return
-        lines = []
-        for version in registry.versions():  # a damaged version is listed as such, the others as usual
+        lines, versions = [], registry.versions()
+        for version in versions:  # a damaged version is listed as such, the others as usual
             manifest, problem = _manifest_or_problem(registry, version)
             lines.append(format_version_line(manifest, registry.aliases_of(version)) if manifest else
                          f"{version:<5} damaged: {problem} (see `yelp-lora registry verify {version}`)")
         lines += [f"note: alias '{alias}' points at {target}, which is not in this registry"
-                  for alias, target in sorted(registry.aliases().items()) if target not in registry.versions()]
+                  for alias, target in sorted(registry.aliases().items()) if target not in versions]
         print("\n".join(lines) or f"registry {registry.root} is empty")
     elif args.action == "show":
         manifest = registry.manifest(args.ref)

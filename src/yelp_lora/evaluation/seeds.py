@@ -16,7 +16,7 @@ from yelp_lora.artifacts import CHECKPOINT_DIRNAME, RUN_FILE, CompareResult, Epo
 from yelp_lora.config import EvalSettings, RunConfig
 from yelp_lora.errors import ConfigError
 from yelp_lora.evaluation.evaluate import compare
-from yelp_lora.training.recipe import format_run_summary, train
+from yelp_lora.training.recipe import format_run_summary, interrupted_checkpoints, train
 
 SWEEP_FILE = "sweep.json"
 # (name in sweep.json, how to read it from a compare result)
@@ -101,7 +101,7 @@ def sweep(config: RunConfig, output_dir: str | Path, seeds: int, settings: EvalS
         else:
             # A seed interrupted after a checkpoint (with --save-steps) continues from it.
             checkpoints = run_dir / CHECKPOINT_DIRNAME
-            resume = any(checkpoints.glob("checkpoint-*"))
+            resume = bool(interrupted_checkpoints(run_dir))
             if resume:
                 print(f"resuming from its checkpoint in {checkpoints}", flush=True)
             try:

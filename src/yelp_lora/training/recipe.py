@@ -55,13 +55,16 @@ from yelp_lora.util.atomic import atomic_write_text, check_output_dir
 from yelp_lora.util.provenance import environment
 
 
+def interrupted_checkpoints(output_dir: Path) -> list[Path]:
+    """The checkpoints an interrupted run left in output_dir, oldest first (a finished run deletes them)."""
+    return sorted((output_dir / CHECKPOINT_DIRNAME).glob("checkpoint-*"), key=lambda path: path.stat().st_mtime)
+
+
 def _check_resume_config(config: RunConfig, checkpoints: Path, resume: bool, is_main: bool) -> None:
     """Record the config of a checkpointed run; on --resume, refuse a config that differs from it."""
     recorded = checkpoints / RESUME_CONFIG_FILE
     current = config.model_dump()
     if resume:
-        if not any(checkpoints.glob("checkpoint-*")):
-            raise ConfigError(f"--resume: no checkpoint to resume from in {checkpoints}")
         if recorded.is_file():
             before = json.loads(recorded.read_text(encoding="utf-8"))
             changed = changed_fields(before, current)
@@ -218,7 +221,9 @@ def train(config: RunConfig, output_dir: str | Path, *, resume: bool = False, ca
     output_dir = Path(output_dir)
     check_output_dir(output_dir, "--output-dir")
     checkpoints = output_dir / CHECKPOINT_DIRNAME
-    left = sorted(checkpoints.glob("checkpoint-*"), key=lambda path: path.stat().st_mtime)
+    left = interrupted_checkpoints(output_dir)
+    if resume and not left:
+        raise ConfigError(f"--resume: no checkpoint to resume from in {checkpoints}")
     if left and not resume:  # starting over would delete an interrupted run's progress
         raise ConfigError(
             f"{output_dir} holds an interrupted run's {left[-1].name}: pass --resume to continue it, "
