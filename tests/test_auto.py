@@ -51,6 +51,14 @@ def test_a_named_backend_or_bf16_overrides_auto_and_an_unknown_one_is_refused():
         prediction_backend("onxx", CPU)
 
 
+def test_bf16_with_an_onnx_backend_is_refused_rather_than_ignored(tiny_run):
+    for backend, precision in (("onnx", "fp32"), ("onnx-int8", "int8")):
+        result = cli("predict", "--adapter", str(tiny_run), "--backend", backend, "--bf16", "Great tacos.", check=False)
+        assert result.returncode == 2, result.stderr
+        assert f"bf16 weights with backend {backend}: ONNX Runtime runs its export in {precision}" in result.stderr
+        assert "Traceback" not in result.stderr
+
+
 def test_predict_serves_with_the_auto_backend_and_says_which(tiny_run):
     chosen = prediction_backend("auto", CPU).value
     predictor = Predictor(tiny_run)

@@ -104,6 +104,11 @@ def prediction_backend(requested: str, device: torch.device, *, bf16: bool = Fal
     """
     if requested not in PREDICTION_BACKENDS:
         raise ConfigError(f"backend {requested!r}: expected one of {', '.join(PREDICTION_BACKENDS)}")
+    if bf16 and requested in ONNX_BACKENDS:  # it would run fp32 or int8 weights, not the bf16 asked for
+        raise ConfigError(
+            f"bf16 weights with backend {requested}: ONNX Runtime runs its export in "
+            f"{'int8' if requested == 'onnx-int8' else 'fp32'}; ask for backend torch or openvino for bf16, or leave bf16 off"
+        )
     if requested != "auto":
         return AutoChoice("prediction backend", requested, "as asked")
     if bf16:
