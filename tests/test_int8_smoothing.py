@@ -9,9 +9,10 @@ import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
+from safetensors.torch import load_file, save_file
 from support import cli, review_texts
 
-from yelp_lora.artifacts import INT8_CALIBRATION_FILE, tokenizer_source
+from yelp_lora.artifacts import ADAPTER_WEIGHTS, INT8_CALIBRATION_FILE, tokenizer_source
 from yelp_lora.errors import ModelError
 from yelp_lora.inference.onnx_backend import UNFUSED_AT_LOAD, exported_model, smooth_activations
 from yelp_lora.inference.predictor import Predictor
@@ -82,6 +83,14 @@ def test_int8_export_smooths_with_the_adapters_ranges_and_without_them_plainly(t
     save_activation_ranges(older, {key: values[:3] for key, values in load_activation_ranges(adapter).items()})
     with pytest.raises(ModelError, match="int8_calibration.safetensors: ranges for encoder.layer.0.attention.self.query: "
                                          "3 channels, .* the file belongs to another model"):
+        exported_model(older, "onnx-int8")
+    # Ranges of the same shape observed on other weights (copied from another run, or weights replaced).
+    shutil.copy(adapter / INT8_CALIBRATION_FILE, older / INT8_CALIBRATION_FILE)
+    weights = load_file(older / ADAPTER_WEIGHTS)
+    weights = {name: tensor * 1.5 for name, tensor in weights.items()}
+    save_file(weights, older / ADAPTER_WEIGHTS)
+    with pytest.raises(ModelError, match=f"^{re.escape(str(older / INT8_CALIBRATION_FILE))} was observed on other "
+                                         "adapter weights .*`yelp-lora calibrate RUN_DIR`"):
         exported_model(older, "onnx-int8")
     # A damaged file stops int8 only: fp32 (and OpenVINO, which runs it) needs no ranges.
     (older / INT8_CALIBRATION_FILE).write_bytes(b"not a tensor file")
