@@ -119,6 +119,14 @@ def test_damaged_versions_are_each_named_and_spoil_no_other_command(own_registry
         assert result.returncode == 2 and problem in result.stderr, result.stderr
     missing = cli("registry", "list", "--registry", str(own_registry / "typo")).stdout
     assert missing.startswith(f"registry {own_registry / 'typo'} does not exist (yet): no versions")
+    # A damaged alias file hides the aliases, not the versions; promoting refuses to write over it.
+    (own_registry / "aliases.json").write_text('{"production": "v1",')
+    listing = cli("registry", "list", *reg).stdout.splitlines()
+    assert [line.split()[0] for line in listing[:3]] == ["v1", "v2", "v3"]
+    assert listing[3].startswith(f"note: aliases not shown: {own_registry}/aliases.json is not valid JSON")
+    promoted = cli("registry", "promote", "v3", "--alias", "production", *reg, check=False)
+    assert promoted.returncode == 2 and "aliases.json is not valid JSON" in promoted.stderr
+    assert (own_registry / "aliases.json").read_text() == '{"production": "v1",'
 
 
 def test_concurrent_adds_get_distinct_versions(own_registry, minilm_run):

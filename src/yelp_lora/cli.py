@@ -230,14 +230,20 @@ def cmd_registry(args: argparse.Namespace) -> None:
             print(f"registry {registry.root} does not exist (yet): no versions (`registry add RUN_DIR` creates it; "
                   "another one: --registry or $YELP_LORA_REGISTRY)")
             return
-        lines, versions = [], registry.versions()
+        lines, notes, versions = [], [], registry.versions()
+        try:
+            aliases = registry.aliases()
+        except RegistryError as err:  # the versions are still worth listing
+            aliases, notes = {}, [f"note: aliases not shown: {err}"]
         for version in versions:  # a damaged version is listed as such, the others as usual
             manifest, problem = _manifest_or_problem(registry, version)
-            lines.append(format_version_line(manifest, registry.aliases_of(version)) if manifest else
+            named = registry.aliases_of(version) if aliases else []
+            lines.append(format_version_line(manifest, named) if manifest else
                          f"{version:<5} damaged: {problem} (see `yelp-lora registry verify {version}`)")
-        lines += [f"note: alias '{alias}' points at {target}, which is not in this registry"
-                  for alias, target in sorted(registry.aliases().items()) if target not in versions]
-        print("\n".join(lines) or f"registry {registry.root} is empty")
+        notes += [f"note: alias '{alias}' points at {target}, which is not in this registry"
+                  for alias, target in sorted(aliases.items()) if target not in versions]
+        lines = lines or [f"registry {registry.root} is empty"]
+        print("\n".join(lines + notes))
     elif args.action == "show":
         manifest = registry.manifest(args.ref)
         print(json.dumps({**manifest.model_dump(mode="json"), "aliases": registry.aliases_of(manifest.version)}, indent=2))
