@@ -41,7 +41,7 @@ def main() -> None:
         drawn.update(train.texts, validation.texts)
     rows = load_split(args.file, "train")
     unseen = rows.select([i for i, text in enumerate(rows.texts) if text not in drawn])
-    sample = unseen.select(balanced_indices(unseen.labels, args.per_label * 5, args.seed))
+    sample = unseen.select(balanced_indices(unseen.labels, args.per_label * 5, args.seed, what="unseen rows"))
     print(f"{args.file}: {len(rows):,} rows, {len(unseen):,} drawn by neither run; "
           f"scoring a balanced {len(sample):,} (seed {args.seed})")
 

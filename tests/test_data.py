@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from yelp_lora.data.rows import iter_texts
-from yelp_lora.data.sampling import sample_split, stratified_indices, train_val_split
+from yelp_lora.data.sampling import balanced_indices, sample_split, stratified_indices, train_val_split
 from yelp_lora.data.sources import load_split
 from yelp_lora.errors import DataError
 
@@ -145,7 +145,19 @@ def test_stratified_sample_of_test(data_dir):
     test = load_split(str(data_dir), "test")
     sample = sample_split(test, 500, seed=42)
     assert len(sample) == 500 and sample.label_counts() == [100] * 5
-    assert np.array_equal(stratified_indices(test.labels, 500, 42), stratified_indices(test.labels, 500, 42))
+    assert np.array_equal(stratified_indices(test.labels, 500, 42, what="test"), stratified_indices(test.labels, 500, 42, what="test"))
+
+
+def test_a_sample_larger_than_its_rows_uses_them_all_and_says_so(data_dir, caplog):
+    test = load_split(str(data_dir), "test")
+    assert len(sample_split(test, 5000, seed=42)) == len(test) == 1000
+    assert f"{test.source}: 5000 rows asked for, 1000 there: using all of them" in caplog.text
+    caplog.clear()
+    labels = [0] * 10 + [1] * 3
+    assert len(balanced_indices(labels, 10, 0, what="few ones")) == 6
+    assert "few ones: a balanced draw of 10 rows gets 6: the rarest label has 3 rows" in caplog.text
+    caplog.clear()
+    assert len(balanced_indices(labels, 7, 0, what="-")) == 6 and caplog.text == ""  # 3 per label is all it asks
 
 
 def test_prediction_inputs(tmp_path):

@@ -125,5 +125,5 @@ def _draw(extra: TrainSource, rows: Split, file_rows: int, seed: int):
     """Row indices into `rows`: extra.samples of them, or extra.fraction of the source's file_rows."""
     n = extra.samples if extra.fraction is None else max(1, round(extra.fraction * file_rows))
     if extra.balance:
-        return balanced_indices(rows.labels, n, seed)
-    return stratified_indices(rows.labels, n, seed)
+        return balanced_indices(rows.labels, n, seed, what=extra.source)
+    return stratified_indices(rows.labels, n, seed, what=extra.source)
