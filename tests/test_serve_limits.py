@@ -202,6 +202,11 @@ def test_an_address_in_use_is_one_line_before_the_model_loads(tiny_run):
     # The adapter path does not exist either: the address is checked first, before any loading.
     assert refused.returncode == 2 and refused.stderr == f"yelp-lora serve: error: cannot listen on 127.0.0.1:{port}: Address already in use\n"
     assert agent.returncode == 2 and agent.stderr == f"yelp-lora mcp: error: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+    # stdio has no address or key to take: refused rather than ignored.
+    stdio = cli("mcp", "--adapter", str(tiny_run), "--port", "9000", "--api-key", "k", check=False)
+    assert stdio.returncode == 2
+    assert stdio.stderr == ("yelp-lora mcp: error: --api-key, --port: only with --transport http "
+                            "(stdio talks over the pipes of the client that started it)\n")
 
 
 def test_connections_on_the_bound_socket_send_without_waiting_for_acks():

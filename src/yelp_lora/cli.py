@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 SUPPRESS = argparse.SUPPRESS
+MCP_PORT = 8001  # beside serve's 8000
 
 
 def _setting(parser: argparse.ArgumentParser, flag: str, dest: str, **options) -> None:
@@ -304,13 +305,18 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 def cmd_mcp(args: argparse.Namespace) -> None:
     from yelp_lora.config import ServeSettings, build_settings
+    from yelp_lora.errors import UserError
     from yelp_lora.serving.agent import build_server, run_http
     from yelp_lora.serving.app import listen
 
+    given = _given(args, ("api_key", "api_key_file", "host", "port"))
     if args.transport == "stdio":
+        if given:  # stdio has no address and no key: the client that started the process owns its pipes
+            flags = ", ".join("--" + name.replace("_", "-") for name in given)
+            raise UserError(f"{flags}: only with --transport http (stdio talks over the pipes of the client that started it)")
         return build_server(_load_predictor(args)).run(transport="stdio")
     # The key, host and port read and checked as serve's are; the address bound before the model loads.
-    settings = build_settings(ServeSettings, **_given(args, ("api_key", "api_key_file", "host", "port")))
+    settings = build_settings(ServeSettings, **{"port": MCP_PORT, **given})
     with listen(settings) as sock:
         run_http(build_server(_load_predictor(args)), sock, host=settings.host, api_key=settings.api_key)
 
@@ -593,8 +599,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("mcp", help="Model Context Protocol server with the classify_review_sentiment tool")
     _add_model_source(p)
     p.add_argument("--transport", choices=["stdio", "http"], default="stdio")
-    p.add_argument("--host", default="127.0.0.1", help="with --transport http")
-    p.add_argument("--port", type=int, default=8001, help="with --transport http (endpoint /mcp)")
+    _setting(p, "--host", "host", help="with --transport http (default 127.0.0.1)")
+    _setting(p, "--port", "port", type=int, help=f"with --transport http (default {MCP_PORT}; endpoint /mcp)")
     _add_key_options(p, "with --transport http")
     p.set_defaults(handler=cmd_mcp)
 
