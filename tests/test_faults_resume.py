@@ -83,3 +83,15 @@ def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
     result = cli("train", "--resume", "--output-dir", str(tmp_path / "nothing"), check=False)
     assert result.returncode == 2
     assert "--resume: no checkpoint to resume from" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_resumed_from_the_checkpoint_that_ended_a_run_mid_epoch_it_trains_no_further(tiny_bert_dir, data_dir, tmp_path):
+    # max_steps 4 of an epoch's 8: the run's last step is checkpointed after its validation.
+    args = tiny_train_args(tiny_bert_dir, data_dir, tmp_path / "run", "--max-steps", "4", "--save-steps", "4")
+    assert kill_at_next_checkpoint(args, tmp_path / "run" / "checkpoints") == "checkpoint-4"
+    resumed = run_cli(*args, "--resume", check=False, env=TINY_ENV)
+    assert resumed.returncode == 0, resumed.stderr
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    # transformers alone takes, and validates, a fifth step before it checks max_steps.
+    assert record["global_step"] == 4
+    assert [score["epoch"] for score in record["validation"]] == [0.5]

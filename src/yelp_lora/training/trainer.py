@@ -187,6 +187,14 @@ def lora_trainer_class():
             self.step_sampler = StepSortedSampler(lengths, self.args.per_device_train_batch_size, per_step, self.args.seed)
             return self.step_sampler
 
+        def _init_training_state(self, max_steps, num_update_steps_per_epoch, num_train_epochs, *args):
+            trained = super()._init_training_state(max_steps, num_update_steps_per_epoch, num_train_epochs, *args)
+            # Resumed from the checkpoint of a run that max_steps ended mid-epoch: the Trainer would take
+            # (and validate) one step more before it checks max_steps. Nothing is left to train.
+            if self.state.global_step >= max_steps:
+                return num_train_epochs, 0
+            return trained
+
         def _get_output_dir(self, trial):
             return self._staging_root or super()._get_output_dir(trial)
 
