@@ -36,6 +36,7 @@ def test_two_processes_match_one_and_write_one_adapter(tiny_bert_dir, data_dir, 
     assert parallel.returncode == 0, parallel.stderr[-3000:]
     assert parallel.stdout.count("trainable params") == 2, "both ranks built the model"
     assert parallel.stdout.count("Run written to") == 1, "only rank 0 reports and writes"
+    assert "find_unused_parameters" not in parallel.stderr, "DDP was told every trainable weight is used"
 
     one, two = (json.loads((tmp_path / d / "run.json").read_text()) for d in ("one", "two"))
     assert (one["world_size"], two["world_size"]) == (1, 2)

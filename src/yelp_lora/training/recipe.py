@@ -161,6 +161,9 @@ def training_arguments(config: RunConfig, output_dir: Path, device: torch.device
         # The classifier's loss is already a per-example mean; left on, Trainer scales it by the
         # number of processes (meant for token-summed LM losses), doubling loss and gradients under DDP.
         average_tokens_across_devices=False,
+        # Every trainable weight (LoRA's and the head's) gets a gradient each step: DDP need not
+        # search the graph for unused ones (and warn that it found none).
+        ddp_find_unused_parameters=False,
         # On CUDA, tokenised batches are collated by workers into pinned memory while the GPU works.
         dataloader_pin_memory=cuda,
         dataloader_num_workers=2 if cuda else 0,
