@@ -106,5 +106,7 @@ def test_mcp_over_streamable_http_behind_the_api_key(registry, predicted, tmp_pa
         process.wait(60)
         log.close()
     assert not result.is_error and result.structured_content["model"]["version"] == "v1"
+    logged = (tmp_path / "mcp.log").read_text()
+    assert f"yelp-lora mcp: listening on http://127.0.0.1:{port}/mcp\n" in logged and "warning" not in logged
     for got, answer in zip(result.structured_content["results"], predicted):
         assert got["probabilities"] == pytest.approx(answer["probabilities"], abs=1e-4)

@@ -122,12 +122,14 @@ def test_bad_rows_stop_with_their_row_or_are_written_with_an_error(adapter, tmp_
     stopped = cli(*predict_args(adapter, source, tmp_path / "out.jsonl"), check=False)
     assert stopped.returncode == 2 and "Traceback" not in stopped.stderr
     assert f"yelp-lora predict: error: {source}: row 3: whitespace-only text (--skip-bad-rows" in stopped.stderr
+    assert not (tmp_path / "out.jsonl.parts").exists(), "a job stopped before any chunk leaves nothing behind"
 
     # As the line says: the same command with --skip-bad-rows (no chunk was finished, so no --resume is needed).
     skipped = cli(*predict_args(adapter, source, tmp_path / "out.jsonl", "--skip-bad-rows"), check=False)
     assert skipped.returncode == 0, skipped.stderr[-3000:]
     records = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [r["error"] for r in records if r["error"]] == ["whitespace-only text", "text contains NUL bytes"]
+    assert "predicted 8 rows and wrote 2 bad ones with their error (first: row 3: whitespace-only text)" in skipped.stderr
     assert records[3]["label"] is None and records[3]["source_row"] == "row 3"
     assert all(r["label"] for i, r in enumerate(records) if i not in (3, 7))
 
@@ -138,13 +140,14 @@ def test_an_unparsable_jsonl_line_is_a_row_error_and_a_changed_input_is_not_resu
     lines[2] = '{"text": "never closed'
     source.write_text("\n".join(lines) + "\n", encoding="utf-8")
     output = tmp_path / "out.jsonl"
-    stopped = cli(*predict_args(adapter, source, output), check=False)
+    chunks = ("--chunk-size", "2")  # lines 1-2 finish a chunk before line 3 stops the job
+    stopped = cli(*predict_args(adapter, source, output, *chunks), check=False)
     assert stopped.returncode == 2 and f"{source}: line 3: invalid JSON" in stopped.stderr
     # The same size and modification time, other bytes: the job record's input hash tells them apart.
     stat = source.stat()
     source.write_text(source.read_text(encoding="utf-8").replace("a", "e"), encoding="utf-8")
     os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    changed = cli(*predict_args(adapter, source, output, "--resume"), check=False)
+    changed = cli(*predict_args(adapter, source, output, "--resume", *chunks), check=False)
     assert changed.returncode == 2 and "belongs to a different job (input_sha256:" in changed.stderr
     shutil.rmtree(output.with_name(output.name + ".parts"))
     skipped = cli(*predict_args(adapter, source, output, "--skip-bad-rows"), check=False)
@@ -152,3 +155,24 @@ def test_an_unparsable_jsonl_line_is_a_row_error_and_a_changed_input_is_not_resu
     records = [json.loads(line) for line in output.read_text().splitlines()]
     assert len(records) == 6 and records[2]["error"].startswith("invalid JSON") and records[2]["label"] is None
     assert all(record["label"] for i, record in enumerate(records) if i != 2)
+
+
+def test_a_second_job_on_the_same_output_is_refused_while_the_first_writes_it(adapter, tmp_path):
+    from yelp_lora.util.atomic import exclusive
+
+    source, output = write_csv(tmp_path / "in.csv", 4), tmp_path / "out.jsonl"
+    parts = output.with_name(output.name + ".parts")
+    with exclusive(parts / ".lock"):  # as a running job holds it
+        for extra in ((), ("--resume",)):
+            busy = cli(*predict_args(adapter, source, output, *extra), check=False)
+            assert busy.returncode == 2 and busy.stderr == (
+                f"yelp-lora predict: error: {output} is being written by another predict job ({parts} is locked): "
+                "wait for it to finish, or write to another --output\n")
+        assert [path.name for path in parts.iterdir()] == [".lock"], "nothing of the running job's is touched"
+    # Chunks without the record of the job that wrote them are never merged into an output.
+    (parts / "chunk-00000000.jsonl").write_text("{}\n")
+    foreign = cli(*predict_args(adapter, source, output, "--resume"), check=False)
+    assert foreign.returncode == 2 and f"{parts} holds 1 chunk(s) but no manifest.json" in foreign.stderr
+    shutil.rmtree(parts)
+    cli(*predict_args(adapter, source, output))
+    assert len(output.read_text().splitlines()) == 4 and not parts.exists()

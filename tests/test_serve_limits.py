@@ -209,6 +209,23 @@ def test_an_address_in_use_is_one_line_before_the_model_loads(tiny_run):
                             "(stdio talks over the pipes of the client that started it)\n")
 
 
+def test_serve_and_mcp_say_where_they_listen_and_warn_when_open_to_all_without_a_key(capsys):
+    from yelp_lora.config import ServeSettings
+    from yelp_lora.serving.app import announce, listen
+
+    for command, path in (("serve", "/"), ("mcp", "/mcp")):
+        with listen(ServeSettings(host="0.0.0.0", port=0)) as sock:
+            port = sock.getsockname()[1]
+            announce(command, ServeSettings(host="0.0.0.0", port=0), sock, path)
+            assert capsys.readouterr().err.splitlines() == [
+                f"yelp-lora {command}: listening on http://0.0.0.0:{port}{path}",
+                f"yelp-lora {command}: warning: listening on 0.0.0.0 beyond loopback without an API key: anyone who "
+                "can reach it can use it (set --api-key-file or $YELP_LORA_API_KEY)",
+            ]
+            announce(command, ServeSettings(host="0.0.0.0", port=0, api_key="k" * 16), sock, path)
+            assert "warning" not in capsys.readouterr().err
+
+
 def test_connections_on_the_bound_socket_send_without_waiting_for_acks():
     """uvicorn serves `listen`'s socket through asyncio's create_server, which turns Nagle's algorithm
     off on each accepted connection only when the socket was made for TCP. Without that, every

@@ -318,7 +318,7 @@ def cmd_mcp(args: argparse.Namespace) -> None:
     # The key, host and port read and checked as serve's are; the address bound before the model loads.
     settings = build_settings(ServeSettings, **{"port": MCP_PORT, **given})
     with listen(settings) as sock:
-        run_http(build_server(_load_predictor(args)), sock, host=settings.host, api_key=settings.api_key)
+        run_http(build_server(_load_predictor(args)), sock, settings)
 
 
 def cmd_tool_schema(args: argparse.Namespace) -> None:

@@ -9,6 +9,7 @@ r, r+W, r+2W, ...; once every rank is done, rank 0 merges the parts in input ord
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import itertools
@@ -26,12 +27,13 @@ from yelp_lora.data.rows import InputText, iter_texts, require_input_file
 from yelp_lora.errors import DataError, ModelError, SaveError
 from yelp_lora.inference.predictor import Predictor, to_predictions
 from yelp_lora.modeling.hardware import pick_device, prediction_backend
-from yelp_lora.util.atomic import atomic_write_bytes, save_errors
+from yelp_lora.util.atomic import atomic_write_bytes, exclusive, save_errors
 from yelp_lora.util.hashing import file_sha256
 
 CHUNK_ROWS = 2048
 OUTPUT_FORMATS = (".jsonl", ".csv", ".parquet")
 JOB_FILE = "manifest.json"
+LOCK_FILE = ".lock"  # in OUT.parts: held by the job writing it
 COLUMNS = [
     "row", "source_row", "label", "stars", "confidence", *(f"p_{name}" for name in LABEL_NAMES), "truncated", "error", "windows",
 ]
@@ -114,6 +116,9 @@ def _prepare_parts(parts: Path, job: BatchJob, before: BatchJob | None) -> None:
     the record --resume found there."""
     if before is None:
         done = len(list(parts.glob("chunk-*")))
+        if done and not (parts / JOB_FILE).is_file():
+            raise DataError(f"{parts} holds {done} chunk(s) but no {JOB_FILE}, so which job wrote them cannot be "
+                            "told: delete that directory to start over")
         if (parts / JOB_FILE).is_file() and done:  # there, but --resume not given (with none done, nothing is lost)
             raise DataError(
                 f"{parts} holds {done} finished chunk(s) of an interrupted run: "
@@ -126,6 +131,27 @@ def _prepare_parts(parts: Path, job: BatchJob, before: BatchJob | None) -> None:
         changed = [f"{key}: {getattr(before, key)!r} -> {value!r}" for key, value in job if getattr(before, key) != value]
         if changed:
             raise DataError(f"--resume: {parts} belongs to a different job ({'; '.join(changed)})")
+
+
+@contextlib.contextmanager
+def _job_lock(parts: Path, output: Path, rank: int) -> Iterator[None]:
+    """Held by rank 0 for the whole job, so that a second job writing OUT is refused instead of
+    mixing its chunks with this one's."""
+    if rank:
+        yield
+        return
+
+    def refuse():
+        raise DataError(f"{output} is being written by another predict job ({parts} is locked): "
+                        "wait for it to finish, or write to another --output")
+
+    with exclusive(parts / LOCK_FILE, on_wait=refuse, optional=True):
+        try:
+            yield
+        except BaseException:
+            if not any(parts.glob("chunk-*")):  # no progress to keep: leave nothing behind
+                shutil.rmtree(parts, ignore_errors=True)
+            raise
 
 
 def _records(
@@ -232,61 +258,66 @@ def predict_file(
     rank, world = _distributed()
     requested, backend = backend, prediction_backend(backend, pick_device(), bf16=bf16).value  # recorded for a resume
     parts = parts_dir(output)
-    recorded = read_record(BatchJob, parts / JOB_FILE) if resume and (parts / JOB_FILE).is_file() else None
-    resumed_auto = requested == "auto" and recorded is not None and recorded.requested_backend == "auto"
-    if resumed_auto:  # on the backend auto began the job on (after a fallback: torch), never mixing two in one output
-        backend = recorded.backend
-    if rank == 0:  # before loading the model, so a refused resume is refused at once
-        job = _job(input_path, resolve_adapter_dir(adapter), chunk_rows=chunk_rows, backend=backend,
-                   requested_backend=requested, batch_size=batch_size, bf16=bf16, long_text=long_text)
-        _prepare_parts(parts, job, recorded)
-    _barrier(world)
-    try:
-        predictor = Predictor(adapter, bf16=bf16, batch_size=batch_size, backend=backend if resumed_auto else requested,
-                              long_text=long_text)
-    except (ModelError, SaveError) as err:
-        if not resumed_auto:
-            raise
-        raise DataError(f"--resume: this job began on backend {backend} ({parts / JOB_FILE}), which cannot run "
-                        f"here now: {err}") from err
-    if predictor.backend != backend:  # auto fell back to torch: ONNX Runtime could not be set up here
-        if world > 1 or any(parts.glob("chunk-*")):  # answers from two backends must never mix in one output
-            raise DataError(f"--backend auto chose {backend} for this job, but {predictor.backend_reason}: "
-                            f"pass --backend {backend} once that is fixed, or delete {parts} and pass --backend torch")
-        job = job.model_copy(update={"backend": predictor.backend})
-        write_record(parts / JOB_FILE, job)
-    if rank == 0 and predictor.info.adapter_sha256 != job.adapter_sha256:
-        raise DataError(f"the adapter changed while the job started (sha256 {predictor.info.adapter_sha256}, "
-                        f"recorded {job.adapter_sha256}): run it again")
+    with _job_lock(parts, output, rank):
+        recorded = read_record(BatchJob, parts / JOB_FILE) if resume and (parts / JOB_FILE).is_file() else None
+        resumed_auto = requested == "auto" and recorded is not None and recorded.requested_backend == "auto"
+        if resumed_auto:  # on the backend auto began the job on (after a fallback: torch), never mixing two in one output
+            backend = recorded.backend
+        if rank == 0:  # before loading the model, so a refused resume is refused at once
+            job = _job(input_path, resolve_adapter_dir(adapter), chunk_rows=chunk_rows, backend=backend,
+                       requested_backend=requested, batch_size=batch_size, bf16=bf16, long_text=long_text)
+            _prepare_parts(parts, job, recorded)
+        _barrier(world)
+        try:
+            predictor = Predictor(adapter, bf16=bf16, batch_size=batch_size, backend=backend if resumed_auto else requested,
+                                  long_text=long_text)
+        except (ModelError, SaveError) as err:
+            if not resumed_auto:
+                raise
+            raise DataError(f"--resume: this job began on backend {backend} ({parts / JOB_FILE}), which cannot run "
+                            f"here now: {err}") from err
+        if predictor.backend != backend:  # auto fell back to torch: ONNX Runtime could not be set up here
+            if world > 1 or any(parts.glob("chunk-*")):  # answers from two backends must never mix in one output
+                raise DataError(f"--backend auto chose {backend} for this job, but {predictor.backend_reason}: "
+                                f"pass --backend {backend} once that is fixed, or delete {parts} and pass --backend torch")
+            job = job.model_copy(update={"backend": predictor.backend})
+            write_record(parts / JOB_FILE, job)
+        if rank == 0 and predictor.info.adapter_sha256 != job.adapter_sha256:
+            raise DataError(f"the adapter changed while the job started (sha256 {predictor.info.adapter_sha256}, "
+                            f"recorded {job.adapter_sha256}): run it again")
 
-    started = time.time()
-    done_rows = resumed_chunks = predicted_chunks = chunks = 0
-    rss_first = rss_peak = None
-    bar = tqdm(desc=f"Predicting (rank {rank}/{world})" if world > 1 else "Predicting", unit="rows",
-               disable=not progress, mininterval=2.0, file=sys.stderr)
-    for chunks, chunk in enumerate(_chunks(input_path, chunk_rows), start=1):
-        index = chunks - 1
-        if index % world != rank:
-            continue
-        part = _part_path(parts, index, suffix)
-        if part.is_file():
-            resumed_chunks += 1
-            continue
-        records = _records(input_path, chunk, first_row=index * chunk_rows, predictor=predictor, skip_bad_rows=skip_bad_rows)
-        atomic_write_bytes(part, _encode(records, suffix))
-        predicted_chunks += 1
-        done_rows += len(chunk)
-        rss = _rss_mib()
-        rss_first = rss if rss_first is None else rss_first
-        rss_peak = rss if predicted_chunks > 1 and (rss_peak is None or rss > rss_peak) else rss_peak
-        bar.update(len(chunk))
-        bar.set_postfix(chunk=index, rss_mib=f"{rss:.0f}", refresh=False)
-    bar.close()
-    elapsed = time.time() - started
-    _barrier(world)
-    if rank == 0:
-        _merge(parts, chunks, output)
-    _barrier(world)
+        started = time.time()
+        done_rows = error_rows = resumed_chunks = predicted_chunks = chunks = 0
+        first_error = None
+        rss_first = rss_peak = None
+        bar = tqdm(desc=f"Predicting (rank {rank}/{world})" if world > 1 else "Predicting", unit="rows",
+                   disable=not progress, mininterval=2.0, file=sys.stderr)
+        for chunks, chunk in enumerate(_chunks(input_path, chunk_rows), start=1):
+            index = chunks - 1
+            if index % world != rank:
+                continue
+            part = _part_path(parts, index, suffix)
+            if part.is_file():
+                resumed_chunks += 1
+                continue
+            records = _records(input_path, chunk, first_row=index * chunk_rows, predictor=predictor, skip_bad_rows=skip_bad_rows)
+            atomic_write_bytes(part, _encode(records, suffix))
+            predicted_chunks += 1
+            done_rows += len(chunk)
+            errors = [f"{record['source_row']}: {record['error']}" for record in records if record["error"]]
+            error_rows += len(errors)
+            first_error = first_error or next(iter(errors), None)
+            rss = _rss_mib()
+            rss_first = rss if rss_first is None else rss_first
+            rss_peak = rss if predicted_chunks > 1 and (rss_peak is None or rss > rss_peak) else rss_peak
+            bar.update(len(chunk))
+            bar.set_postfix(chunk=index, rss_mib=f"{rss:.0f}", refresh=False)
+        bar.close()
+        elapsed = time.time() - started
+        _barrier(world)
+        if rank == 0:
+            _merge(parts, chunks, output)
+        _barrier(world)
     return {
         "output": str(output),
         "rank": rank,
@@ -295,6 +326,8 @@ def predict_file(
         "chunks": chunks,
         "chunk_rows": chunk_rows,
         "predicted_rows": done_rows,
+        "error_rows": error_rows,  # written with their error and no prediction (--skip-bad-rows)
+        "first_error": first_error,
         "predicted_chunks": predicted_chunks,
         "resumed_chunks": resumed_chunks,
         "seconds": elapsed,
@@ -312,7 +345,10 @@ def format_batch_summary(summary: dict) -> str:
             memory += f", {summary['rss_mib_peak_later_chunks']:.0f} MiB peak after it"
     rate = f", {summary['rows_per_second']:.0f} rows/s" if summary["rows_per_second"] else ""
     who = f"rank {summary['rank']}/{summary['world_size']}: " if summary["world_size"] > 1 else ""
+    rows = f"predicted {summary['predicted_rows'] - summary['error_rows']:,} rows"
+    if summary["error_rows"]:
+        rows += f" and wrote {summary['error_rows']:,} bad ones with their error (first: {summary['first_error']})"
     return (
-        f"{who}predicted {summary['predicted_rows']:,} rows in {summary['predicted_chunks']} chunk(s) "
+        f"{who}{rows} in {summary['predicted_chunks']} chunk(s) "
         f"({summary['resumed_chunks']} already done) in {summary['seconds']:.1f}s{rate} on {summary['backend']}{memory}"
     )

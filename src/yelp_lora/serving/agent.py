@@ -18,9 +18,9 @@ from mcp_types import ToolAnnotations
 from pydantic import Field
 
 from yelp_lora import __version__
-from yelp_lora.config import MAX_REQUEST_TEXT_CHARS, MAX_TEXTS_PER_REQUEST
+from yelp_lora.config import MAX_REQUEST_TEXT_CHARS, MAX_TEXTS_PER_REQUEST, ServeSettings
 from yelp_lora.inference.predictor import Predictor
-from yelp_lora.serving.app import error_json, key_problem
+from yelp_lora.serving.app import announce, error_json, key_problem
 from yelp_lora.serving.schemas import Classification, InputError, check_texts, classification
 
 TOOL_NAME = "classify_review_sentiment"
@@ -99,12 +99,14 @@ class KeyRequired:
         return await self.app(scope, receive, send)
 
 
-def run_http(server: MCPServer, sock: socket.socket, *, host: str, api_key: str | None) -> None:
+def run_http(server: MCPServer, sock: socket.socket, settings: ServeSettings) -> None:
     """The MCP server on the streamable HTTP transport (endpoint /mcp) on `sock` (serving.app.listen),
     behind the API key when one is set."""
     import uvicorn
 
-    app = server.streamable_http_app(host=host)
+    announce("mcp", settings, sock, "/mcp")
+    app = server.streamable_http_app(host=settings.host)
+    key = settings.api_key
     # host and port only name the address in uvicorn's log: the socket is already bound.
-    config = uvicorn.Config(KeyRequired(app, api_key) if api_key else app, host=host, port=sock.getsockname()[1], log_level="info")
+    config = uvicorn.Config(KeyRequired(app, key) if key else app, host=settings.host, port=sock.getsockname()[1], log_level="info")
     uvicorn.Server(config).run(sockets=[sock])

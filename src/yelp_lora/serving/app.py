@@ -410,14 +410,22 @@ def listen(settings: ServeSettings) -> socket.socket:
     return sock
 
 
+def announce(command: str, settings: ServeSettings, sock: socket.socket, path: str) -> None:
+    """Say where the service answers (uvicorn does not for a socket it is given), and warn when
+    anyone who can reach it can use it."""
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    print(f"yelp-lora {command}: listening on http://{host}:{sock.getsockname()[1]}{path}", file=sys.stderr)
+    if not settings.loopback and not settings.api_key:
+        print(f"yelp-lora {command}: warning: listening on {settings.host} beyond loopback without an API key: "
+              "anyone who can reach it can use it (set --api-key-file or $YELP_LORA_API_KEY)", file=sys.stderr)
+
+
 def serve(predictor: Predictor, settings: ServeSettings, sock: socket.socket, *, graceful_s: float = 30.0) -> None:
     """Run on `sock` (from `listen`) until SIGINT/SIGTERM; uvicorn then stops accepting, answers
     in-flight requests, and exits."""
     import uvicorn
 
-    if not settings.loopback and not settings.api_key:
-        print(f"yelp-lora serve: warning: listening on {settings.host} beyond loopback without an API key: "
-              "anyone who can reach it can use it (set --api-key-file or $YELP_LORA_API_KEY)", file=sys.stderr)
+    announce("serve", settings, sock, "/")
     config = uvicorn.Config(
         create_app(predictor, settings), host=settings.host, port=settings.port, log_level="info",
         timeout_graceful_shutdown=graceful_s, limit_concurrency=settings.limit_concurrency,

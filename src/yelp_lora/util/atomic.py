@@ -95,7 +95,7 @@ _NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS}
 def exclusive(lock: str | Path, on_wait: Callable[[], None] | None = None, *, optional: bool = False) -> Iterator[None]:
     """Hold an exclusive advisory lock (flock) on the file `lock`, created if missing and left in
     place, so that processes about to write the same thing wait for the first instead of racing it;
-    `on_wait` is called first if another process holds it. Where the file system keeps no locks, an
+    `on_wait` is called first if another process holds it (raising there refuses instead). Where the file system keeps no locks, an
     `optional` lock goes on without one (for writes that are atomic anyway); any other is a SaveError."""
     lock = Path(lock)
     try:
@@ -109,12 +109,15 @@ def exclusive(lock: str | Path, on_wait: Callable[[], None] | None = None, *, op
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             if on_wait:
-                on_wait()
+                on_wait()  # may raise, to refuse rather than wait
             fcntl.flock(descriptor, fcntl.LOCK_EX)
     except OSError as err:
         if not (optional and err.errno in _NO_LOCKS):
             os.close(descriptor)
             raise SaveError(err.errno, f"cannot lock {lock}: {err.strerror}") from None
+    except BaseException:
+        os.close(descriptor)
+        raise
     try:
         yield
     finally:
