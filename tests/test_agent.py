@@ -68,6 +68,15 @@ def test_tool_schema_is_the_mcp_tool_in_openai_form(mcp_answers):
     assert printed["function"]["parameters"]["properties"]["texts"]["maxItems"] == 64
 
 
+def test_output_piped_into_a_reader_that_stops_early_ends_quietly():
+    """`yelp-lora tool-schema | head -c 10`: the reader is gone before the schema is written."""
+    process = subprocess.Popen([sys.executable, "-m", "yelp_lora", "tool-schema"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, env=cli_env(), cwd=REPO)
+    process.stdout.close()  # before the interpreter has even started: every write meets a closed pipe
+    stderr = process.stderr.read().decode()
+    assert process.wait(60) == 141 and stderr == "", stderr
+
+
 def test_mcp_over_streamable_http_behind_the_api_key(registry, predicted, tmp_path):
     import httpx
     import httpx2

@@ -95,3 +95,20 @@ def test_resumed_from_the_checkpoint_that_ended_a_run_mid_epoch_it_trains_no_fur
     # transformers alone takes, and validates, a fifth step before it checks max_steps.
     assert record["global_step"] == 4
     assert [score["epoch"] for score in record["validation"]] == [0.5]
+
+
+def test_ctrl_c_says_what_was_kept_and_how_to_go_on(tiny_bert_dir, data_dir, tmp_path):
+    args = tiny_train_args(tiny_bert_dir, data_dir, tmp_path / "run", *SCHEDULE)
+    checkpoints = tmp_path / "run" / "checkpoints"
+    process = subprocess.Popen([PYTHON, "-m", "yelp_lora", *args], env=cli_env(**TINY_ENV), cwd=REPO,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not any(checkpoints.glob("checkpoint-*")):
+        assert process.poll() is None and time.time() < deadline, "training ended before its first checkpoint"
+        time.sleep(0.005)
+    process.send_signal(signal.SIGINT)
+    stderr = process.communicate(timeout=120)[1]
+    assert process.returncode == 130, stderr[-2000:]
+    [kept] = checkpoints.glob("checkpoint-*")  # save_total_limit 1
+    assert stderr.endswith(f"yelp-lora train: interrupted; {kept} is kept: the same command with --resume goes on from it\n")
+    assert "Traceback" not in stderr

@@ -15,6 +15,10 @@ PRIVATE_APIS = {
     "_get_train_sampler": ("training/trainer.py", ["self", "train_dataset"]),
     "_get_output_dir": ("training/trainer.py", ["self", "trial"]),
     "_save_checkpoint": ("training/trainer.py", ["self", "model", "trial"]),
+    "_init_training_state": (
+        "training/trainer.py",
+        ["self", "max_steps", "num_update_steps_per_epoch", "num_train_epochs", "resume_from_checkpoint", "trial"],
+    ),
     "_attn_implementation": ("modeling/hardware.py", None),
 }
 

@@ -9,6 +9,7 @@ flag not given is not passed on, so every default lives in its settings model (c
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -174,7 +175,9 @@ def _predict_file(args: argparse.Namespace) -> None:
     from yelp_lora.errors import UserError
     from yelp_lora.inference.batch import format_batch_summary, predict_file
 
-    if args.texts or not args.input:
+    if not args.input:
+        raise UserError("--output needs --input FILE: it predicts a whole file")
+    if args.texts:
         raise UserError("--output predicts a whole --input FILE; give no review texts as arguments")
     written = {"--output": Path(args.output), "--json-summary": Path(args.json_summary) if args.json_summary else None}
     for flag, path in written.items():  # written over, the reviews would be lost
@@ -648,11 +651,34 @@ def main(argv: list[str] | None = None) -> int:
         print(f"yelp-lora {args.command}: error: {err.strerror}: {err.filename}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"yelp-lora {args.command}: interrupted", file=sys.stderr)
+        print(f"yelp-lora {args.command}: interrupted{_resume_hint(args)}", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as a shell tool does
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 141
     finally:
         _leave_process_group()
     return 0
+
+
+def _resume_hint(args: argparse.Namespace) -> str:
+    """What an interrupted train or batch predict kept, and how to go on from it."""
+    if args.command == "train" and getattr(args, "seeds", None):
+        return "; finished seeds are kept: the same command goes on with the others"
+    if args.command == "train":
+        from yelp_lora.training.recipe import interrupted_checkpoints
+
+        kept = interrupted_checkpoints(Path(args.output_dir)) if getattr(args, "output_dir", None) else []
+        if kept:
+            return f"; {kept[-1]} is kept: the same command with --resume goes on from it"
+        return "; no checkpoint was written (--save-steps N writes one every N steps), so a new run starts over"
+    if args.command == "predict" and getattr(args, "output", None):
+        from yelp_lora.inference.batch import parts_dir
+
+        if any(parts_dir(Path(args.output)).glob("chunk-*")):
+            return f"; finished chunks are kept in {parts_dir(Path(args.output))}: the same command with --resume goes on"
+    return ""
 
 
 def _leave_process_group() -> None:
