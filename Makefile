@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 demo: install
-	$(BIN)/yelp-lora train --config $(CONFIG) --output-dir $(RUN_DIR)
+	$(BIN)/yelp-lora train --config $(CONFIG) --output-dir $(RUN_DIR) --overwrite
 	$(BIN)/yelp-lora report $(RUN_DIR) --out $(RUN_DIR)/report --compare-json $(RUN_DIR)/compare.json
 
 test: install

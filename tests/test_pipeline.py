@@ -1,6 +1,7 @@
 """The reference job end to end on the real MiniLM and real rows: train, evaluate, compare, predict."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -189,6 +190,9 @@ def test_same_command_twice_gives_byte_identical_adapter(minilm_run, data_dir, t
 def test_user_mistakes_get_one_clear_line(tmp_path, minilm_run):
     empty = tmp_path / "empty.txt"
     empty.write_text("")
+    version = tmp_path / "registry" / "v3"  # a registry version, taken for a run directory
+    version.mkdir(parents=True)
+    (version / "manifest.json").write_text("{}")
     cases = [
         (("train", "--data", "./missing-dir", "--output-dir", str(tmp_path / "x")), "data path not found: ./missing-dir"),
         (("train", "--config", "nope.yaml", "--output-dir", str(tmp_path / "x")), "config file not found"),
@@ -227,6 +231,10 @@ def test_user_mistakes_get_one_clear_line(tmp_path, minilm_run):
          "--resume, --skip-bad-rows need --output"),
         (("train", "--extra-train", "nope.csv:10", "--output-dir", str(tmp_path / "x")),
          "extra training source nope.csv (--extra-train, data.extra_train): data path not found: nope.csv"),
+        (("train", "--output-dir", str(minilm_run)), f"{minilm_run} holds a finished run (run.json): pass --overwrite to "
+         "replace it (its adapter, run.json, compare.json, report), or choose another --output-dir"),
+        (("train", "--output-dir", str(version), "--overwrite"),
+         f"{version} is a registry version (it holds manifest.json), and a registered version never changes"),
     ]
     for number, (args, message) in enumerate(cases):
         # The first as a user runs it, in its own process; the rest through the same entry point in this one.
@@ -234,3 +242,17 @@ def test_user_mistakes_get_one_clear_line(tmp_path, minilm_run):
         assert result.returncode == 2, (args, result.stderr[-2000:])
         assert message in result.stderr, (args, result.stderr[-2000:])
         assert "Traceback" not in result.stderr
+
+
+def test_overwrite_replaces_a_finished_run_and_every_score_of_it(tiny_run, tiny_bert_dir, data_dir, tmp_path):
+    from support import TINY_ENV, tiny_train_args
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (run / "compare.json").write_text("{}")  # the old adapter's test scores
+    (run / "report").mkdir()
+    before = (run / "adapter" / "adapter_model.safetensors").read_bytes()
+    run_cli(*tiny_train_args(tiny_bert_dir, data_dir, run, "--max-steps", "2", "--seed", "7", "--overwrite"), env=TINY_ENV)
+    assert sorted(path.name for path in run.iterdir()) == ["adapter", "run.json"]
+    assert (run / "adapter" / "adapter_model.safetensors").read_bytes() != before
+    assert read_json(run / "run.json")["config"]["train"]["seed"] == 7

@@ -24,6 +24,7 @@ from yelp_lora.errors import DataError
 from yelp_lora.evaluation.classical import fit_classical
 from yelp_lora.evaluation.report import REPORT_HTML, REPORT_JSON, REPORT_MD, Block, render_html, render_markdown
 from yelp_lora.modeling.base import load_tokenizer
+from yelp_lora.util.hashing import file_sha256
 
 pytestmark = pytest.mark.slow
 TEST_N = 40
@@ -225,3 +226,18 @@ def test_report_never_replaces_a_foreign_directory(run_dir, tmp_path, capsys):
     assert cli.main(["report", str(run_dir), "--out", str(tmp_path)]) == 2
     assert "is not a report directory" in capsys.readouterr().err
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_registry_add_refuses_test_scores_of_other_weights(report_dir, run_dir, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    assert json.loads((run_dir / "compare.json").read_text())["adapter_sha256"] == file_sha256(
+        run_dir / "adapter" / "adapter_model.safetensors")
+    stale = tmp_path / "run"  # its compare.json scored the weights before these
+    shutil.copytree(run_dir, stale)
+    weights = stale / "adapter" / "adapter_model.safetensors"
+    save_file({name: tensor * 1.5 for name, tensor in load_file(weights).items()}, weights)
+    capsys.readouterr()
+    assert cli.main(["registry", "add", str(stale), "--registry", str(tmp_path / "registry")]) == 2
+    assert f"{stale / 'compare.json'} scored other adapter weights" in capsys.readouterr().err
+    assert not (tmp_path / "registry" / "v1").exists()

@@ -5,6 +5,7 @@
                           int8_calibration.safetensors
       run.json            RunRecord: config, rows, history, validation, speed, environment
       compare.json        CompareResult, when `compare --json` / `report --compare-json` wrote it there
+      report/             `report`'s HTML and Markdown, by default
       checkpoints/        only while a checkpointed run is unfinished (for --resume)
 
 Every record that crosses a stage is a pydantic model here, read and written by the functions
@@ -32,6 +33,9 @@ INT8_CALIBRATION_FILE = "int8_calibration.safetensors"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 RUN_FILE = "run.json"
 COMPARE_FILE = "compare.json"
+REPORT_DIRNAME = "report"  # `report`'s default output, in the run directory
+# A registry version's record (registry.manifest); named here so that train can refuse to write into one.
+MANIFEST_FILE = "manifest.json"
 CHECKPOINT_DIRNAME = "checkpoints"
 # The config a checkpointed run started with, so --resume refuses to continue a different run.
 RESUME_CONFIG_FILE = "run_config.json"
@@ -386,6 +390,7 @@ class CompareResult(Record):
     data: SplitSummary
     baseline: Headline
     lora: Headline
+    adapter_sha256: str | None = None  # the weights scored; absent from files written before 2026-12-08
     classical: Headline | None = None
     gain: Headline
     label_shift: list[LabelMove]
@@ -401,7 +406,7 @@ class CompareResult(Record):
 
     @model_serializer(mode="wrap")
     def _optional_parts_when_present(self, handler) -> dict[str, Any]:
-        optional = ("classical", "classical_fit", "temperature_scaling", "long_reviews")
+        optional = ("classical", "classical_fit", "temperature_scaling", "long_reviews", "adapter_sha256")
         return {key: value for key, value in handler(self).items() if key not in optional or value is not None}
 
     def scores(self) -> dict[str, Headline]:

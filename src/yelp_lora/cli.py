@@ -74,11 +74,11 @@ def cmd_train(args: argparse.Namespace) -> None:
         if args.resume:
             raise UserError("--seeds reruns only unfinished seeds by itself; drop --resume")
         settings = _eval_settings(argparse.Namespace(), **({"n": args.compare_n} if args.compare_n is not None else {}))
-        summary = sweep(config, args.output_dir, args.seeds, settings)
+        summary = sweep(config, args.output_dir, args.seeds, settings, overwrite=args.overwrite)
         print(format_sweep(summary))
         print(f"Sweep written to {Path(args.output_dir) / SWEEP_FILE} (one run per seed in seed-S/)")
         return
-    record = train(config, args.output_dir, resume=args.resume)
+    record = train(config, args.output_dir, resume=args.resume, overwrite=args.overwrite)
     if record:
         print(format_run_summary(record))
         print(f"Run written to {args.output_dir}/ (adapter/, run.json)")
@@ -473,6 +473,8 @@ def _add_train_parser(sub) -> None:
     _setting(p, "--seed", "train.seed", type=int)
     _setting(p, "--save-steps", "train.save_steps", type=int, help="checkpoint every N steps so --resume can continue")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in DIR")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a finished run in DIR (its adapter/, run.json, compare.json and report/)")
     p.add_argument("--seeds", type=int, metavar="K", help="train seeds SEED..SEED+K-1 into DIR/seed-S/ and report "
                    "mean ± std of the test metrics in DIR/sweep.json")
     p.add_argument("--compare-n", type=int, help="with --seeds: test reviews each seed is compared on (default 500)")

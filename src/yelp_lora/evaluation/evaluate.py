@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from yelp_lora.artifacts import (
+    ADAPTER_WEIGHTS,
     AdapterMeta,
     ClassicalFit,
     ClassScore,
@@ -33,6 +34,7 @@ from yelp_lora.data.sources import load_split
 from yelp_lora.metrics import calibration, detailed, headline, mcnemar, ordinal, predictions_of
 from yelp_lora.modeling.base import build_classifier, load_adapter
 from yelp_lora.modeling.forward import predict_logits, softmax
+from yelp_lora.util.hashing import file_sha256
 
 EXTREMES = {(0, 4), (4, 0)}
 
@@ -139,6 +141,7 @@ def compare_result(scored: ScoredSample) -> CompareResult:
         n=len(rows),
         seed=scored.seed,
         adapter=str(scored.adapter_dir),
+        adapter_sha256=file_sha256(scored.adapter_dir / ADAPTER_WEIGHTS),
         data=rows.summary(),
         **scores,
         gain=Headline(**{key: getattr(scores["lora"], key) - getattr(scores["baseline"], key) for key in Headline.model_fields}),

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from yelp_lora.artifacts import AdapterMeta, CompareResult, LongReviews, RunRecord, TemperatureScaling, read_run
+from yelp_lora.artifacts import (
+    REPORT_DIRNAME, AdapterMeta, CompareResult, LongReviews, RunRecord, TemperatureScaling, read_run,
+)
 from yelp_lora.config import LABEL_NAMES, NUM_LABELS, EvalSettings
 from yelp_lora.errors import DataError
 from yelp_lora.evaluation.evaluate import EXTREMES, ScoredSample, compare_result, score_test_sample
@@ -470,7 +472,7 @@ def build_report(run: str | Path, settings: EvalSettings, out_dir: str | Path | 
 
     Returns the report directory and the comparison (what `compare` reports for the same sample)."""
     run_dir, record = read_run(run)
-    out_dir = Path(out_dir) if out_dir else run_dir / "report"
+    out_dir = Path(out_dir) if out_dir else run_dir / REPORT_DIRNAME
     _check_out_dir(out_dir)
     scored = score_test_sample(run_dir, settings)
     result = compare_result(scored)

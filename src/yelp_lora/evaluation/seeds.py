@@ -86,8 +86,9 @@ def read_metrics(result: CompareResult) -> dict[str, float | None]:
     return {name: read(result) for name, read in METRICS.items()}
 
 
-def sweep(config: RunConfig, output_dir: str | Path, seeds: int, settings: EvalSettings) -> SweepSummary:
-    """Train seeds config.train.seed … +seeds-1 into OUTPUT/seed-S/, compare each, write OUTPUT/sweep.json."""
+def sweep(config: RunConfig, output_dir: str | Path, seeds: int, settings: EvalSettings, *, overwrite: bool = False) -> SweepSummary:
+    """Train seeds config.train.seed … +seeds-1 into OUTPUT/seed-S/, compare each, write OUTPUT/sweep.json;
+    a seed already trained with this config is reused, one trained with another replaced only if `overwrite`."""
     output_dir = Path(output_dir)
     first = config.train.seed
     runs = []
@@ -105,7 +106,7 @@ def sweep(config: RunConfig, output_dir: str | Path, seeds: int, settings: EvalS
             if resume:
                 print(f"resuming from its checkpoint in {checkpoints}", flush=True)
             try:
-                record = train(seed_config, run_dir, resume=resume)
+                record = train(seed_config, run_dir, resume=resume, overwrite=overwrite)
             except ConfigError as err:
                 if not resume:
                     raise

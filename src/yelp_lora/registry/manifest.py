@@ -21,7 +21,6 @@ from yelp_lora.artifacts import (
 from yelp_lora.config import LABEL_NAMES, RunConfig
 from yelp_lora.util.hashing import file_sha256
 
-MANIFEST_FILE = "manifest.json"
 MANIFEST_FORMAT = 1
 
 

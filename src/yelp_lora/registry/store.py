@@ -27,6 +27,8 @@ from typing import Iterator
 from yelp_lora.artifacts import (
     ADAPTER_DIRNAME,
     ADAPTER_WEIGHTS,
+    COMPARE_FILE,
+    MANIFEST_FILE,
     RUN_FILE,
     RunRecord,
     read_adapter_meta,
@@ -38,7 +40,7 @@ from yelp_lora.artifacts import (
 from yelp_lora.errors import RegistryError
 from yelp_lora.modeling.base import resolve_model_path
 from yelp_lora.registry.card import model_card
-from yelp_lora.registry.manifest import MANIFEST_FILE, BaseModelRecord, Manifest, build_manifest
+from yelp_lora.registry.manifest import BaseModelRecord, Manifest, build_manifest
 from yelp_lora.util.atomic import atomic_dir, atomic_write_text, exclusive
 from yelp_lora.util.hashing import file_sha256
 
@@ -225,6 +227,13 @@ class Registry:
             raise RegistryError(f"{adapter_dir} has no {ADAPTER_WEIGHTS}")
         run = read_record(RunRecord, run_file, RegistryError)
         compare = read_compare(run_root)
+        scored = compare.adapter_sha256 if compare else None  # None too in files written before it was recorded
+        if scored and scored != (sha256 := file_sha256(adapter_dir / ADAPTER_WEIGHTS)):
+            raise RegistryError(
+                f"{run_root / COMPARE_FILE} scored other adapter weights (sha256 {scored[:12]}…, "
+                f"this adapter's {sha256[:12]}…): `yelp-lora compare --adapter {run_root} --json {run_root / COMPARE_FILE}` "
+                "scores this one, or delete the file to register without test scores"
+            )
         meta = read_adapter_meta(adapter_dir)
         base = base_model_fingerprint(meta.base_model, meta.base_model_path)
         id2label = json.loads((adapter_dir / "config.json").read_text(encoding="utf-8")).get("id2label")

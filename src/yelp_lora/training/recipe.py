@@ -20,7 +20,10 @@ from yelp_lora.artifacts import (
     ADAPTER_DIRNAME,
     ADAPTER_WEIGHTS,
     CHECKPOINT_DIRNAME,
+    COMPARE_FILE,
     INT8_CALIBRATION_FILE,
+    MANIFEST_FILE,
+    REPORT_DIRNAME,
     RESUME_CONFIG_FILE,
     RUN_FILE,
     STAGING_PREFIX,
@@ -216,13 +219,36 @@ def class_weights(labels: list[int]) -> torch.Tensor:
     return torch.tensor(weights, dtype=torch.float32)
 
 
-def train(config: RunConfig, output_dir: str | Path, *, resume: bool = False, callbacks: list | None = None) -> RunRecord | None:
+# What a finished run leaves in its directory, all of it replaced by `train --overwrite`.
+FINISHED_RUN_FILES = (ADAPTER_DIRNAME, RUN_FILE, COMPARE_FILE, REPORT_DIRNAME)
+
+
+def train(
+    config: RunConfig, output_dir: str | Path, *, resume: bool = False, overwrite: bool = False, callbacks: list | None = None,
+) -> RunRecord | None:
     """Run one training job; returns the run record also written to OUTPUT_DIR/run.json (None on ranks > 0).
 
-    `callbacks` are further TrainerCallbacks (tune's pruning); they see each epoch's validation metrics.
+    `overwrite` replaces a finished run in OUTPUT_DIR (else refused); `callbacks` are further
+    TrainerCallbacks (tune's pruning); they see each epoch's validation metrics.
     """
     output_dir = Path(output_dir)
     check_output_dir(output_dir, "--output-dir")
+    if (output_dir / MANIFEST_FILE).is_file():
+        raise ConfigError(f"{output_dir} is a registry version (it holds {MANIFEST_FILE}), and a registered version "
+                          "never changes: train into another --output-dir")
+    if (output_dir / RUN_FILE).is_file() and not resume:
+        if not overwrite:
+            raise ConfigError(
+                f"{output_dir} holds a finished run ({RUN_FILE}): pass --overwrite to replace it (its "
+                f"{', '.join(FINISHED_RUN_FILES)}), or choose another --output-dir"
+            )
+        if int(os.environ.get("RANK", "0")) == 0:  # the old run's scores must not outlive its adapter
+            for name in FINISHED_RUN_FILES:
+                path = output_dir / name
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink(missing_ok=True)
     checkpoints = output_dir / CHECKPOINT_DIRNAME
     left = interrupted_checkpoints(output_dir)
     if resume and not left:
