@@ -133,3 +133,15 @@ def test_a_resumed_auto_job_whose_backend_cannot_run_says_so(tiny_run, blocked_c
     resumed = cli(*args, "--resume", "--skip-bad-rows", check=False)
     assert resumed.returncode == 2, resumed.stderr
     assert f"--resume: this job began on backend {chosen} (" in resumed.stderr and "cannot run here now" in resumed.stderr
+
+
+def test_a_plain_peft_adapter_is_read_with_defaults_that_are_named(tiny_run, tmp_path, caplog):
+    import shutil
+
+    plain = tmp_path / "plain"  # no yelp_lora.json: how it was trained is unknown
+    shutil.copytree(tiny_run / "adapter", plain)
+    (plain / "yelp_lora.json").unlink()
+    predictor = Predictor(plain, backend="torch")
+    assert (predictor.meta.max_length, predictor.meta.temperature) == (256, 1.0)
+    assert (f"{plain} has no yelp_lora.json: reading reviews up to 256 tokens cut at their head, temperature 1"
+            in caplog.text)

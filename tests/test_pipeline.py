@@ -193,6 +193,9 @@ def test_user_mistakes_get_one_clear_line(tmp_path, minilm_run):
     version = tmp_path / "registry" / "v3"  # a registry version, taken for a run directory
     version.mkdir(parents=True)
     (version / "manifest.json").write_text("{}")
+    edited = tmp_path / "edited"  # an adapter whose yelp_lora.json was edited by hand past what BERT reads
+    shutil.copytree(minilm_run / "adapter", edited)
+    (edited / "yelp_lora.json").write_text(json.dumps({**read_json(edited / "yelp_lora.json"), "max_length": 100000}))
     cases = [
         (("train", "--data", "./missing-dir", "--output-dir", str(tmp_path / "x")), "data path not found: ./missing-dir"),
         (("train", "--config", "nope.yaml", "--output-dir", str(tmp_path / "x")), "config file not found"),
@@ -233,6 +236,8 @@ def test_user_mistakes_get_one_clear_line(tmp_path, minilm_run):
          "extra training source nope.csv (--extra-train, data.extra_train): data path not found: nope.csv"),
         (("train", "--output-dir", str(minilm_run)), f"{minilm_run} holds a finished run (run.json): pass --overwrite to "
          "replace it (its adapter, run.json, compare.json, report), or choose another --output-dir"),
+        (("predict", "--adapter", str(edited), "Great tacos."),
+         f"{edited / 'yelp_lora.json'} is not a valid AdapterMeta (max_length: Input should be less than or equal to 512)"),
         (("train", "--output-dir", str(version), "--overwrite"),
          f"{version} is a registry version (it holds manifest.json), and a registered version never changes"),
     ]

@@ -226,6 +226,39 @@ def test_merged_export_loads_in_a_plain_pipeline_with_equal_logits(registry, tmp
     assert result.returncode == 2 and "is not an earlier yelp-lora export" in result.stderr
 
 
+def test_a_head_tail_adapters_export_records_its_cut_and_the_documented_recipe_reads_as_predict(minilm_run, tmp_path, caplog):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    run = tmp_path / "run"  # the session's run, as if trained with head+tail (what the demo's config says)
+    shutil.copytree(minilm_run, run)
+    meta_file = run / "adapter" / "yelp_lora.json"
+    meta_file.write_text(json.dumps({**read_json(meta_file), "truncation": "head+tail", "head_tokens": 48}))
+    registry, target = tmp_path / "registry", tmp_path / "merged"
+    cli("registry", "add", str(run), "--registry", str(registry))
+    cli("export", "v1", "--merged", str(target), "--registry", str(registry))
+    assert "v1 reads a review longer than 256 tokens by its first 48 and last 208 tokens" in caplog.text
+    info = read_json(target / "yelp_lora_export.json")
+    assert (info["truncation"], info["kept_head"], info["max_length"]) == ("head+tail", 48, 256)
+
+    texts = review_texts(8)
+    answers = json.loads(cli("predict", "--version", "v1", "--registry", str(registry), "--backend", "torch", "--json", *texts).stdout)
+    # docs/deploy.md's recipe, as written there.
+    tokenizer = AutoTokenizer.from_pretrained(target)
+    model = AutoModelForSequenceClassification.from_pretrained(target).eval()
+    cut = 0
+    for text, answer in zip(texts, answers):
+        ids = tokenizer(text)["input_ids"]
+        if len(ids) > info["max_length"]:
+            ids = ids[: info["kept_head"]] + ids[len(ids) - (info["max_length"] - info["kept_head"]):]
+            cut += 1
+        with torch.inference_mode():
+            logits = model(input_ids=torch.tensor([ids])).logits[0]
+        got = torch.softmax(logits / info["temperature"], dim=-1).tolist()
+        assert got == pytest.approx([answer["probabilities"][name] for name in model.config.id2label.values()], abs=1e-4)
+    assert cut, "a review longer than 256 tokens exercises the cut"
+
+
 def test_a_base_whose_recorded_hash_cannot_be_recomputed_is_refused(own_registry):
     manifest_file = own_registry / "v1" / "manifest.json"
     manifest = json.loads(manifest_file.read_text())

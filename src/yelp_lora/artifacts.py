@@ -18,9 +18,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
 
-from yelp_lora.config import LABEL_NAMES, RunConfig, kept_head
+from yelp_lora.config import LABEL_NAMES, RunConfig, Truncation, kept_head
 from yelp_lora.errors import DataError, ModelError
 from yelp_lora.util.atomic import atomic_dir, atomic_write_text
 
@@ -78,11 +78,17 @@ class AdapterMeta(Record):
     base_model_path: str
     data_source: str | None = None
     head_seed: int = 42
-    max_length: int = 256
+    max_length: int = Field(256, ge=8, le=512, description="BERT reads at most 512 positions")
     label_names: list[str] = Field(default_factory=lambda: list(LABEL_NAMES))
-    truncation: str = "head"
-    head_tokens: int | None = Field(None, description="ids kept from the start of a cut review (head+tail)")
+    truncation: Truncation = "head"
+    head_tokens: int | None = Field(None, ge=1, description="ids kept from the start of a cut review (head+tail)")
     temperature: float = Field(1.0, gt=0, description="divide the logits by it before the softmax (fitted on validation)")
+
+    @model_validator(mode="after")
+    def _head_inside_max_length(self) -> "AdapterMeta":
+        if self.kept_head >= self.max_length:  # a hand edit: the tail would be empty or negative
+            raise ValueError(f"head_tokens {self.head_tokens} must be below max_length {self.max_length}")
+        return self
 
     @property
     def kept_head(self) -> int:

@@ -25,6 +25,8 @@ ID2LABEL = dict(enumerate(LABEL_NAMES))
 LABEL2ID = {name: i for i, name in ID2LABEL.items()}
 # What NumPy's and Optuna's generators accept as a seed.
 SEED_RANGE = dict(ge=0, le=2**32 - 1)
+# How a review longer than max_length is cut (ModelConfig.truncation, and the adapter's yelp_lora.json).
+Truncation = Literal["head", "head+tail"]
 
 
 class _Section(BaseModel):
@@ -50,7 +52,7 @@ class ModelConfig(_Section):
         description="How training draws dropout masks. fast = 16-bit draws (yelp_lora.modeling.dropout), measured ~3x cheaper "
         "than torch's per-element ones on CPU; auto = fast on CPU, torch on CUDA (its fused kernels).",
     )
-    truncation: Literal["head", "head+tail"] = Field(
+    truncation: Truncation = Field(
         "head",
         description="How a review longer than max_length is cut, in training, evaluation and prediction alike: "
         "head keeps its first tokens; head+tail keeps the first head_tokens and the last "

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, Field
 
-from yelp_lora.artifacts import ADAPTER_DIRNAME, ADAPTER_WEIGHTS, read_adapter_meta, resolve_adapter_dir
+from yelp_lora.artifacts import ADAPTER_DIRNAME, ADAPTER_META_FILE, ADAPTER_WEIGHTS, read_adapter_meta, resolve_adapter_dir
 from yelp_lora.errors import ConfigError, RegistryError, SaveError
 from yelp_lora.config import LABEL_NAMES, LONG_TEXT_MODES, MAX_WINDOWS_PER_TEXT, LongText
 from yelp_lora.modeling.base import load_adapter
@@ -82,6 +82,9 @@ class Predictor:
         self.max_windows = MAX_WINDOWS_PER_TEXT if long_text == "chunk" else 1
         self.adapter_dir = resolve_adapter_dir(adapter)
         self.meta = read_adapter_meta(self.adapter_dir)
+        if not (self.adapter_dir / ADAPTER_META_FILE).is_file():  # a plain PEFT adapter: how it was trained is unknown
+            log.warning("%s has no %s: reading reviews up to %d tokens cut at their head, temperature 1 (a plain "
+                        "PEFT adapter's defaults)", self.adapter_dir, ADAPTER_META_FILE, self.meta.max_length)
         self.manifest = manifest  # set when loaded from the registry
         device = pick_device()
         # 'auto' resolves per machine (modeling.hardware); `backend_reason` says why, for logs and the bench.
