@@ -103,7 +103,7 @@ def test_command_settings_are_validated_when_built_and_frozen():
     settings = build_settings(ServeSettings, max_texts=8, max_batch=8)
     with pytest.raises(ValidationError):
         settings.max_texts = 9
-    assert settings.max_body_bytes == 8 * (20_000 * 4 + 16) + 1024
+    assert settings.max_body_bytes == 8 * (20_000 * 6 + 16) + 1024
 
 
 def test_the_api_key_comes_from_the_environment_by_default(monkeypatch):

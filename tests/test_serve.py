@@ -105,6 +105,9 @@ BAD_REQUESTS = [
     # (id, request keyword arguments, status, error code, words in the message)
     ("malformed-json", {"content": b'{"texts": ["fine",'}, 400, "malformed_json", "not valid JSON"),
     ("not-utf8", {"content": b'\xff\xfe{"texts": ["a"]}'}, 400, "malformed_json", "not valid JSON"),
+    ("latin-1", {"content": b'{"text":"caf\xe9 \xff"}'}, 400, "malformed_json", "not UTF-8: byte 12 cannot be decoded"),
+    ("nested-deep", {"content": b'{"text": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"}, 400, "malformed_json", "nested too deeply"),
+    ("huge-number", {"content": b'{"text": ' + b"9" * 5_000 + b"}"}, 400, "malformed_json", "integer string conversion"),
     ("no-body", {"content": b""}, 422, "invalid_request", "no request body"),
     ("json-list-body", {"json": ["a review"]}, 422, "invalid_request", "must be a JSON object"),
     ("neither-field", {"json": {}}, 422, "invalid_request", "send either 'texts'"),
@@ -121,7 +124,7 @@ BAD_REQUESTS = [
     ("number-single", {"json": {"text": 5}}, 422, "invalid_request", "text: Input should be a valid string"),
     ("too-many-texts", {"json": {"texts": ["fine"] * 65}}, 413, "too_many_texts", "65 texts in one request, over the limit of 64"),
     ("too-long-text", {"json": {"texts": ["fine", LONG]}}, 413, "text_too_long", "texts[1] is 20,001 characters long"),
-    ("huge-body", {"content": b'{"texts": ["' + b"a" * 6_000_000 + b'"]}'}, 413, "body_too_large", "request body over the limit"),
+    ("huge-body", {"content": b'{"texts": ["' + b"a" * 8_000_000 + b'"]}'}, 413, "body_too_large", "request body over the limit"),
     ("form-body", {"data": {"text": "tasty"}}, 415, "unsupported_media_type", "Content-Type: application/json"),
 ]
 
@@ -135,6 +138,16 @@ def test_bad_input_gets_a_clear_4xx(client, request_kwargs, status, code, words)
     assert error["code"] == code and words in error["message"], error
     # ... and the service keeps answering.
     assert client.post("/v1/classify", json={"text": "Lovely staff."}).status_code == 200
+
+
+def test_texts_at_their_limits_fit_in_the_body_even_with_every_character_escaped(client):
+    import json
+
+    body = json.dumps({"texts": ["日" * 20_000] * 64}).encode()  # \u65e5: 6 bytes a character, as requests sends it
+    assert len(body) > 64 * 20_000 * 4  # past the old limit, which counted 4 bytes a character
+    response = client.post("/v1/classify", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 200, response.text
+    assert len(response.json()["results"]) == 64
 
 
 def test_wrong_routes_and_methods_are_4xx(client):

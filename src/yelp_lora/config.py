@@ -435,8 +435,9 @@ class ServeSettings(_Settings):
 
     @property
     def max_body_bytes(self) -> int:
-        # Every text at its character limit, at 4 UTF-8 bytes per character (plus JSON framing).
-        return self.max_texts * (self.max_chars * 4 + 16) + 1024
+        # Every text at its character limit, each character sent as JSON's longest escape of one
+        # (\uXXXX, 6 bytes: json.dumps and requests escape non-ASCII by default), plus framing.
+        return self.max_texts * (self.max_chars * 6 + 16) + 1024
 
 
 class BenchSettings(_Settings):

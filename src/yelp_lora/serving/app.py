@@ -82,6 +82,15 @@ def _field(loc: tuple) -> str:
     return out or "body"
 
 
+def _unreadable(cause: BaseException) -> str:
+    """Why a body that is not malformed JSON text still could not be read as JSON."""
+    if isinstance(cause, UnicodeDecodeError):
+        return f"not UTF-8: byte {cause.start} cannot be decoded"
+    if isinstance(cause, RecursionError):
+        return "nested too deeply"
+    return str(cause)  # e.g. Python's limit on the digits of an integer
+
+
 def _validation_error(err: RequestValidationError) -> ApiError:
     errors = err.errors()
     invalid_json = [e for e in errors if e.get("type") == "json_invalid"]
@@ -319,6 +328,8 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> F
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(request: Request, err: StarletteHTTPException):
+        if err.status_code == 400 and err.__cause__ is not None:  # FastAPI could not read the body as JSON
+            return error_response(ApiError(400, "malformed_json", f"the request body is not valid JSON ({_unreadable(err.__cause__)})"))
         code = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}.get(err.status_code, "http_error")
         message = f"{request.method} {request.url.path}: {err.detail}"
         return error_response(ApiError(err.status_code, code, message, headers=getattr(err, "headers", None)))
