@@ -257,6 +257,10 @@ def test_overwrite_replaces_a_finished_run_and_every_score_of_it(tiny_run, tiny_
     (run / "compare.json").write_text("{}")  # the old adapter's test scores
     (run / "report").mkdir()
     before = (run / "adapter" / "adapter_model.safetensors").read_bytes()
+    # A mistake found before training starts leaves the old run as it was.
+    typo = run_cli(*tiny_train_args(tiny_bert_dir, tmp_path / "typo", run, "--overwrite"), env=TINY_ENV, check=False)
+    assert typo.returncode == 2 and "data path not found" in typo.stderr
+    assert sorted(path.name for path in run.iterdir()) == ["adapter", "compare.json", "report", "run.json"]
     run_cli(*tiny_train_args(tiny_bert_dir, data_dir, run, "--max-steps", "2", "--seed", "7", "--overwrite"), env=TINY_ENV)
     assert sorted(path.name for path in run.iterdir()) == ["adapter", "run.json"]
     assert (run / "adapter" / "adapter_model.safetensors").read_bytes() != before

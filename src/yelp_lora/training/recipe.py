@@ -223,6 +223,15 @@ def class_weights(labels: list[int]) -> torch.Tensor:
 FINISHED_RUN_FILES = (ADAPTER_DIRNAME, RUN_FILE, COMPARE_FILE, REPORT_DIRNAME)
 
 
+def _remove_finished_run(output_dir: Path) -> None:
+    for name in FINISHED_RUN_FILES:
+        path = output_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
 def train(
     config: RunConfig, output_dir: str | Path, *, resume: bool = False, overwrite: bool = False, callbacks: list | None = None,
 ) -> RunRecord | None:
@@ -236,19 +245,12 @@ def train(
     if (output_dir / MANIFEST_FILE).is_file():
         raise ConfigError(f"{output_dir} is a registry version (it holds {MANIFEST_FILE}), and a registered version "
                           "never changes: train into another --output-dir")
-    if (output_dir / RUN_FILE).is_file() and not resume:
-        if not overwrite:
-            raise ConfigError(
-                f"{output_dir} holds a finished run ({RUN_FILE}): pass --overwrite to replace it (its "
-                f"{', '.join(FINISHED_RUN_FILES)}), or choose another --output-dir"
-            )
-        if int(os.environ.get("RANK", "0")) == 0:  # the old run's scores must not outlive its adapter
-            for name in FINISHED_RUN_FILES:
-                path = output_dir / name
-                if path.is_dir():
-                    shutil.rmtree(path)
-                else:
-                    path.unlink(missing_ok=True)
+    replacing = (output_dir / RUN_FILE).is_file() and not resume
+    if replacing and not overwrite:
+        raise ConfigError(
+            f"{output_dir} holds a finished run ({RUN_FILE}): pass --overwrite to replace it (its "
+            f"{', '.join(FINISHED_RUN_FILES)}), or choose another --output-dir"
+        )
     checkpoints = output_dir / CHECKPOINT_DIRNAME
     left = interrupted_checkpoints(output_dir)
     if resume and not left:
@@ -302,6 +304,8 @@ def train(
             loraplus_lr_ratio=train_config.loraplus_lr_ratio,
             callbacks=callbacks,
         )
+        if replacing and trainer.is_world_process_zero():  # everything checked: the old run goes, scores and all
+            _remove_finished_run(output_dir)
         started = time.time()
         result = trainer.train(resume_from_checkpoint=True if resume else None)
         wall = time.time() - started
