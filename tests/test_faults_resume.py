@@ -112,3 +112,20 @@ def test_ctrl_c_says_what_was_kept_and_how_to_go_on(tiny_bert_dir, data_dir, tmp
     [kept] = checkpoints.glob("checkpoint-*")  # save_total_limit 1
     assert stderr.endswith(f"yelp-lora train: interrupted; {kept} is kept: the same command with --resume goes on from it\n")
     assert "Traceback" not in stderr
+
+
+def test_resume_refuses_data_that_changed_since_the_checkpoint(tiny_bert_dir, data_dir, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"  # the run's data, edited between the kill and the resume
+    data.mkdir()
+    for name in ("train.csv", "test.csv"):
+        shutil.copy(data_dir / name, data / name)
+    args = tiny_train_args(tiny_bert_dir, data, tmp_path / "run", *SCHEDULE)
+    assert kill_at_next_checkpoint(args, tmp_path / "run" / "checkpoints") == "checkpoint-4"
+    lines = (data / "train.csv").read_text(encoding="utf-8").splitlines(keepends=True)
+    (data / "train.csv").write_text("".join(lines[:1] + lines[1:][::-1]), encoding="utf-8")  # same rows, other ids
+    resumed = cli(*args, "--resume", check=False)
+    assert resumed.returncode == 2, resumed.stderr
+    assert "--resume: the data differ from the interrupted run's (train rows " in resumed.stderr
+    assert f"delete {tmp_path / 'run' / 'checkpoints'} to start over" in resumed.stderr

@@ -39,6 +39,8 @@ MANIFEST_FILE = "manifest.json"
 CHECKPOINT_DIRNAME = "checkpoints"
 # The config a checkpointed run started with, so --resume refuses to continue a different run.
 RESUME_CONFIG_FILE = "run_config.json"
+# ... and the fingerprints of its training and validation rows, so --resume refuses changed data.
+RESUME_DATA_FILE = "run_data.json"
 STAGING_PREFIX = ".staging-"
 
 

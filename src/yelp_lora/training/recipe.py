@@ -25,6 +25,7 @@ from yelp_lora.artifacts import (
     MANIFEST_FILE,
     REPORT_DIRNAME,
     RESUME_CONFIG_FILE,
+    RESUME_DATA_FILE,
     RUN_FILE,
     STAGING_PREFIX,
     AdapterMeta,
@@ -77,6 +78,22 @@ def _check_resume_config(config: RunConfig, checkpoints: Path, resume: bool, is_
             for stale in checkpoints.glob(f"{STAGING_PREFIX}*"):
                 shutil.rmtree(stale, ignore_errors=True)
     elif is_main:
+        atomic_write_text(recorded, json.dumps(current, indent=2) + "\n")
+
+
+def _check_resume_data(splits: dict, checkpoints: Path, resume: bool, is_main: bool) -> None:
+    """Record the fingerprints of a checkpointed run's rows; on --resume, refuse rows that differ
+    (the checkpoint's epochs learnt from the old ones, and run.json would record the new)."""
+    recorded = checkpoints / RESUME_DATA_FILE
+    current = {name: split.fingerprint() for name, split in splits.items()}
+    if resume and recorded.is_file():
+        before = json.loads(recorded.read_text(encoding="utf-8"))
+        changed = [f"{name} rows {before.get(name, '?')[:12]}… -> {value[:12]}…" for name, value in current.items()
+                   if before.get(name) != value]
+        if changed:
+            raise ConfigError(f"--resume: the data differ from the interrupted run's ({'; '.join(changed)}, "
+                              f"fingerprints): restore it, or delete {checkpoints} to start over")
+    elif not resume and is_main:
         atomic_write_text(recorded, json.dumps(current, indent=2) + "\n")
 
 
@@ -261,13 +278,16 @@ def train(
             f"or delete {checkpoints} to start over"
         )
     checkpointing = bool(config.train.save_steps) or resume
+    is_main = int(os.environ.get("RANK", "0")) == 0
     if checkpointing:
-        _check_resume_config(config, checkpoints, resume, is_main=int(os.environ.get("RANK", "0")) == 0)
+        _check_resume_config(config, checkpoints, resume, is_main)
     device = pick_device()
     require_tracking(config.train)  # a tracking integration not installed fails first
     args = training_arguments(config, output_dir, device, resume_possible=checkpointing)  # bad settings fail here
     rows = training_rows(config.data, config.train.seed)
     train_split, val_split, full_train = rows.train, rows.validation, rows.primary
+    if checkpointing:
+        _check_resume_data({"train": train_split, "validation": val_split}, checkpoints, resume, is_main)
     source = resolve_source(config.data.source)
     base_path = resolve_model_path(config.model.name_or_path)
     tokenizer = load_tokenizer(config.model.name_or_path)
