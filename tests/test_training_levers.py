@@ -215,6 +215,24 @@ def test_an_extra_source_named_like_a_test_split_is_refused_and_nothing_is_train
         assert f"extra training source {source}: its name says it is a test split" in result.stderr
         assert "Traceback" not in result.stderr
         assert not (out / "run.json").exists() and not (out / "adapter").exists()
+    # The main source too: one file named as a test split is not trained on.
+    result = cli(*tiny_train_args(tiny_bert_dir, linked, out), check=False)
+    assert result.returncode == 2 and f"data source {linked}: its name says it is a test split" in result.stderr
+
+
+def test_an_adapter_trained_on_one_file_is_not_scored_on_its_own_rows_by_default(tiny_run, data_dir, tmp_path):
+    import json
+    import shutil
+
+    run = tmp_path / "run"  # as if trained with --data train.csv, one file
+    shutil.copytree(tiny_run, run)
+    meta = run / "adapter" / "yelp_lora.json"
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "data_source": str(data_dir / "train.csv")}))
+    for command in ("evaluate", "compare"):
+        refused = cli(command, "--adapter", str(run), "--n", "10", check=False)
+        assert refused.returncode == 2, refused.stderr
+        assert f"the adapter was trained on one file, {data_dir / 'train.csv'}, which holds no test rows" in refused.stderr
+    assert cli("evaluate", "--adapter", str(run), "--n", "10", "--data", str(data_dir)).returncode == 0
 
 
 @pytest.mark.parametrize("value, why", [

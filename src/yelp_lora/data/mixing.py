@@ -24,6 +24,7 @@ class TrainingRows:
 
 def training_rows(data: DataConfig, seed: int) -> TrainingRows:
     source = resolve_source(data.source)
+    _refuse_test_file(Path(source).expanduser(), f"data source {data.source}")
     primary = load_split(source, "train", skip_bad_rows=data.skip_bad_rows)
     train, validation = train_val_split(primary, data.val_samples, data.train_samples, seed)
     sources = [_source_rows(train, primary)]
@@ -101,6 +102,13 @@ def _looks_like_test(path: Path) -> bool:
     return stem == "test" or stem.endswith(("_test", "-test", ".test"))
 
 
+def _refuse_test_file(path: Path, what: str) -> None:
+    """Test rows are never trained on. A link is judged by its target's name too (train.csv -> test.csv)."""
+    if path.is_file() and (_looks_like_test(path) or _looks_like_test(path.resolve())):
+        raise DataError(f"{what}: its name says it is a test split, and test rows are for evaluation only; "
+                        "rename it if it really holds training rows")
+
+
 def _extra_path(extra: TrainSource, primary: str) -> str:
     """The extra source, refused if it is, or looks like, a test split: test rows are never trained on.
 
@@ -112,12 +120,7 @@ def _extra_path(extra: TrainSource, primary: str) -> str:
     beside = Path(primary) / extra.source
     if not path.exists() and not path.is_absolute() and Path(primary).is_dir() and beside.is_file():
         path, resolved = beside, str(beside)
-    # A link is judged by its target's name too (train.csv -> test.csv is still test rows).
-    if path.is_file() and (_looks_like_test(path) or _looks_like_test(path.resolve())):
-        raise DataError(
-            f"extra training source {extra.source}: its name says it is a test split, and test rows are "
-            "for evaluation only; rename it if it really holds training rows"
-        )
+    _refuse_test_file(path, f"extra training source {extra.source}")
     return resolved
 
 

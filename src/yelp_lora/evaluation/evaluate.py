@@ -31,6 +31,7 @@ from yelp_lora.config import LABEL_NAMES, EvalSettings
 from yelp_lora.data.rows import Split
 from yelp_lora.data.sampling import sample_split
 from yelp_lora.data.sources import load_split
+from yelp_lora.errors import DataError
 from yelp_lora.metrics import calibration, detailed, headline, mcnemar, ordinal, predictions_of
 from yelp_lora.modeling.base import build_classifier, load_adapter
 from yelp_lora.modeling.forward import predict_logits, softmax
@@ -55,7 +56,11 @@ class EvaluationResult(Record):
 
 def load_eval_split(meta: AdapterMeta, settings: EvalSettings) -> Split:
     """A seeded stratified sample of the settings' split, from their source or else the adapter's training data."""
-    rows = load_split(settings.data or meta.data_source or "auto", settings.split, skip_bad_rows=settings.skip_bad_rows)
+    trained_on = meta.data_source or "auto"
+    if settings.data is None and settings.split == "test" and Path(trained_on).is_file():
+        raise DataError(f"the adapter was trained on one file, {trained_on}, which holds no test rows apart from its "
+                        "training rows: pass --data with held-out reviews")
+    rows = load_split(settings.data or trained_on, settings.split, skip_bad_rows=settings.skip_bad_rows)
     return sample_split(rows, settings.n, settings.seed)
 
 
