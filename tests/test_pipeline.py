@@ -193,6 +193,9 @@ def test_user_mistakes_get_one_clear_line(tmp_path, minilm_run):
     version = tmp_path / "registry" / "v3"  # a registry version, taken for a run directory
     version.mkdir(parents=True)
     (version / "manifest.json").write_text("{}")
+    not_a_model = tmp_path / "reviews"  # a data directory given as --model
+    not_a_model.mkdir()
+    (not_a_model / "train.csv").write_text("label,text\n1,fine\n")
     edited = tmp_path / "edited"  # an adapter whose yelp_lora.json was edited by hand past what BERT reads
     shutil.copytree(minilm_run / "adapter", edited)
     (edited / "yelp_lora.json").write_text(json.dumps({**read_json(edited / "yelp_lora.json"), "max_length": 100000}))
@@ -238,6 +241,12 @@ def test_user_mistakes_get_one_clear_line(tmp_path, minilm_run):
          "replace it (its adapter, run.json, compare.json, report), or choose another --output-dir"),
         (("predict", "--adapter", str(edited), "Great tacos."),
          f"{edited / 'yelp_lora.json'} is not a valid AdapterMeta (max_length: Input should be less than or equal to 512)"),
+        (("train", "--config", DEMO_CONFIG, "--set", "lora.target_modules=[query,vlaue]", "--output-dir", str(tmp_path / "x")),
+         "lora.target_modules: no module of the base model is named 'vlaue' (its linear layers: classifier, dense, key, query, value)"),
+        (("train", "--set", "lora.target_modules=[]", "--output-dir", str(tmp_path / "x")),
+         "lora.target_modules: List should have at least 1 item"),
+        (("train", "--model", str(not_a_model), "--output-dir", str(tmp_path / "x")),
+         f"cannot load the tokenizer of '{not_a_model}': no tokenizer files in it"),
         (("train", "--output-dir", str(version), "--overwrite"),
          f"{version} is a registry version (it holds manifest.json), and a registered version never changes"),
     ]

@@ -88,7 +88,7 @@ class LoraSettings(_Section):
     r: int = Field(8, ge=1)
     alpha: int = Field(16, ge=1)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
-    target_modules: list[str] = ["query", "value"]
+    target_modules: list[str] = Field(["query", "value"], min_length=1)
     bias: Literal["none", "all", "lora_only"] = "none"
 
 

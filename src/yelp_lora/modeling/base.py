@@ -50,6 +50,9 @@ def load_tokenizer(base: str):
         tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(base))
     except OSError as err:
         raise ModelError(f"cannot load the tokenizer of '{base}': {err}") from None
+    except ValueError:  # files there, but none a tokenizer is built from (transformers suggests sentencepiece)
+        raise ModelError(f"cannot load the tokenizer of '{base}': no tokenizer files in it (a model directory needs "
+                         "config.json, its weights and tokenizer.json or vocab.txt)") from None
     # A loading option, not part of the tokenizer: transformers forces it on under HF_HUB_OFFLINE and
     # would write it into every saved tokenizer_config.json, so an adapter's bytes would depend on it.
     tokenizer.init_kwargs.pop("local_files_only", None)

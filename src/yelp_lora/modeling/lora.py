@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 from yelp_lora.config import LoraSettings
+from yelp_lora.errors import ConfigError
 
 
 def apply_lora(model, lora: LoraSettings):
     from peft import LoraConfig, TaskType, get_peft_model
+
+    # peft adapts the modules whose name is, or ends with, a target; a misspelt one would simply adapt
+    # fewer modules than asked.
+    names = [name for name, _ in model.named_modules()]
+    unmatched = [target for target in lora.target_modules if not any(n == target or n.endswith("." + target) for n in names)]
+    if unmatched:
+        linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules() if type(module).__name__ == "Linear"})
+        raise ConfigError(f"lora.target_modules: no module of the base model is named {', '.join(map(repr, unmatched))} "
+                          f"(its linear layers: {', '.join(linear)})")
 
     config = LoraConfig(
         task_type=TaskType.SEQ_CLS,  # keeps the classifier head trainable and saved (modules_to_save)

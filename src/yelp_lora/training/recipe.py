@@ -284,21 +284,22 @@ def train(
     device = pick_device()
     require_tracking(config.train)  # a tracking integration not installed fails first
     args = training_arguments(config, output_dir, device, resume_possible=checkpointing)  # bad settings fail here
+    # The model before the data: a model mistake (a misspelt LoRA target, no tokenizer) fails in seconds.
+    base_path = resolve_model_path(config.model.name_or_path)
+    tokenizer = load_tokenizer(config.model.name_or_path)
+    model = build_training_model(config, device)  # seeded itself: what ran before does not change it
+    line = parameter_line(model)
+    print(line, flush=True)
+    trainable, total = model.get_nb_trainable_parameters()
+
     rows = training_rows(config.data, config.train.seed)
     train_split, val_split, full_train = rows.train, rows.validation, rows.primary
     if checkpointing:
         _check_resume_data({"train": train_split, "validation": val_split}, checkpoints, resume, is_main)
     source = resolve_source(config.data.source)
-    base_path = resolve_model_path(config.model.name_or_path)
-    tokenizer = load_tokenizer(config.model.name_or_path)
     pad, head = config.train.pad_to_max_length, config.model.kept_head
     train_set = tokenize(train_split, tokenizer, config.model.max_length, head, pad)
     val_set = tokenize(val_split, tokenizer, config.model.max_length, head, pad)
-
-    model = build_training_model(config, device)
-    line = parameter_line(model)
-    print(line, flush=True)
-    trainable, total = model.get_nb_trainable_parameters()
 
     meta = AdapterMeta(
         base_model=config.model.name_or_path, base_model_path=base_path, data_source=source,
