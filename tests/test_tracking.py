@@ -99,6 +99,20 @@ def test_an_integration_not_installed_is_a_clear_error_before_any_data_is_read(i
     assert not out.exists()
 
 
+def test_a_tracking_server_that_does_not_answer_is_a_clear_error_before_any_data_is_read(tiny_bert_dir, tmp_path, monkeypatch):
+    import socket
+
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    out = tmp_path / "run"
+    result = cli(*tiny_train_args(tiny_bert_dir, tmp_path / "no-such-data.csv", out, "--report-to", "mlflow"), check=False)
+    assert result.returncode == 2
+    assert f"error: the MLflow tracking server http://127.0.0.1:{port} ($MLFLOW_TRACKING_URI) does not answer" in result.stderr
+    assert not out.exists()
+
+
 def test_environment_restores_what_it_set_and_what_a_library_set_inside_it(monkeypatch):
     monkeypatch.setenv("YELP_LORA_TEST_SET", "before")
     monkeypatch.delenv("YELP_LORA_TEST_NEW", raising=False)

@@ -22,6 +22,7 @@ from yelp_lora.errors import ConfigError
 MLFLOW_DB = "mlflow.db"
 MLFLOW_ARTIFACTS_DIRNAME = "mlartifacts"
 TENSORBOARD_DIRNAME = "tensorboard"
+MLFLOW_PROBE_S = 10  # how long a tracking server is given to answer before training starts
 
 
 def default_mlflow_uri(directory: Path) -> str:
@@ -73,6 +74,7 @@ def study_run(train: TrainConfig, output_dir: Path, name: str, run_id: str | Non
     if train.report_to != "mlflow":
         yield None
         return
+    require(train)
     mlflow = _require("mlflow", "mlflow")
     with _store(mlflow, output_dir):
         if run_id is not None and not _holds_run(mlflow, run_id):
@@ -119,9 +121,23 @@ def _finish_mlflow(mlflow, output_dir: Path, figures: dict[str, float]) -> None:
 
 
 def require(train: TrainConfig) -> None:
-    """Fail before any data is read when train.report_to names an integration that is not installed."""
+    """Fail before any data is read when train.report_to names an integration that is not installed,
+    or an MLflow tracking server that does not answer (mlflow itself retries for minutes, silently)."""
     if train.report_to != "none":
         _require(train.report_to, train.report_to)
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if train.report_to == "mlflow" and uri.startswith(("http://", "https://")):
+        import urllib.error
+        import urllib.request
+
+        try:
+            urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=MLFLOW_PROBE_S).close()
+        except urllib.error.HTTPError:
+            pass  # it answered (behind a proxy or a login, say): mlflow's own calls will tell
+        except (OSError, ValueError) as err:
+            reason = getattr(err, "reason", err)
+            raise ConfigError(f"the MLflow tracking server {uri} ($MLFLOW_TRACKING_URI) does not answer ({reason}): "
+                              "start it, or unset the variable to log into RUN_DIR/mlflow.db") from None
 
 
 def _require(module: str, package: str):
