@@ -186,3 +186,14 @@ def test_training_and_prediction_read_files_through_one_reader(tmp_path):
                     encoding="utf-8")
     assert load_split(str(path), "train").texts == texts
     assert [row.text for row in iter_texts(path)] == texts
+
+
+def test_a_relative_data_path_is_made_absolute_so_the_run_can_be_found_from_anywhere(data_dir, tmp_path, monkeypatch):
+    from yelp_lora.data.sources import resolve_source
+
+    (tmp_path / "reviews").symlink_to(data_dir)
+    monkeypatch.chdir(tmp_path)
+    assert resolve_source("reviews") == resolve_source("./reviews") == str(tmp_path / "reviews")
+    monkeypatch.setenv("YELP_LORA_DATA", "reviews")
+    assert resolve_source("auto") == str(tmp_path / "reviews")
+    assert resolve_source("some_org/some_hub_set") == "some_org/some_hub_set"  # not a local path: a hub id

@@ -16,14 +16,14 @@ DATA_ENV = "YELP_LORA_DATA"
 
 
 def resolve_source(source: str) -> str:
-    """Turn 'auto' into a concrete source: $YELP_LORA_DATA, then ../shared's copy, then the hub."""
-    if source != "auto":
-        return source
-    if os.environ.get(DATA_ENV):
-        return os.environ[DATA_ENV]
-    if SHARED_DATA_DIR.is_dir():
-        return str(SHARED_DATA_DIR.resolve())
-    return DEFAULT_HUB_DATASET
+    """Turn 'auto' into a concrete source: $YELP_LORA_DATA, then ../shared's copy, then the hub. A local
+    path is made absolute, so that the run records where its data is from any directory."""
+    if source == "auto":
+        source = os.environ.get(DATA_ENV) or ""
+        if not source:
+            return str(SHARED_DATA_DIR.resolve()) if SHARED_DATA_DIR.is_dir() else DEFAULT_HUB_DATASET
+    path = Path(source).expanduser()
+    return str(path.absolute()) if path.exists() else source
 
 
 def _looks_like_path(source: str) -> bool:
