@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from support import DEMO_CONFIG, MINILM_RUN, MINILM_RUN_ARGS, cli, read_json, run_cli
+from support import DEMO_CONFIG, MINILM_RUN, cli, read_json, run_cli
 
 from yelp_lora.modeling import dropout
 
@@ -173,9 +173,9 @@ print(json.dumps(probs.tolist()))
     assert plain.argmax(1).tolist() == [row["label_id"] for row in ours]
 
 
-def test_same_command_twice_gives_byte_identical_adapter(minilm_run, data_dir, tmp_path):
-    again = tmp_path / "again"
-    run_cli("train", "--config", DEMO_CONFIG, "--data", str(data_dir), *MINILM_RUN_ARGS, "--output-dir", str(again))
+def test_training_again_from_run_json_gives_byte_identical_adapter(minilm_run, tmp_path):
+    again = tmp_path / "again"  # the run's own record as the config: every setting the command gave is in it
+    run_cli("train", "--config", str(minilm_run / "run.json"), "--output-dir", str(again))
     # Every file, adapter_config.json included (PEFT writes its target_modules set in hash order).
     files = sorted(p.name for p in (minilm_run / "adapter").iterdir())
     assert files == sorted(p.name for p in (again / "adapter").iterdir())

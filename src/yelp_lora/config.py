@@ -206,8 +206,13 @@ def check_padded_length(max_length: int, multiple: int | None, name: str) -> Non
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """Read a YAML preset (or the defaults) and apply dotted overrides such as {"train.seed": 7}."""
+    """Read a YAML preset (or the defaults) and apply dotted overrides such as {"train.seed": 7}.
+
+    A run's run.json serves as well: its `config`, so `--config RUN/run.json` trains that run again.
+    """
     raw = read_mapping(Path(path), "config file") if path is not None else {}
+    if {"config", "resolved"} <= raw.keys():  # a run record (artifacts.RunRecord), which YAML reads as JSON
+        raw = raw["config"]
     return _validated_config(_overridden(raw, overrides), f"config {path}" if path else "config")
 
 
