@@ -247,6 +247,8 @@ def test_user_mistakes_get_one_clear_line(tmp_path, minilm_run):
          "lora.target_modules: List should have at least 1 item"),
         (("train", "--model", str(not_a_model), "--output-dir", str(tmp_path / "x")),
          f"cannot load the tokenizer of '{not_a_model}': no tokenizer files in it"),
+        (("evaluate", "--adapter", str(minilm_run), "--json", str(tmp_path)), f"--json {tmp_path} is a directory: name a file"),
+        (("train", "--data", "/dev/null", "--output-dir", str(tmp_path / "x")), "data path /dev/null is not a regular file or a directory"),
         (("train", "--output-dir", str(version), "--overwrite"),
          f"{version} is a registry version (it holds manifest.json), and a registered version never changes"),
     ]

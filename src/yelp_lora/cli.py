@@ -29,6 +29,17 @@ def _given(args: argparse.Namespace, fields) -> dict:
     return {name: getattr(args, name) for name in fields if hasattr(args, name)}
 
 
+def _check_json_file(path: str | bool | None) -> None:
+    """A --json FILE that cannot be written fails now, not after the work it records (predict's --json is a switch)."""
+    if isinstance(path, str):
+        from yelp_lora.errors import UserError
+        from yelp_lora.util.atomic import check_output_dir
+
+        if Path(path).is_dir():
+            raise UserError(f"--json {path} is a directory: name a file")
+        check_output_dir(Path(path).absolute().parent, "--json's directory")
+
+
 def _write_json(path: str | None, record) -> None:
     """Write a record (pydantic) or a plain dict as the command's JSON file."""
     if path:
@@ -645,6 +656,7 @@ def main(argv: list[str] | None = None) -> int:
 
     quiet_upstream_warnings()
     try:
+        _check_json_file(getattr(args, "json", None))
         args.handler(args)
     except USER_ERRORS as err:
         print(f"yelp-lora {args.command}: error: {err}", file=sys.stderr)

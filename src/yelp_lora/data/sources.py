@@ -47,6 +47,8 @@ def load_split(source: str, split: str, *, skip_bad_rows: bool = False) -> Split
         path = _split_file(path, split)
     if path.is_file():
         return labelled_split(open_table(path), split, str(path), skip_bad_rows)
+    if path.exists():
+        raise DataError(f"data path {source} is not a regular file or a directory")
     if _looks_like_path(source):
         raise DataError(f"data path not found: {source}")
     return _load_hub(source, split, skip_bad_rows)
