@@ -87,6 +87,18 @@ def test_set_overrides_any_field_and_names_unknown_ones():
         load_config(None, parse_set(["lora_r=16"]))
     with pytest.raises(ConfigError, match="expected KEY=VALUE"):
         parse_set(["lora.r"])
+    # null sets null (a preset's 5,000 rows -> every row); nothing after '=' and a key set twice are refused.
+    seed = REPO / "configs" / "seed.yaml"
+    assert load_config(seed).data.train_samples == 5000
+    assert load_config(seed, parse_set(["data.train_samples=null"])).data.train_samples is None
+    with pytest.raises(ConfigError, match=r"--set 'lora.r=': no value; give one, or null for none"):
+        parse_set(["lora.r="])
+    with pytest.raises(ConfigError, match="--set lora.r given twice: give it once"):
+        parse_set(["lora.r=4", "lora.r=5"])
+    # A mistake on the command line is the command line's, not the preset's, and an unknown key lists the known ones.
+    with pytest.raises(ConfigError, match=r"^the command line: lora.rank: no such field \(lora has r, alpha, dropout, "
+                                          r"target_modules, bias\)$"):
+        load_config(seed, parse_set(["lora.rank=16"]))
 
 
 def test_command_settings_are_validated_when_built_and_frozen():

@@ -205,6 +205,10 @@ def check_padded_length(max_length: int, multiple: int | None, name: str) -> Non
         raise ValueError(f"{name} {multiple} pads max_length {max_length} to {padded} tokens, past BERT's 512")
 
 
+# `--set KEY=null`: the field set to null, where None in overrides keeps the preset's value.
+SET_NULL = type("SetNull", (), {"__repr__": lambda self: "null"})()
+
+
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
     """Read a YAML preset (or the defaults) and apply dotted overrides such as {"train.seed": 7}.
 
@@ -213,7 +217,8 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     raw = read_mapping(Path(path), "config file") if path is not None else {}
     if {"config", "resolved"} <= raw.keys():  # a run record (artifacts.RunRecord), which YAML reads as JSON
         raw = raw["config"]
-    return _validated_config(_overridden(raw, overrides), f"config {path}" if path else "config")
+    given = {key for key, value in (overrides or {}).items() if value is not None}
+    return _validated_config(_overridden(raw, overrides), f"config {path}" if path else "config", given)
 
 
 def with_overrides(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
@@ -244,21 +249,33 @@ def _overridden(raw: dict[str, Any], overrides: dict[str, Any] | None) -> dict[s
         if not key or section not in RunConfig.model_fields:
             sections = ", ".join(RunConfig.model_fields)
             raise ConfigError(f"unknown config field {dotted!r}: expected SECTION.KEY with SECTION one of {sections}")
-        raw.setdefault(section, {})[key] = value
+        raw.setdefault(section, {})[key] = None if value is SET_NULL else value
     return raw
 
 
-def _validated_config(raw: dict[str, Any], where: str) -> RunConfig:
+def _validated_config(raw: dict[str, Any], where: str, given: set[str] = frozenset()) -> RunConfig:
+    """RunConfig(raw), its errors in one line; `given`: the dotted fields the command line set, whose
+    errors are the command line's, not the preset's."""
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as err:
-        # A field's error names the field and its value; a rule across fields names them in its message.
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {str(e['msg']).removeprefix('Value error, ')} (got {e.get('input')!r})"
-            if e["loc"] else str(e["msg"]).removeprefix("Value error, ")
-            for e in err.errors()
-        )
+        errors = err.errors()
+        problems = "; ".join(_config_problem(e) for e in errors)
+        if all(".".join(str(p) for p in e["loc"][:2]) in given for e in errors):
+            where = "the command line"
         raise ConfigError(f"{where}: {problems}") from None
+
+
+def _config_problem(error: dict) -> str:
+    """A field's error names the field and its value; a rule across fields names them in its message."""
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if not error["loc"]:
+        return message
+    dotted = ".".join(str(p) for p in error["loc"])
+    section = RunConfig.model_fields.get(str(error["loc"][0]))
+    if error["type"] == "extra_forbidden" and len(error["loc"]) == 2 and section is not None:
+        return f"{dotted}: no such field ({error['loc'][0]} has {', '.join(section.annotation.model_fields)})"
+    return f"{dotted}: {message} (got {error.get('input')!r})"
 
 
 def changed_fields(before: dict[str, dict], after: dict[str, dict]) -> list[str]:
@@ -273,16 +290,23 @@ def changed_fields(before: dict[str, dict], after: dict[str, dict]) -> list[str]
 
 def parse_set(assignments: list[str]) -> dict[str, Any]:
     """`--set train.epochs=2` -> {"train.epochs": 2}; values are read as YAML scalars (`1e-3`, without a
-    dot, is the string '1e-3', which the config's float field then reads as 0.001)."""
+    dot, is the string '1e-3', which the config's float field then reads as 0.001); `null` sets a field
+    to null (SET_NULL: in overrides, None keeps the preset's value)."""
     overrides = {}
     for assignment in assignments:
         key, sep, text = assignment.partition("=")
-        if not sep or not key.strip():
+        key = key.strip()
+        if not sep or not key:
             raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE, e.g. train.learning_rate=1e-3")
+        if not text.strip():
+            raise ConfigError(f"--set {assignment!r}: no value; give one, or null for none")
+        if key in overrides:
+            raise ConfigError(f"--set {key} given twice: give it once")
         try:
-            overrides[key.strip()] = yaml.safe_load(text)
+            value = yaml.safe_load(text)
         except yaml.YAMLError as err:
             raise ConfigError(f"--set {assignment!r}: the value is not valid YAML ({err})") from None
+        overrides[key] = SET_NULL if value is None else value
     return overrides
 
 
