@@ -197,3 +197,33 @@ def test_a_relative_data_path_is_made_absolute_so_the_run_can_be_found_from_anyw
     monkeypatch.setenv("YELP_LORA_DATA", "reviews")
     assert resolve_source("auto") == str(tmp_path / "reviews")
     assert resolve_source("some_org/some_hub_set") == "some_org/some_hub_set"  # not a local path: a hub id
+
+
+def test_training_rows_of_one_label_are_refused_and_missing_labels_named(tmp_path, caplog):
+    import csv
+
+    from support import shared_rows
+
+    from yelp_lora.config import load_config
+    from yelp_lora.data.mixing import training_rows
+
+    def data_of(labels: set[int]) -> str:
+        path = tmp_path / f"labels{''.join(map(str, sorted(labels)))}.csv"
+        with open(path, "w", newline="", encoding="utf-8") as handle:
+            rows = [row for label in sorted(labels) for row in [r for r in shared_rows() if r[0] == label][:30]]
+            csv.writer(handle).writerows([("label", "text"), *rows])
+        return str(path)
+
+    settings = {"data.extra_train": [], "data.val_samples": 10}
+    with pytest.raises(DataError, match="are all strong_negative \\(label 0\\): a classifier needs rows of at least two labels"):
+        training_rows(load_config(None, {**settings, "data.source": data_of({0})}).data, seed=0)
+    training_rows(load_config(None, {**settings, "data.source": data_of({0, 4})}).data, seed=0)
+    assert "hold no negative (1), neutral (2), positive (3) reviews: the adapter never sees one" in caplog.text
+
+
+def test_a_text_repeated_with_another_label_is_named(tmp_path, caplog):
+    path = tmp_path / "conflicts.csv"
+    path.write_text("label,text\n1,same words\n3,same words\n1,same words\n2,other words\n", encoding="utf-8")
+    split = load_split(str(path), "train")
+    assert split.labels == [1, 3, 2] and split.duplicates_dropped == 1  # the exact repeat is dropped
+    assert f"{path}: 1 row(s) repeat an earlier row's text with another label; both are kept" in caplog.text

@@ -3,15 +3,18 @@ it first, plus any extra training sources, each drawn by its own size, fraction 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from yelp_lora.artifacts import RunRecord, SourceRows
-from yelp_lora.config import DataConfig, TrainSource
+from yelp_lora.config import LABEL_NAMES, NUM_LABELS, DataConfig, TrainSource
 from yelp_lora.data.rows import MAX_REPORTED_PROBLEMS, Split
 from yelp_lora.data.sampling import balanced_indices, stratified_indices, train_val_split
 from yelp_lora.data.sources import load_split, resolve_source
 from yelp_lora.errors import DataError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -57,7 +60,19 @@ def training_rows(data: DataConfig, seed: int) -> TrainingRows:
             texts=[t for part in parts for t in part.texts], labels=[y for part in parts for y in part.labels],
             row_ids=[r for part in parts for r in part.row_ids],
         )
+    _check_labels(train, source)
     return TrainingRows(train, validation, primary, sources)
+
+
+def _check_labels(train: Split, source: str) -> None:
+    """Refuse training rows of one label (nothing to tell apart); name the labels no row has."""
+    present = sorted(set(train.labels))
+    if len(present) < 2:
+        raise DataError(f"the training rows from {source} are all {LABEL_NAMES[present[0]]} (label {present[0]}): "
+                        "a classifier needs rows of at least two labels")
+    missing = [f"{LABEL_NAMES[label]} ({label})" for label in range(NUM_LABELS) if label not in present]
+    if missing:
+        log.warning("the training rows from %s hold no %s reviews: the adapter never sees one", source, ", ".join(missing))
 
 
 def run_training_rows(record: RunRecord, source: str | None = None) -> tuple[Split, Split]:

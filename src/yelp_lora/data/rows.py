@@ -8,6 +8,7 @@ its error).
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,8 @@ from yelp_lora.artifacts import SplitSummary
 from yelp_lora.config import NUM_LABELS
 from yelp_lora.data.readers import Table, shown, open_table
 from yelp_lora.errors import DataError
+
+log = logging.getLogger(__name__)
 
 # Real reviews stay under ~5,000 characters; a far longer "review" is a broken file.
 MAX_TEXT_CHARS = 100_000
@@ -145,7 +148,9 @@ class _RowCollector:
         self.row_ids: list[str] = []
         self.problems: list[str] = []
         self.duplicates = 0
+        self.conflicts = 0  # rows whose text came before with another label
         self._seen: set[tuple[str, int]] = set()
+        self._label_of: dict[str, int] = {}
 
     def problem(self, where: str, what: str) -> None:
         self.problems.append(f"{self.name}: {where}: {what}")
@@ -162,6 +167,8 @@ class _RowCollector:
             self.duplicates += 1
             return
         self._seen.add(key)
+        if self._label_of.setdefault(text, checked_label) != checked_label:  # type: ignore[arg-type]
+            self.conflicts += 1
         self.texts.append(text)  # type: ignore[arg-type]
         self.labels.append(checked_label)
         self.row_ids.append(row_id)
@@ -177,6 +184,8 @@ class _RowCollector:
             )
         if not self.texts:
             raise DataError(f"{self.name} has no usable rows for the {self.split} split")
+        if self.conflicts:
+            log.warning("%s: %d row(s) repeat an earlier row's text with another label; both are kept", self.name, self.conflicts)
         return Split(
             name=self.split,
             source=self.source,
