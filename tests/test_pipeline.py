@@ -236,7 +236,7 @@ def test_user_mistakes_get_one_clear_line(tmp_path, minilm_run):
         (("predict", "--adapter", str(minilm_run), "--resume", "--skip-bad-rows", "Great tacos."),
          "--resume, --skip-bad-rows need --output"),
         (("train", "--extra-train", "nope.csv:10", "--output-dir", str(tmp_path / "x")),
-         "extra training source nope.csv (--extra-train, data.extra_train): data path not found: nope.csv"),
+         "extra training source nope.csv (--extra-train, data.extra_train): not found in "),
         (("train", "--output-dir", str(minilm_run)), f"{minilm_run} holds a finished run (run.json): pass --overwrite to "
          "replace it (its adapter, run.json, compare.json, report), or choose another --output-dir"),
         (("predict", "--adapter", str(edited), "Great tacos."),

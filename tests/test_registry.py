@@ -127,6 +127,13 @@ def test_damaged_versions_are_each_named_and_spoil_no_other_command(own_registry
     promoted = cli("registry", "promote", "v3", "--alias", "production", *reg, check=False)
     assert promoted.returncode == 2 and "aliases.json is not valid JSON" in promoted.stderr
     assert (own_registry / "aliases.json").read_text() == '{"production": "v1",'
+    # A version whose files were deleted is listed as damaged, and a registry path that is a file is named.
+    (own_registry / "v3" / "adapter" / "adapter_model.safetensors").unlink()
+    listing = cli("registry", "list", *reg).stdout.splitlines()
+    assert listing[2] == ("v3    damaged: 1 of its files are missing (adapter/adapter_model.safetensors) "
+                          "(see `yelp-lora registry verify v3`)")
+    not_a_dir = cli("registry", "list", "--registry", str(own_registry / "aliases.json"), check=False)
+    assert not_a_dir.returncode == 2 and "is a file, not a registry directory" in not_a_dir.stderr
 
 
 def test_concurrent_adds_get_distinct_versions(own_registry, minilm_run):

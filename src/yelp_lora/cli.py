@@ -241,6 +241,8 @@ def cmd_registry(args: argparse.Namespace) -> None:
         if same:
             print(f"note: same adapter weights as {', '.join(same)}")
     elif args.action == "list":
+        if registry.root.exists() and not registry.root.is_dir():
+            raise UserError(f"registry {registry.root} is a file, not a registry directory")
         if not registry.root.is_dir():
             print(f"registry {registry.root} does not exist (yet): no versions (`registry add RUN_DIR` creates it; "
                   "another one: --registry or $YELP_LORA_REGISTRY)")
@@ -252,6 +254,9 @@ def cmd_registry(args: argparse.Namespace) -> None:
             aliases, notes = {}, [f"note: aliases not shown: {err}"]
         for version in versions:  # a damaged version is listed as such, the others as usual
             manifest, problem = _manifest_or_problem(registry, version)
+            missing = [name for name in manifest.files if not (registry.root / version / name).is_file()] if manifest else []
+            if missing:  # only whether they are there: `verify` hashes them
+                manifest, problem = None, f"{len(missing)} of its files are missing ({', '.join(missing[:3])})"
             named = registry.aliases_of(version) if aliases else []
             lines.append(format_version_line(manifest, named) if manifest else
                          f"{version:<5} damaged: {problem} (see `yelp-lora registry verify {version}`)")

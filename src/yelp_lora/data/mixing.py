@@ -11,6 +11,7 @@ from yelp_lora.artifacts import RunRecord, SourceRows
 from yelp_lora.config import LABEL_NAMES, NUM_LABELS, DataConfig, TrainSource
 from yelp_lora.data.rows import MAX_REPORTED_PROBLEMS, Split
 from yelp_lora.data.sampling import balanced_indices, stratified_indices, train_val_split
+from yelp_lora.data.readers import SUFFIXES
 from yelp_lora.data.sources import load_split, resolve_source
 from yelp_lora.errors import DataError
 
@@ -127,14 +128,19 @@ def _refuse_test_file(path: Path, what: str) -> None:
 def _extra_path(extra: TrainSource, primary: str) -> str:
     """The extra source, refused if it is, or looks like, a test split: test rows are never trained on.
 
-    A relative file name that is not there is looked up in data.source's directory, so a preset can
-    name a file beside the train split wherever $YELP_LORA_DATA or ../shared puts it.
+    A relative file name is looked up in data.source's directory first, so a preset can name a file
+    beside the train split wherever $YELP_LORA_DATA or ../shared puts it, then where the command runs.
     """
-    resolved = resolve_source(extra.source)
-    path = Path(resolved).expanduser()
     beside = Path(primary) / extra.source
-    if not path.exists() and not path.is_absolute() and Path(primary).is_dir() and beside.is_file():
-        path, resolved = beside, str(beside)
+    if not Path(extra.source).expanduser().is_absolute() and Path(primary).is_dir() and beside.is_file():
+        resolved = str(beside)
+    else:
+        resolved = resolve_source(extra.source)
+    path = Path(resolved).expanduser()
+    if not path.exists() and path.suffix.lower() in SUFFIXES:  # a file name, not a hub id
+        where = f" nor beside data.source ({beside})" if Path(primary).is_dir() else ""
+        raise DataError(f"extra training source {extra.source} (--extra-train, data.extra_train): not found in "
+                        f"{Path.cwd()}{where}; --set data.extra_train=[] trains without extra sources")
     _refuse_test_file(path, f"extra training source {extra.source}")
     return resolved
 
