@@ -89,7 +89,8 @@ def test_resumed_from_the_checkpoint_that_ended_a_run_mid_epoch_it_trains_no_fur
     # max_steps 4 of an epoch's 8: the run's last step is checkpointed after its validation.
     args = tiny_train_args(tiny_bert_dir, data_dir, tmp_path / "run", "--max-steps", "4", "--save-steps", "4")
     assert kill_at_next_checkpoint(args, tmp_path / "run" / "checkpoints") == "checkpoint-4"
-    resumed = run_cli(*args, "--resume", check=False, env=TINY_ENV)
+    # How often it checkpoints may change on resume: nothing the run learns depends on it.
+    resumed = run_cli(*args[:-1], "2", "--resume", check=False, env=TINY_ENV)
     assert resumed.returncode == 0, resumed.stderr
     record = json.loads((tmp_path / "run" / "run.json").read_text())
     # transformers alone takes, and validates, a fifth step before it checks max_steps.

@@ -249,6 +249,7 @@ def test_user_mistakes_get_one_clear_line(tmp_path, minilm_run):
          f"cannot load the tokenizer of '{not_a_model}': no tokenizer files in it"),
         (("evaluate", "--adapter", str(minilm_run), "--json", str(tmp_path)), f"--json {tmp_path} is a directory: name a file"),
         (("train", "--data", "/dev/null", "--output-dir", str(tmp_path / "x")), "data path /dev/null is not a regular file or a directory"),
+        (("train", "--compare-n", "10", "--output-dir", str(tmp_path / "x")), "--compare-n is the test sample of a seed sweep: it needs --seeds K"),
         (("train", "--output-dir", str(version), "--overwrite"),
          f"{version} is a registry version (it holds manifest.json), and a registered version never changes"),
     ]

@@ -77,6 +77,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     from yelp_lora.training.recipe import format_run_summary, train
 
     config = _run_config(args)
+    if args.compare_n is not None and args.seeds is None:
+        raise UserError("--compare-n is the test sample of a seed sweep: it needs --seeds K")
     if args.seeds is not None:
         from yelp_lora.evaluation.seeds import SWEEP_FILE, format_sweep, sweep
 

@@ -71,7 +71,8 @@ def _check_resume_config(config: RunConfig, checkpoints: Path, resume: bool, is_
     if resume:
         if recorded.is_file():
             before = json.loads(recorded.read_text(encoding="utf-8"))
-            changed = changed_fields(before, current)
+            # How often checkpoints are written changes nothing the run learns: a resume may change it.
+            changed = [change for change in changed_fields(before, current) if not change.startswith("train.save_steps:")]
             if changed:
                 raise ConfigError(f"--resume: the settings differ from the interrupted run's: {'; '.join(changed)}")
         if is_main:  # a kill mid-save leaves only a hidden staging directory behind
