@@ -227,3 +227,16 @@ def test_a_text_repeated_with_another_label_is_named(tmp_path, caplog):
     split = load_split(str(path), "train")
     assert split.labels == [1, 3, 2] and split.duplicates_dropped == 1  # the exact repeat is dropped
     assert f"{path}: 1 row(s) repeat an earlier row's text with another label; both are kept" in caplog.text
+
+
+def test_a_compressed_file_or_json_lines_named_csv_is_named_as_such(tmp_path):
+    import gzip
+
+    packed = tmp_path / "reviews.csv"
+    packed.write_bytes(gzip.compress(b"label,text\n1,fine\n"))
+    with pytest.raises(DataError, match=f"^{packed} is compressed \\(gzip, zip, bz2, xz or zstd\\): decompress it first$"):
+        load_split(str(packed), "train")
+    lines = tmp_path / "rows.csv"
+    lines.write_text('{"label": 0, "text": "x"}\n', encoding="utf-8")
+    with pytest.raises(DataError, match=f"^{lines} looks like JSON lines: name it rows.jsonl$"):
+        load_split(str(lines), "train")

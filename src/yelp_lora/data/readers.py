@@ -69,6 +69,18 @@ class Table:
         raise DataError(f"{self.name}: needs {needs}; has {self.columns}")
 
 
+def _unrecognised(path: Path, first: list[str]) -> str:
+    """Why a CSV's first line names no columns: a compressed file or JSON lines say so; else what was found."""
+    with open(path, "rb") as raw:
+        start = raw.read(4)
+    if start.startswith((b"\x1f\x8b", b"PK\x03\x04", b"BZh", b"\xfd7zXZ", b"(\xb5/\xfd")):
+        return f"{path} is compressed (gzip, zip, bz2, xz or zstd): decompress it first"
+    if start.lstrip().startswith(b"{"):
+        return f"{path} looks like JSON lines: name it {path.stem}.jsonl"
+    return (f"{path}: line 1: cannot tell the columns; expected a header with a 'text' column (and {NEEDS_LABEL} "
+            f"to train on) or headerless '\"stars\",\"text\"' rows, found {', '.join(shown(name) for name in first[:3])}")
+
+
 def open_table(path: Path, *, lines_as_text: bool = False) -> Table:
     """A file as a Table by its suffix; with `lines_as_text`, a file of another suffix is one text per line."""
     suffix = path.suffix.lower()
@@ -147,10 +159,7 @@ def _csv_table(path: Path) -> Table:
         header, pending = ["stars", "text"], [first]  # the original headerless yelp_review_full
     else:
         handle.close()
-        raise DataError(
-            f"{path}: line 1: cannot tell the columns; expected a header with a 'text' column (and {NEEDS_LABEL} "
-            f"to train on) or headerless '\"stars\",\"text\"' rows, found {', '.join(shown(name) for name in first[:3])}"
-        )
+        raise DataError(_unrecognised(path, first))
 
     headerless = bool(pending)
 
