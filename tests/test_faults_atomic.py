@@ -87,6 +87,25 @@ def test_a_process_that_finds_an_export_under_way_waits_for_it_instead_of_repeat
     assert f"another process is exporting {target}: waiting for it" in caplog.text
 
 
+def test_an_export_clears_what_a_killed_export_left_and_spares_one_under_way(tiny_run, tmp_path, monkeypatch):
+    import os
+    import time
+
+    from yelp_lora.artifacts import adapter_base
+    from yelp_lora.inference import onnx_backend
+
+    monkeypatch.setenv("YELP_LORA_CACHE", str(tmp_path))
+    adapter = tiny_run / "adapter"
+    target = onnx_backend.export_dir(adapter, adapter_base(adapter))
+    killed, under_way = (target.parent / f".{target.name}.tmp-{name}" for name in ("killed", "young"))
+    for staging in (killed, under_way):
+        (staging / "partial").mkdir(parents=True)
+    hours_ago = time.time() - 2 * onnx_backend.STALE_EXPORT_S
+    os.utime(killed, (hours_ago, hours_ago))
+    onnx_backend.exported_model(adapter, "onnx")
+    assert not killed.exists() and under_way.exists()
+
+
 def test_where_the_file_system_keeps_no_locks_an_export_goes_on_and_a_registry_write_stops(tmp_path, monkeypatch):
     """NFS without a lock daemon answers flock with ENOLCK: the ONNX export publishes atomically
     anyway, but two registry adds could pick one version number, so that lock is required."""

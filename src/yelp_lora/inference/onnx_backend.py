@@ -12,12 +12,15 @@ transformers model, so batching, length sorting and truncation stay in one place
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
 import logging
 import os
 import re
+import shutil
+import time
 import warnings
 from functools import partial
 from pathlib import Path
@@ -297,6 +300,18 @@ def decompose_skip_layer_norms(model) -> None:
     graph.node.extend(nodes)
 
 
+STALE_EXPORT_S = 3600  # an export takes a minute or two: a staging directory this old was left by a killed one
+
+
+def _remove_killed_exports(target: Path) -> None:
+    """Staging directories a killed export of `target` left (atomic_dir's), by age: where the file system
+    keeps no locks, a younger one may be another process's export in progress."""
+    for stale in target.parent.glob(f".{target.name}.tmp-*"):
+        with contextlib.suppress(OSError):
+            if time.time() - stale.stat().st_mtime > STALE_EXPORT_S:
+                shutil.rmtree(stale, ignore_errors=True)
+
+
 def exported_model(adapter_dir: Path, backend: str, *, base: str | None = None, origin: Path | None = None) -> Path:
     """The cached ONNX file for `backend` ('onnx' or 'onnx-int8'), exported on first use, and
     rebuilt when its bytes no longer match the hash recorded when it was exported."""
@@ -319,6 +334,7 @@ def exported_model(adapter_dir: Path, backend: str, *, base: str | None = None, 
         with exclusive(target.with_name(f"{target.name}.lock"), on_wait=waiting, optional=True):
             try:
                 if not _intact(target, name):
+                    _remove_killed_exports(target)
                     export(adapter_dir, target, base=base, origin=origin)
             except SaveError:
                 if not _intact(target, name):  # else, on a file system without locks, another process published it first
