@@ -54,6 +54,10 @@ def test_mlflow_logs_parameters_losses_scores_and_the_adapter_to_the_run_dirs_st
         assert float(params["learning_rate"]) == record["config"]["train"]["learning_rate"]
         assert params["max_steps"] == str(STEPS) and params["seed"] == str(record["config"]["train"]["seed"])
         assert params["hidden_size"] == "32"  # the tiny BERT
+        # ... and ours, which the Trainer does not know: the run config, flattened
+        assert params["yelp_lora.lora.r"] == str(record["config"]["lora"]["r"])
+        assert params["yelp_lora.model.truncation"] == record["config"]["model"]["truncation"]
+        assert params["yelp_lora.data.source"] == record["config"]["data"]["source"]
         # the per-step training loss, as run.json's history holds it
         losses = client.get_metric_history(run.info.run_id, "loss")
         assert [m.step for m in losses] == list(range(1, STEPS + 1))
@@ -64,6 +68,7 @@ def test_mlflow_logs_parameters_losses_scores_and_the_adapter_to_the_run_dirs_st
         # the kept adapter, in the run directory's own artifact store
         logged = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "adapter")}
         assert {"yelp_lora.json", "adapter_model.safetensors", "adapter_config.json"} <= logged
+        assert "run.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
         assert run.info.artifact_uri.startswith((out / "mlartifacts").resolve().as_uri())
         assert not list(clean_env.iterdir())  # nothing (no ./mlruns) in the working directory
 

@@ -313,7 +313,7 @@ def train(
         callbacks.append(save_every_epoch_callback())
     train_config = config.train
     weights = class_weights(train_split.labels) if train_config.class_weights == "auto" else None
-    with tracked(train_config, output_dir) as log_final:
+    with tracked(config, output_dir) as log_final:
         trainer = lora_trainer_class()(
             model=model,
             args=args,

@@ -15,8 +15,8 @@ import contextlib
 import os
 from pathlib import Path
 
-from yelp_lora.artifacts import ADAPTER_DIRNAME
-from yelp_lora.config import TrainConfig
+from yelp_lora.artifacts import ADAPTER_DIRNAME, RUN_FILE
+from yelp_lora.config import RunConfig, TrainConfig
 from yelp_lora.errors import ConfigError
 
 MLFLOW_DB = "mlflow.db"
@@ -46,8 +46,9 @@ def _environment(*restored: str, **values: str):
 
 
 @contextlib.contextmanager
-def tracked(train: TrainConfig, output_dir: Path):
+def tracked(config: RunConfig, output_dir: Path):
     """The tracking context of one training run; yields a function that logs its final figures."""
+    train = config.train
     if train.report_to == "none":
         yield lambda figures: None
         return
@@ -61,8 +62,10 @@ def tracked(train: TrainConfig, output_dir: Path):
     nested = mlflow.active_run() is not None  # a study has opened its store and experiment
     with contextlib.nullcontext() if nested else _store(mlflow, output_dir):
         with mlflow.start_run(run_name=output_dir.name, nested=nested):
-            # The Trainer's callback finds this run active and logs into it rather than opening its own.
+            # The Trainer's callback finds this run active and logs into it rather than opening its own;
+            # it logs the Trainer's arguments, not the settings that are ours (LoRA, data, losses).
             os.environ["MLFLOW_TRACKING_URI"] = mlflow.get_tracking_uri()
+            mlflow.log_params(_flat(config.model_dump(mode="json"), "yelp_lora"))
             yield lambda figures: _finish_mlflow(mlflow, output_dir, figures)
 
 
@@ -113,11 +116,22 @@ def _holds_run(mlflow, run_id: str) -> bool:
     return True
 
 
+def _flat(values: dict, prefix: str) -> dict[str, str]:
+    """{"lora": {"r": 8}} -> {"PREFIX.lora.r": "8"}: a run config as MLflow parameters."""
+    flat = {}
+    for key, value in values.items():
+        name = f"{prefix}.{key}"
+        flat.update(_flat(value, name) if isinstance(value, dict) else {name: str(value)})
+    return flat
+
+
 def _finish_mlflow(mlflow, output_dir: Path, figures: dict[str, float]) -> None:
     mlflow.log_metrics({key: value for key, value in figures.items() if value is not None})
     adapter = output_dir / ADAPTER_DIRNAME
     if adapter.is_dir():
         mlflow.log_artifacts(str(adapter), artifact_path=ADAPTER_DIRNAME)
+    if (output_dir / RUN_FILE).is_file():  # the rows' fingerprints, the history, the environment
+        mlflow.log_artifact(str(output_dir / RUN_FILE))
 
 
 def require(train: TrainConfig) -> None:
