@@ -185,6 +185,8 @@ def test_health_model_metrics_openapi_and_page(client, registry):
     assert model["limits"]["max_windows_per_text"] == 1  # long reviews cut: one forward pass each
 
     spec = client.get("/openapi.json").json()
+    # No /docs or /redoc: their pages load scripts from a CDN an offline deployment cannot reach.
+    assert [client.get(path).status_code for path in ("/docs", "/redoc")] == [404, 404]
     classify = spec["paths"]["/v1/classify"]["post"]
     assert classify["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/ClassifyRequest")
     assert {"200", "400", "401", "413", "415", "422"} <= set(classify["responses"])

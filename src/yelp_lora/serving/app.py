@@ -45,7 +45,7 @@ log = logging.getLogger("yelp_lora.serving")
 STATIC_DIR = importlib.resources.files("yelp_lora.serving") / "static"
 PROTECTED_PREFIX = "/v1/"
 # Metric labels come from these fixed sets, never from what a client sends.
-KNOWN_PATHS = {"/", "/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/v1/classify", "/v1/model"}
+KNOWN_PATHS = {"/", "/healthz", "/readyz", "/metrics", "/openapi.json", "/v1/classify", "/v1/model"}
 KNOWN_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 RETRY_AFTER_S = 1
 # Status for each InputError code: limits are 413 (too large), content problems 422.
@@ -302,6 +302,10 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> F
         lifespan=lifespan,
         responses=ERROR_RESPONSES,
         strict_content_type=False,  # a body sent without any Content-Type is read as JSON too
+        # FastAPI's /docs and /redoc pages load their scripts from a CDN, which an offline deployment
+        # cannot reach; /openapi.json gives the same schema to any OpenAPI tool.
+        docs_url=None,
+        redoc_url=None,
 
     )
 
