@@ -63,7 +63,7 @@ def test_add_writes_a_complete_version(registry, minilm_run):
     assert f"Softmax temperature: {manifest['temperature']:.4g}" in card
 
 
-def test_versions_aliases_list_show_verify(own_registry, minilm_run):
+def test_versions_aliases_list_show_verify(own_registry, minilm_run, tmp_path):
     reg = ["--registry", str(own_registry)]
     out = cli("registry", "add", str(minilm_run / "adapter"), "--name", "second", *reg).stdout
     assert "as v2" in out and "note: same adapter weights as v1" in out
@@ -80,11 +80,15 @@ def test_versions_aliases_list_show_verify(own_registry, minilm_run):
     ]
     assert json.loads((own_registry / "aliases.json").read_text()) == {"production": "v1", "staging": "v2"}
 
+    linked = tmp_path / "linked-run"  # a run whose adapter directory links to a file outside it
+    shutil.copytree(minilm_run, linked)
+    (linked / "adapter" / "notes.txt").symlink_to("/etc/hostname")
     for args, problem in [
         (("show", "v9"), "has no version or alias 'v9' (known: v1, v2, production, staging)"),
         (("promote", "v9", "--alias", "x"), "has no version or alias 'v9'"),
         (("promote", "v1", "--alias", "v3"), "alias 'v3' is not allowed"),
         (("add", str(own_registry)), "holds no adapter"),
+        (("add", str(linked)), f"{linked / 'adapter' / 'notes.txt'} is a link (to /etc/hostname): a registry version holds files only"),
     ]:
         result = cli("registry", *args, *reg, check=False)
         assert result.returncode == 2 and problem in result.stderr, result.stderr

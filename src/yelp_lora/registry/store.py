@@ -223,6 +223,10 @@ class Registry:
                 f"{run_root} has no {RUN_FILE}: the registry takes a run directory written by `yelp-lora train`"
             )
         _refuse_pickles(adapter_dir, sorted(p.name for p in adapter_dir.rglob("*")))
+        links = sorted(path for path in adapter_dir.rglob("*") if path.is_symlink())
+        if links:  # copied, the link's target would enter the version, whatever and wherever it is
+            raise RegistryError(f"{links[0]} is a link (to {os.readlink(links[0])}): a registry version holds files "
+                                "only; put the file itself there")
         if not (adapter_dir / ADAPTER_WEIGHTS).is_file():
             raise RegistryError(f"{adapter_dir} has no {ADAPTER_WEIGHTS}")
         run = read_record(RunRecord, run_file, RegistryError)
