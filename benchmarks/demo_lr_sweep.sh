@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 lrs=("$@"); [ ${#lrs[@]} -gt 0 ] || lrs=(2e-4 1e-3 3e-3)
 for lr in "${lrs[@]}"; do
-  .venv/bin/yelp-lora train --config configs/demo.yaml --lr "$lr" --output-dir "runs/lr-sweep/$lr" >/dev/null 2>&1
+  .venv/bin/yelp-lora train --config configs/demo.yaml --lr "$lr" --output-dir "runs/lr-sweep/$lr" --overwrite >/dev/null 2>&1
   .venv/bin/python - "$lr" <<'PY'
 import json, sys
 run = json.load(open(f"runs/lr-sweep/{sys.argv[1]}/run.json"))
