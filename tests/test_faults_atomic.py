@@ -49,7 +49,8 @@ def test_failed_adapter_save_keeps_previous_run_and_says_so(tiny_bert_dir, data_
     assert first.returncode == 0, first.stderr
     before = snapshot(run)
 
-    second = run_cli(*args, "--seed", "3", preexec_fn=limit_file_size, check=False, env=TINY_ENV)
+    # A finished run is replaced only when asked; its adapter and run.json go only as the new ones are written.
+    second = run_cli(*args, "--seed", "3", "--overwrite", preexec_fn=limit_file_size, check=False, env=TINY_ENV)
     assert second.returncode == 2, second.stderr[-3000:]
     assert "Traceback" not in second.stderr
     error_lines = [line for line in second.stderr.splitlines() if "error:" in line]

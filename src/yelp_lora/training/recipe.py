@@ -237,12 +237,13 @@ def class_weights(labels: list[int]) -> torch.Tensor:
     return torch.tensor(weights, dtype=torch.float32)
 
 
-# What a finished run leaves in its directory, all of it replaced by `train --overwrite`.
-FINISHED_RUN_FILES = (ADAPTER_DIRNAME, RUN_FILE, COMPARE_FILE, REPORT_DIRNAME)
+# A finished run's scores of its adapter, removed by `train --overwrite` as training starts; the adapter and
+# run.json are replaced as the new run writes them (atomically: a failed save leaves the old ones whole).
+SCORES_OF_A_RUN = (COMPARE_FILE, REPORT_DIRNAME)
 
 
-def _remove_finished_run(output_dir: Path) -> None:
-    for name in FINISHED_RUN_FILES:
+def _remove_scores(output_dir: Path) -> None:
+    for name in SCORES_OF_A_RUN:
         path = output_dir / name
         if path.is_dir():
             shutil.rmtree(path)
@@ -266,8 +267,8 @@ def train(
     replacing = (output_dir / RUN_FILE).is_file() and not resume
     if replacing and not overwrite:
         raise ConfigError(
-            f"{output_dir} holds a finished run ({RUN_FILE}): pass --overwrite to replace it (its "
-            f"{', '.join(FINISHED_RUN_FILES)}), or choose another --output-dir"
+            f"{output_dir} holds a finished run ({RUN_FILE}): pass --overwrite to replace it, or choose another "
+            "--output-dir"
         )
     checkpoints = output_dir / CHECKPOINT_DIRNAME
     left = interrupted_checkpoints(output_dir)
@@ -326,8 +327,8 @@ def train(
             loraplus_lr_ratio=train_config.loraplus_lr_ratio,
             callbacks=callbacks,
         )
-        if replacing and trainer.is_world_process_zero():  # everything checked: the old run goes, scores and all
-            _remove_finished_run(output_dir)
+        if replacing and trainer.is_world_process_zero():  # everything checked: no score outlives its adapter
+            _remove_scores(output_dir)
         started = time.time()
         result = trainer.train(resume_from_checkpoint=True if resume else None)
         wall = time.time() - started
