@@ -140,16 +140,16 @@ def test_headerless_stars_out_of_range(good, tiny_bert_dir, tmp_path):
     data = tmp_path / "stars.csv"
     rows = [f'"{label + 1}",' for label, _ in good[:20]]
     body = [row.encode() + _csv_quote(text) for row, (_, text) in zip(rows, good[:20])]
-    data.write_bytes(b"\n".join(body + [b'"-1","minus one"', b'"6","six stars"']) + b"\n")
+    data.write_bytes(b"\n".join(body + [b'"5","five stars"', b'"0","zero stars"', b'"6","six stars"']) + b"\n")
     result = cli(*tiny_train_args(tiny_bert_dir, data, tmp_path / "run"), check=False)
-    assert_clear_error(result, f"{data}: line 21: stars -1 is out of range 1-5", f"{data}: line 22: stars 6 is out of range 1-5")
-    # Labels 0-4 without a header would be read one class off: the first 0 stops the whole file, even
+    assert_clear_error(result, f"{data}: line 22: stars 0 is out of range 1-5", f"{data}: line 23: stars 6 is out of range 1-5")
+    # Labels 0-4 without a header would be read one class off: 0s and no 5 stop the whole file, even
     # with --skip-bad-rows, which would otherwise train on the shifted labels.
     labels = tmp_path / "labels.csv"
     labels.write_bytes(b"\n".join(f'"{label}",'.encode() + _csv_quote(text) for label, text in good[:20]) + b"\n")
-    first_zero = next(line for line, (label, _) in enumerate(good[:20], start=1) if label == 0)
+    zeros = sum(label == 0 for label, _ in good[:20])
     result = cli(*tiny_train_args(tiny_bert_dir, labels, tmp_path / "run", "--skip-bad-rows"), check=False)
-    assert_clear_error(result, f"{labels}: line {first_zero}: a first field of 0 in a file without a header line",
+    assert_clear_error(result, f"{labels}: {zeros} row(s) rated 0 and none 5, in a file without a header line",
                        "for labels 0-4, add the header line label,text")
 
 

@@ -101,8 +101,10 @@ def test_resumed_from_the_checkpoint_that_ended_a_run_mid_epoch_it_trains_no_fur
 def test_ctrl_c_says_what_was_kept_and_how_to_go_on(tiny_bert_dir, data_dir, tmp_path):
     args = tiny_train_args(tiny_bert_dir, data_dir, tmp_path / "run", *SCHEDULE)
     checkpoints = tmp_path / "run" / "checkpoints"
+    # SIGINT as a terminal sends it, even where this test runs in a background job (which ignores it).
     process = subprocess.Popen([PYTHON, "-m", "yelp_lora", *args], env=cli_env(**TINY_ENV), cwd=REPO,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 240
     while not any(checkpoints.glob("checkpoint-*")):
         assert process.poll() is None and time.time() < deadline, "training ended before its first checkpoint"
@@ -130,3 +132,11 @@ def test_resume_refuses_data_that_changed_since_the_checkpoint(tiny_bert_dir, da
     assert resumed.returncode == 2, resumed.stderr
     assert "--resume: the data differ from the interrupted run's (train rows " in resumed.stderr
     assert f"delete {tmp_path / 'run' / 'checkpoints'} to start over" in resumed.stderr
+
+
+def test_a_resume_checkpoints_at_its_own_interval(tiny_bert_dir, data_dir, tmp_path):
+    args = tiny_train_args(tiny_bert_dir, data_dir, tmp_path / "run", *SCHEDULE)  # every 4 steps
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert kill_at_next_checkpoint(args, checkpoints) == "checkpoint-4"
+    every_2 = [*args[: args.index("--save-steps") + 1], "2", *args[args.index("--save-steps") + 2:], "--resume"]
+    assert kill_at_next_checkpoint(every_2, checkpoints) == "checkpoint-6"

@@ -187,7 +187,7 @@ def test_training_again_from_run_json_gives_byte_identical_adapter(minilm_run, t
     assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
 
 
-def test_user_mistakes_get_one_clear_line(tmp_path, minilm_run):
+def test_user_mistakes_get_one_clear_line(tmp_path, minilm_run, data_dir):
     empty = tmp_path / "empty.txt"
     empty.write_text("")
     version = tmp_path / "registry" / "v3"  # a registry version, taken for a run directory
@@ -238,7 +238,7 @@ def test_user_mistakes_get_one_clear_line(tmp_path, minilm_run):
         (("train", "--extra-train", "nope.csv:10", "--output-dir", str(tmp_path / "x")),
          "extra training source nope.csv (--extra-train, data.extra_train): not found in "),
         (("train", "--output-dir", str(minilm_run)), f"{minilm_run} holds a finished run (run.json): pass --overwrite to "
-         "replace it (its adapter, run.json, compare.json, report), or choose another --output-dir"),
+         "replace it, or choose another --output-dir"),
         (("predict", "--adapter", str(edited), "Great tacos."),
          f"{edited / 'yelp_lora.json'} is not a valid AdapterMeta (max_length: Input should be less than or equal to 512)"),
         (("train", "--config", DEMO_CONFIG, "--set", "lora.target_modules=[query,vlaue]", "--output-dir", str(tmp_path / "x")),
@@ -250,6 +250,9 @@ def test_user_mistakes_get_one_clear_line(tmp_path, minilm_run):
         (("evaluate", "--adapter", str(minilm_run), "--json", str(tmp_path)), f"--json {tmp_path} is a directory: name a file"),
         (("train", "--data", "/dev/null", "--output-dir", str(tmp_path / "x")), "data path /dev/null is not a regular file or a directory"),
         (("train", "--compare-n", "10", "--output-dir", str(tmp_path / "x")), "--compare-n is the test sample of a seed sweep: it needs --seeds K"),
+        (("train", "--seeds", "2", "--data", str(data_dir / "train.csv"), "--output-dir", str(tmp_path / "x")),
+         f"--seeds compares every seed on the data's test split, and {data_dir / 'train.csv'} is one file"),
+        (("report", str(minilm_run), "--compare-json", str(tmp_path)), f"--compare-json {tmp_path} is a directory: name a file"),
         (("train", "--output-dir", str(version), "--overwrite"),
          f"{version} is a registry version (it holds manifest.json), and a registered version never changes"),
     ]

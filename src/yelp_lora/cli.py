@@ -29,15 +29,15 @@ def _given(args: argparse.Namespace, fields) -> dict:
     return {name: getattr(args, name) for name in fields if hasattr(args, name)}
 
 
-def _check_json_file(path: str | bool | None) -> None:
-    """A --json FILE that cannot be written fails now, not after the work it records (predict's --json is a switch)."""
+def _check_json_file(path: str | bool | None, flag: str) -> None:
+    """A JSON FILE that cannot be written fails now, not after the work it records (predict's --json is a switch)."""
     if isinstance(path, str):
         from yelp_lora.errors import UserError
         from yelp_lora.util.atomic import check_output_dir
 
         if Path(path).is_dir():
-            raise UserError(f"--json {path} is a directory: name a file")
-        check_output_dir(Path(path).absolute().parent, "--json's directory")
+            raise UserError(f"{flag} {path} is a directory: name a file")
+        check_output_dir(Path(path).absolute().parent, f"{flag}'s directory")
 
 
 def _write_json(path: str | None, record) -> None:
@@ -256,10 +256,10 @@ def cmd_registry(args: argparse.Namespace) -> None:
             aliases, notes = {}, [f"note: aliases not shown: {err}"]
         for version in versions:  # a damaged version is listed as such, the others as usual
             manifest, problem = _manifest_or_problem(registry, version)
-            missing = [name for name in manifest.files if not (registry.root / version / name).is_file()] if manifest else []
+            missing = registry.missing_files(version, manifest) if manifest else []
             if missing:  # only whether they are there: `verify` hashes them
                 manifest, problem = None, f"{len(missing)} of its files are missing ({', '.join(missing[:3])})"
-            named = registry.aliases_of(version) if aliases else []
+            named = registry.aliases_of(version, aliases)
             lines.append(format_version_line(manifest, named) if manifest else
                          f"{version:<5} damaged: {problem} (see `yelp-lora registry verify {version}`)")
         notes += [f"note: alias '{alias}' points at {target}, which is not in this registry"
@@ -492,7 +492,9 @@ def _add_train_parser(sub) -> None:
     _setting(p, "--save-steps", "train.save_steps", type=int, help="checkpoint every N steps so --resume can continue")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in DIR")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace a finished run in DIR (its adapter/, run.json, compare.json and report/)")
+                   help="replace a finished run in DIR (its compare.json and report/ go as training starts, its "
+                   "adapter/ and run.json as the new ones are written); with "
+                   "--seeds, a seed's run trained with other settings (one with these is reused)")
     p.add_argument("--seeds", type=int, metavar="K", help="train seeds SEED..SEED+K-1 into DIR/seed-S/ and report "
                    "mean ± std of the test metrics in DIR/sweep.json")
     p.add_argument("--compare-n", type=int, help="with --seeds: test reviews each seed is compared on (default 500)")
@@ -663,7 +665,8 @@ def main(argv: list[str] | None = None) -> int:
 
     quiet_upstream_warnings()
     try:
-        _check_json_file(getattr(args, "json", None))
+        for flag in ("json", "compare_json"):
+            _check_json_file(getattr(args, flag, None), f"--{flag.replace('_', '-')}")
         args.handler(args)
     except USER_ERRORS as err:
         print(f"yelp-lora {args.command}: error: {err}", file=sys.stderr)

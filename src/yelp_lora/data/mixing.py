@@ -138,9 +138,12 @@ def _extra_path(extra: TrainSource, primary: str) -> str:
         resolved = resolve_source(extra.source)
     path = Path(resolved).expanduser()
     if not path.exists() and path.suffix.lower() in SUFFIXES:  # a file name, not a hub id
-        where = f" nor beside data.source ({beside})" if Path(primary).is_dir() else ""
-        raise DataError(f"extra training source {extra.source} (--extra-train, data.extra_train): not found in "
-                        f"{Path.cwd()}{where}; --set data.extra_train=[] trains without extra sources")
+        if path.is_absolute():
+            where = f"not found: {path}"
+        else:
+            where = f"not found in {Path.cwd()}" + (f" nor beside data.source ({beside})" if Path(primary).is_dir() else "")
+        raise DataError(f"extra training source {extra.source} (--extra-train, data.extra_train): {where}; "
+                        "--set data.extra_train=[] trains without extra sources")
     _refuse_test_file(path, f"extra training source {extra.source}")
     return resolved
 

@@ -53,6 +53,7 @@ class Table:
     columns: list[str] | None
     rows: Iterator[Row]
     header_line: bool = False
+    assumed_stars: bool = False  # no header: read as yelp_review_full's "stars","text" rows
 
     def require(self, *, label: bool) -> None:
         """DataError unless the columns hold a text (and, with `label`, a label or star rating)."""
@@ -171,19 +172,12 @@ def _csv_table(path: Path) -> Table:
                     where = f"line {line}"
                     if len(fields) != len(header):
                         yield Row(where, f"{path.name}:{line}", problem=f"expected {len(header)} fields, found {len(fields)}")
-                    elif headerless and fields[0].strip().isdigit() and int(fields[0]) == 0:
-                        # Labels 0-4 read as stars 1-5 would all be one class off: the whole file is misread.
-                        raise DataError(
-                            f"{path}: {where}: a first field of 0 in a file without a header line, which is read as "
-                            "yelp_review_full's headerless \"stars\",\"text\" rows (1-5 stars): for labels 0-4, add "
-                            "the header line label,text"
-                        )
                     else:
                         yield Row(where, f"{path.name}:{line}", dict(zip(header, fields)))
             except csv.Error as err:
                 raise _malformed(path, reader, err) from None
 
-    return Table(str(path), header, rows(), header_line=not headerless)
+    return Table(str(path), header, rows(), header_line=not headerless, assumed_stars=headerless)
 
 
 def _chain(first: list, rest: Iterable) -> Iterator:

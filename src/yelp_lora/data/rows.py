@@ -201,6 +201,7 @@ def labelled_split(table: Table, split: str, source: str, skip_bad_rows: bool) -
     """The usable (text, label) rows of a table, duplicates dropped, as split `split`."""
     table.require(label=True)
     collector = _RowCollector(table.name, split, source, skip_bad_rows)
+    zeros = 0  # star ratings of 0, in a file read as stars without a header saying so
     for row in table.rows:
         if row.problem:
             collector.problem(row.where, row.problem)
@@ -212,7 +213,13 @@ def labelled_split(table: Table, split: str, source: str, skip_bad_rows: bool) -
             has = ", ".join(shown(name) for name in sorted(values)[:10]) or "none"
             collector.problem(row.where, f"missing column '{missing}' (has {has})")
             continue
+        if table.assumed_stars and check_label(values["stars"], stars=False) == 0:
+            zeros += 1
         collector.add(row.where, row.row_id, values["text"], values["stars" if stars else "label"], stars=stars)
+    if zeros and 4 not in collector.labels:  # 0s and no 5 stars: labels 0-4, each read one class off
+        raise DataError(f"{table.name}: {zeros} row(s) rated 0 and none 5, in a file without a header line, which is "
+                        "read as yelp_review_full's headerless \"stars\",\"text\" rows (1-5 stars): for labels 0-4, "
+                        "add the header line label,text")
     return collector.finish()
 
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from yelp_lora.artifacts import CHECKPOINT_DIRNAME, RUN_FILE, CompareResult, EpochScore, Record, finished_run, write_record
 from yelp_lora.config import EvalSettings, RunConfig
+from yelp_lora.data.sources import resolve_source
 from yelp_lora.errors import ConfigError
 from yelp_lora.evaluation.evaluate import compare
 from yelp_lora.training.recipe import format_run_summary, interrupted_checkpoints, train
@@ -90,6 +91,10 @@ def sweep(config: RunConfig, output_dir: str | Path, seeds: int, settings: EvalS
     """Train seeds config.train.seed … +seeds-1 into OUTPUT/seed-S/, compare each, write OUTPUT/sweep.json;
     a seed already trained with this config is reused, one trained with another replaced only if `overwrite`."""
     output_dir = Path(output_dir)
+    source = resolve_source(config.data.source)
+    if Path(source).is_file():  # each seed is compared on the test split, which one file does not have
+        raise ConfigError(f"--seeds compares every seed on the data's test split, and {source} is one file: "
+                          "name a directory with train and test files, or a hub data set")
     first = config.train.seed
     runs = []
     for seed in range(first, first + seeds):

@@ -145,11 +145,12 @@ def _job_lock(parts: Path, output: Path, rank: int) -> Iterator[None]:
         raise DataError(f"{output} is being written by another predict job ({parts} is locked): "
                         "wait for it to finish, or write to another --output")
 
+    created = not parts.exists()
     with exclusive(parts / LOCK_FILE, on_wait=refuse, optional=True):
         try:
             yield
         except BaseException:
-            if not any(parts.glob("chunk-*")):  # no progress to keep: leave nothing behind
+            if created and not any(parts.glob("chunk-*")):  # this job's, with no progress to keep: leave no trace
                 shutil.rmtree(parts, ignore_errors=True)
             raise
 

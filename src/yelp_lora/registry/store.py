@@ -167,11 +167,10 @@ class Registry:
         for name in sorted(actual_names - set(expected)):
             kind = "pickled weights, refused" if name.lower().endswith(PICKLE_SUFFIXES) else "not in the manifest"
             found.append(f"{version}/{name}: unexpected file ({kind})")
+        missing = self.missing_files(version, manifest)
+        found += [f"{version}/{name}: missing" for name in missing]
         for name, sha in sorted(expected.items()):
-            path = directory / name
-            if not path.is_file():
-                found.append(f"{version}/{name}: missing")
-            elif file_sha256(path) != sha:
+            if name not in missing and file_sha256(directory / name) != sha:
                 found.append(f"{version}/{name}: sha256 differs from the manifest (file changed after registration)")
         base = manifest.base_model
         if check_base and base.sha256:
@@ -182,6 +181,10 @@ class Registry:
             elif now.sha256 != base.sha256:
                 found.append(f"base model {base.id} at {base.path}: weights or config changed since registration")
         return found
+
+    def missing_files(self, version: str, manifest: Manifest) -> list[str]:
+        """The manifest's files that are not in version's directory (there or not: `problems` hashes them)."""
+        return [name for name in sorted(manifest.files) if not (self.root / version / name).is_file()]
 
     def verify(self, ref: str) -> Manifest:
         """The manifest of `ref` if every file matches it; else a RegistryError listing each problem.
@@ -222,8 +225,9 @@ class Registry:
             raise RegistryError(
                 f"{run_root} has no {RUN_FILE}: the registry takes a run directory written by `yelp-lora train`"
             )
-        _refuse_pickles(adapter_dir, sorted(p.name for p in adapter_dir.rglob("*")))
-        links = sorted(path for path in adapter_dir.rglob("*") if path.is_symlink())
+        entries = sorted(adapter_dir.rglob("*"))
+        _refuse_pickles(adapter_dir, [path.name for path in entries])
+        links = [path for path in entries if path.is_symlink()]
         if links:  # copied, the link's target would enter the version, whatever and wherever it is
             raise RegistryError(f"{links[0]} is a link (to {os.readlink(links[0])}): a registry version holds files "
                                 "only; put the file itself there")
@@ -269,5 +273,6 @@ class Registry:
             atomic_write_text(self.root / ALIASES_FILE, json.dumps(dict(sorted(aliases.items())), indent=2) + "\n")
         return version
 
-    def aliases_of(self, version: str) -> list[str]:
-        return sorted(alias for alias, target in self.aliases().items() if target == version)
+    def aliases_of(self, version: str, aliases: dict[str, str] | None = None) -> list[str]:
+        """The aliases naming `version`, from `aliases` where the caller has read them already."""
+        return sorted(alias for alias, target in (self.aliases() if aliases is None else aliases).items() if target == version)

@@ -141,6 +141,7 @@ def require(train: TrainConfig) -> None:
         _require(train.report_to, train.report_to)
     uri = os.environ.get("MLFLOW_TRACKING_URI", "")
     if train.report_to == "mlflow" and uri.startswith(("http://", "https://")):
+        import ssl
         import urllib.error
         import urllib.request
 
@@ -150,6 +151,8 @@ def require(train: TrainConfig) -> None:
             pass  # it answered (behind a proxy or a login, say): mlflow's own calls will tell
         except (OSError, ValueError) as err:
             reason = getattr(err, "reason", err)
+            if isinstance(reason, ssl.SSLError):  # it answered; mlflow may trust what urllib does not (its own CA settings)
+                return
             raise ConfigError(f"the MLflow tracking server {uri} ($MLFLOW_TRACKING_URI) does not answer ({reason}): "
                               "start it, or unset the variable to log into RUN_DIR/mlflow.db") from None
 

@@ -189,6 +189,8 @@ def lora_trainer_class():
 
         def _init_training_state(self, max_steps, num_update_steps_per_epoch, num_train_epochs, *args):
             trained = super()._init_training_state(max_steps, num_update_steps_per_epoch, num_train_epochs, *args)
+            # A resume may checkpoint at another interval: the restored state would keep the old one.
+            self.state.save_steps = self.args.save_steps
             # Resumed from the checkpoint of a run that max_steps ended mid-epoch: the Trainer would take
             # (and validate) one step more before it checks max_steps. Nothing is left to train.
             if self.state.global_step >= max_steps:
