@@ -121,6 +121,11 @@ def test_calibrate_gives_a_run_trained_without_ranges_the_file_train_writes(tiny
     # Only a run directory says which rows the adapter was trained on.
     shutil.copytree(tiny_run / "adapter", tmp_path / "bare")
     assert "run.json not found" in cli("calibrate", str(tmp_path / "bare"), check=False).stderr
-    (older / "adapter" / "adapter_model.safetensors").unlink()
+    # Weights that are not the ones run.json recorded (a run stopped mid-overwrite) learnt from other rows.
+    weights = older / "adapter" / "adapter_model.safetensors"
+    save_file({name: tensor * 1.5 for name, tensor in load_file(weights).items()}, weights)
+    other = cli("calibrate", str(older), check=False)
+    assert other.returncode == 2 and f"{older / 'run.json'} records other adapter weights" in other.stderr
+    weights.unlink()
     refused = cli("calibrate", str(older), check=False)
     assert refused.returncode == 2 and "the run kept no adapter to calibrate" in refused.stderr

@@ -1,5 +1,6 @@
 """The reference job end to end on the real MiniLM and real rows: train, evaluate, compare, predict."""
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -29,6 +30,7 @@ def test_train_writes_a_complete_run(minilm_run):
     assert sorted(adapter_config["target_modules"]) == ["query", "value"]
 
     run = read_json(minilm_run / "run.json")
+    assert run["adapter_sha256"] == hashlib.sha256((adapter / "adapter_model.safetensors").read_bytes()).hexdigest()
     assert run["config"]["train"]["seed"] == MINILM_RUN["seed"] and run["config"]["model"]["name_or_path"] == "minilm"
     assert run["data"]["train"]["rows"] == MINILM_RUN["train_samples"]
     assert run["data"]["validation"]["rows"] == MINILM_RUN["val_samples"]

@@ -9,6 +9,7 @@ import threading
 
 import numpy as np
 import pytest
+from safetensors.torch import load_file, save_file
 from support import cli, read_json, review_texts, run_cli
 
 from yelp_lora.errors import RegistryError
@@ -83,12 +84,17 @@ def test_versions_aliases_list_show_verify(own_registry, minilm_run, tmp_path):
     linked = tmp_path / "linked-run"  # a run whose adapter directory links to a file outside it
     shutil.copytree(minilm_run, linked)
     (linked / "adapter" / "notes.txt").symlink_to("/etc/hostname")
+    swapped = tmp_path / "swapped-run"  # another adapter beside this run.json (a run stopped mid-overwrite)
+    shutil.copytree(minilm_run, swapped)
+    weights = swapped / "adapter" / "adapter_model.safetensors"
+    save_file({name: tensor * 1.5 for name, tensor in load_file(weights).items()}, weights)
     for args, problem in [
         (("show", "v9"), "has no version or alias 'v9' (known: v1, v2, production, staging)"),
         (("promote", "v9", "--alias", "x"), "has no version or alias 'v9'"),
         (("promote", "v1", "--alias", "v3"), "alias 'v3' is not allowed"),
         (("add", str(own_registry)), "holds no adapter"),
         (("add", str(linked)), f"{linked / 'adapter' / 'notes.txt'} is a link (to /etc/hostname): a registry version holds files only"),
+        (("add", str(swapped)), f"{swapped / 'run.json'} records other adapter weights"),
     ]:
         result = cli("registry", *args, *reg, check=False)
         assert result.returncode == 2 and problem in result.stderr, result.stderr

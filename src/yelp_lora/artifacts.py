@@ -277,6 +277,9 @@ class RunRecord(Record):
     global_step: int
     world_size: int
     adapter_dir: str = ADAPTER_DIRNAME
+    # The kept adapter's weights, so a record and an adapter that are not one run's can be told apart;
+    # absent from runs recorded before 2026-12-08, and where no validation ran (no adapter kept).
+    adapter_sha256: str | None = None
 
 
 def run_dir_of(path: str | Path) -> Path:

@@ -234,9 +234,16 @@ class Registry:
         if not (adapter_dir / ADAPTER_WEIGHTS).is_file():
             raise RegistryError(f"{adapter_dir} has no {ADAPTER_WEIGHTS}")
         run = read_record(RunRecord, run_file, RegistryError)
+        sha256 = file_sha256(adapter_dir / ADAPTER_WEIGHTS)
+        if run.adapter_sha256 not in (None, sha256):  # None in runs recorded before it was
+            raise RegistryError(
+                f"{run_file} records other adapter weights (sha256 {run.adapter_sha256[:12]}…, this adapter's "
+                f"{sha256[:12]}…): they are not one run's (one stopped while `train --overwrite` replaced it?); "
+                "train it again"
+            )
         compare = read_compare(run_root)
         scored = compare.adapter_sha256 if compare else None  # None too in files written before it was recorded
-        if scored and scored != (sha256 := file_sha256(adapter_dir / ADAPTER_WEIGHTS)):
+        if scored and scored != sha256:
             raise RegistryError(
                 f"{run_root / COMPARE_FILE} scored other adapter weights (sha256 {scored[:12]}…, "
                 f"this adapter's {sha256[:12]}…): `yelp-lora compare --adapter {run_root} --json {run_root / COMPARE_FILE}` "

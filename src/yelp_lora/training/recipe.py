@@ -56,6 +56,7 @@ from yelp_lora.modeling.lora import apply_lora, parameter_line
 from yelp_lora.training.tracking import require as require_tracking, tracked
 from yelp_lora.training.trainer import keep_best_callback, lora_trainer_class, save_every_epoch_callback, step_mean_loss
 from yelp_lora.util.atomic import atomic_write_text, check_output_dir
+from yelp_lora.util.hashing import file_sha256
 from yelp_lora.util.provenance import environment
 
 
@@ -337,6 +338,8 @@ def train(
         steps, epochs = _epoch_history(trainer.state.log_history)
         samples_per_second = result.metrics.get("train_samples_per_second")
         mean_tokens = float(np.mean(train_set["length"]))
+        adapter_dir = output_dir / ADAPTER_DIRNAME
+        kept = adapter_dir / ADAPTER_WEIGHTS  # absent when no validation ran, so no adapter was kept
         record = RunRecord(
             config=config,
             resolved=Resolved(
@@ -367,10 +370,10 @@ def train(
             mean_tokens_per_sample=mean_tokens,
             global_step=result.global_step,
             world_size=args.world_size,
+            adapter_sha256=file_sha256(kept) if kept.is_file() else None,
         )
         write_record(output_dir / RUN_FILE, record)
-        adapter_dir = output_dir / ADAPTER_DIRNAME
-        if (adapter_dir / ADAPTER_WEIGHTS).is_file():  # else no validation ran, so no adapter was kept
+        if kept.is_file():
             save_int8_calibration(adapter_dir, train_split, config)
         shutil.rmtree(checkpoints, ignore_errors=True)  # only the best adapter is kept
         best = record.best_epoch
@@ -400,6 +403,9 @@ def calibrate_run(run_or_adapter: str | Path, data: str | None = None) -> Path:
     adapter_dir = run_dir / record.adapter_dir
     if not (adapter_dir / ADAPTER_WEIGHTS).is_file():
         raise ModelError(f"{adapter_dir / ADAPTER_WEIGHTS} not found: the run kept no adapter to calibrate")
+    if record.adapter_sha256 not in (None, file_sha256(adapter_dir / ADAPTER_WEIGHTS)):  # None: recorded before it was
+        raise ModelError(f"{run_dir / RUN_FILE} records other adapter weights than {adapter_dir}'s: its rows are "
+                         "not the ones this adapter learnt from")
     train_split, _ = run_training_rows(record, data)
     threads = torch.get_num_threads()
     torch.set_num_threads(record.environment.hardware.torch_threads)
