@@ -237,6 +237,8 @@ def test_registry_add_refuses_test_scores_of_other_weights(report_dir, run_dir, 
     shutil.copytree(run_dir, stale)
     weights = stale / "adapter" / "adapter_model.safetensors"
     save_file({name: tensor * 1.5 for name, tensor in load_file(weights).items()}, weights)
+    record = json.loads((stale / "run.json").read_text())  # a run trained again, its record and adapter one run's
+    (stale / "run.json").write_text(json.dumps({**record, "adapter_sha256": file_sha256(weights)}))
     capsys.readouterr()
     assert cli.main(["registry", "add", str(stale), "--registry", str(tmp_path / "registry")]) == 2
     assert f"{stale / 'compare.json'} scored other adapter weights" in capsys.readouterr().err
