@@ -150,7 +150,6 @@ class _RowCollector:
         self.duplicates = 0
         self.conflicts = 0  # rows whose text came before with another label
         self._seen: set[tuple[str, int]] = set()
-        self._label_of: dict[str, int] = {}
 
     def problem(self, where: str, what: str) -> None:
         self.problems.append(f"{self.name}: {where}: {what}")
@@ -166,9 +165,9 @@ class _RowCollector:
         if key in self._seen:
             self.duplicates += 1
             return
-        self._seen.add(key)
-        if self._label_of.setdefault(text, checked_label) != checked_label:  # type: ignore[arg-type]
+        if any((text, other) in self._seen for other in range(NUM_LABELS) if other != checked_label):
             self.conflicts += 1
+        self._seen.add(key)
         self.texts.append(text)  # type: ignore[arg-type]
         self.labels.append(checked_label)
         self.row_ids.append(row_id)
