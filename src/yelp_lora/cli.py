@@ -668,6 +668,7 @@ def main(argv: list[str] | None = None) -> int:
         for flag in ("json", "compare_json"):
             _check_json_file(getattr(args, flag, None), f"--{flag.replace('_', '-')}")
         args.handler(args)
+        _leave_process_group(finished=True)
     except USER_ERRORS as err:
         print(f"yelp-lora {args.command}: error: {err}", file=sys.stderr)
         return 2
@@ -705,11 +706,15 @@ def _resume_hint(args: argparse.Namespace) -> str:
     return ""
 
 
-def _leave_process_group() -> None:
+def _leave_process_group(*, finished: bool = False) -> None:
     """Under torchrun, leave the gloo group before exit: a group still alive at interpreter exit can abort
-    a rank ('terminate called without an active exception') after its work is done."""
+    a rank ('terminate called without an active exception') after its work is done. A finished rank first
+    waits for the others (rank 0 still writes run.json while rank 1 is done): one that tears its
+    connections down while a peer still holds them can abort the same way. A failed rank does not wait."""
     distributed = sys.modules.get("torch.distributed")
     if distributed is not None and distributed.is_available() and distributed.is_initialized():
+        if finished:
+            distributed.barrier()
         distributed.destroy_process_group()
 
 
