@@ -1,8 +1,9 @@
 """What this machine offers, and what `auto` chooses on it: precision, attention and dropout kernels,
 batch sizes, and the prediction backend. Every automatic per-machine choice is made here, each with
 the measurement behind it (docs/performance.md), so that `train`, `predict`, `serve` and the MCP
-tool choose alike and `yelp-lora bench` can print what was chosen and why. Where a CPU kind was not
-measured, `auto` keeps the choice it made before there.
+tool choose alike and `yelp-lora bench` can print what was chosen and why. Two CPU kinds are
+measured: AVX-512 BF16 / VNNI without AMX (an AMD EPYC) and AMX (an Intel Xeon); where a choice
+was not measured on a kind, `auto` keeps the choice it made before there.
 
 The one private name read here, `PretrainedConfig._attn_implementation` (transformers has no public
 getter for the kernel a loaded model runs), is read nowhere else; tests/test_private_apis.py fails,
@@ -20,17 +21,22 @@ from yelp_lora.errors import ConfigError
 
 # Per-device training batches (train, eval) when the config leaves them to the device (null).
 AUTO_TRAIN_BATCH = {"cpu": (16, 16), "cuda": (64, 128)}
-# Rows per forward pass under group_by_length when micro_batch_size is null. CPU: measured on the
-# AMD EPYC (docs/performance.md); CUDA: the same quarter of its step, not yet measured on a GPU.
+# Rows per forward pass under group_by_length when micro_batch_size is null. CPU: measured best on
+# the AMD EPYC and on the Intel Xeon with AMX alike (docs/performance.md); CUDA: the same quarter
+# of its step, not yet measured on a GPU.
 AUTO_MICRO_BATCH = {"cpu": 4, "cuda": 16}
-# Each training batch's length is padded up to a multiple of this (1: to its longest text). On the
-# AMD EPYC multiples of 8 ran 9.5% and 13.5% faster in two 1,536-row benches, ahead in every round,
-# with 28-39% less peak memory: far fewer distinct shapes. AMX CPUs and GPUs: not measured, none.
-MEASURED_PAD_MULTIPLE = 8
+# Each training batch's length is padded up to a multiple of this (1: to its longest text): far
+# fewer distinct shapes, less peak memory. AVX-512 (AMD EPYC): 8 ran 9.5% and 13.5% faster than 1
+# in two 1,536-row benches. AMX (Intel Xeon): 16 ran 16% and 11% faster than 1 in two 512-row
+# benches, 5% ahead of 8 and 4% of 32 (AMX tiles hold 16 rows). GPUs: not measured, none.
+PAD_MULTIPLE_AVX512 = 8
+PAD_MULTIPLE_AMX = 16
 
 
 def auto_pad_multiple(device: torch.device) -> int:
-    return MEASURED_PAD_MULTIPLE if device.type == "cpu" and not has_amx() else 1
+    if device.type != "cpu":
+        return 1
+    return PAD_MULTIPLE_AMX if has_amx() else PAD_MULTIPLE_AVX512
 
 
 # Texts per prediction pass, measured on 500 length-sorted train.csv reviews: on CPUs small batches
@@ -100,7 +106,7 @@ def prediction_backend(requested: str, device: torch.device, *, bf16: bool = Fal
     """The backend that answers predictions: `requested` unless it is 'auto'.
 
     auto never trades answers for speed: int8 (which moves 4-7% of answers) and bf16 weights stay opt-in.
-    OpenVINO stays opt-in too: no faster than ONNX Runtime on the AVX-512 CPU, unmeasured on AMX.
+    OpenVINO stays opt-in too: its fp32 ran slower than ONNX Runtime's on both CPUs measured.
     """
     if requested not in PREDICTION_BACKENDS:
         raise ConfigError(f"backend {requested!r}: expected one of {', '.join(PREDICTION_BACKENDS)}")
@@ -117,14 +123,10 @@ def prediction_backend(requested: str, device: torch.device, *, bf16: bool = Fal
         return AutoChoice("prediction backend", "torch", "a GPU, which torch drives")
     if importlib.util.find_spec("onnxruntime") is None:
         return AutoChoice("prediction backend", "torch", "ONNX Runtime is not installed (the [onnx] extra)")
-    if has_amx():
-        return AutoChoice(
-            "prediction backend", "torch",
-            "an AMX CPU, where ONNX Runtime fp32 has not been measured against torch yet: the earlier choice stays",
-        )
     return AutoChoice(
         "prediction backend", "onnx",
-        "ONNX Runtime fp32 answered like torch fp32 (same macro-F1 on test.csv) at 2.3x its speed on an AVX-512 CPU",
+        "ONNX Runtime fp32 answered like torch fp32 (same macro-F1 on test.csv) at "
+        + ("1.3x its speed on an AMX CPU" if has_amx() else "2.3x its speed on an AVX-512 CPU"),
     )
 
 
@@ -154,14 +156,14 @@ def auto_choices(device: torch.device | None = None) -> list[AutoChoice]:
         ),
         AutoChoice(
             "train micro-batch", str(AUTO_MICRO_BATCH[kind]),
-            "swept 2/4/8/16 on the AMD EPYC: 4 pads 14% and pays the fixed cost per pass least; kept on AMX, unmeasured there"
+            "swept 2/4/8/16 on an AVX-512 and an AMX CPU: 4 pads 14% and pays the fixed cost per pass least on both"
             if cpu else "a quarter of the step, not yet measured on a GPU",
         ),
         AutoChoice(
             "train pad multiple", str(pad_multiple),
-            "measured on the AMD EPYC: +9.5-13.5% over padding to the longest text, less memory (fewer distinct shapes)"
-            if pad_multiple > 1
-            else "padded to the longest text: kept on AMX, unmeasured there" if cpu else "padded to the longest text: not yet measured on a GPU",
+            ("measured on an AMX CPU: +11-16% over padding to the longest text, ahead of 8 and 32; less memory"
+             if has_amx() else "measured on an AVX-512 CPU: +9.5-13.5% over padding to the longest text, less memory")
+            if cpu else "padded to the longest text: not yet measured on a GPU",
         ),
         backend,
         AutoChoice(
