@@ -136,9 +136,10 @@ def auto_choices(device: torch.device | None = None) -> list[AutoChoice]:
     device = device or pick_device()
     kind = "cuda" if device.type == "cuda" else "cpu"
     cpu = kind == "cpu"
+    amx = cpu and has_amx()
     bf16 = bf16_supported(device)
     backend = prediction_backend("auto", device)
-    hardware_bf16 = f"bf16 matmuls in hardware ({'AMX' if has_amx() else 'AVX-512 BF16'})" if cpu else "a GPU with bf16"
+    hardware_bf16 = f"bf16 matmuls in hardware ({'AMX' if amx else 'AVX-512 BF16'})" if cpu else "a GPU with bf16"
     pad_multiple = auto_pad_multiple(device)
     return [
         AutoChoice(
@@ -163,7 +164,7 @@ def auto_choices(device: torch.device | None = None) -> list[AutoChoice]:
         AutoChoice(
             "train pad multiple", str(pad_multiple),
             ("measured on an AMX CPU: +11-16% over padding to the longest text in the bench, 26% in make demo; ahead of 8 and 32"
-             if has_amx() else "measured on an AVX-512 CPU: +9.5-13.5% over padding to the longest text, less memory")
+             if amx else "measured on an AVX-512 CPU: +9.5-13.5% over padding to the longest text, less memory")
             if cpu else "padded to the longest text: not yet measured on a GPU",
         ),
         backend,
