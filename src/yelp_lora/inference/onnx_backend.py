@@ -266,7 +266,7 @@ def decompose_skip_layer_norms(model) -> None:
     """Replace each SkipLayerNormalization (x + skip [+ bias], then LayerNorm) by the residual Add
     and ONNX's standard LayerNormalization, in place: the same arithmetic (fp32 logits within 4e-6).
 
-    ONNX Runtime's fused SkipLayerNormalization kernel ran 20-27% slower on both CPUs measured; the
+    ONNX Runtime's fused SkipLayerNormalization kernel ran 16-20% slower on both CPUs measured; the
     LayerNorm as a LayerNormalization node ran 5% faster than as nine plain ops on the AMX Xeon
     (int8; fp32 3%) and the same on the AVX-512 EPYC (docs/performance.md).
     """
