@@ -9,7 +9,6 @@ from typing import Any
 from pydantic import Field, model_serializer
 
 from yelp_lora.artifacts import (
-    ADAPTER_WEIGHTS,
     AdapterMeta,
     CompareResult,
     EpochScore,
@@ -19,7 +18,6 @@ from yelp_lora.artifacts import (
     RunRecord,
 )
 from yelp_lora.config import LABEL_NAMES, RunConfig
-from yelp_lora.util.hashing import file_sha256
 
 MANIFEST_FORMAT = 1
 
@@ -96,7 +94,7 @@ def _now() -> str:
 
 def build_manifest(
     *, version: str, name: str | None, run_root: Path, run: RunRecord, compare: CompareResult | None, meta: AdapterMeta,
-    base: BaseModelRecord, adapter_dir: Path, id2label: dict[str, str] | None,
+    base: BaseModelRecord, adapter_sha256: str, id2label: dict[str, str] | None,
 ) -> Manifest:
     """The manifest of a new version (its `files` are hashed once the version's directory is complete)."""
     metrics = ManifestMetrics(
@@ -116,7 +114,7 @@ def build_manifest(
         name=name,
         created=_now(),
         source_run=str(run_root.resolve()),
-        adapter_sha256=file_sha256(adapter_dir / ADAPTER_WEIGHTS),
+        adapter_sha256=adapter_sha256,
         base_model=base,
         max_length=meta.max_length,
         label_map={str(k): v for k, v in (id2label or dict(enumerate(LABEL_NAMES))).items()},

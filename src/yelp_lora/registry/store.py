@@ -259,7 +259,7 @@ class Registry:
                 shutil.copytree(adapter_dir, staging / ADAPTER_DIRNAME)
                 manifest = build_manifest(
                     version=version, name=name, run_root=run_root, run=run, compare=compare, meta=meta, base=base,
-                    adapter_dir=adapter_dir, id2label=id2label,
+                    adapter_sha256=sha256, id2label=id2label,
                 )
                 (staging / CARD_FILE).write_text(model_card(manifest), encoding="utf-8")
                 manifest.files = _tree_hashes(staging)
