@@ -318,10 +318,10 @@ def exported_model(adapter_dir: Path, backend: str, *, base: str | None = None, 
     base = base or adapter_base(adapter_dir)
     target = export_dir(adapter_dir, base)
     name = INT8_FILE if backend == "onnx-int8" else FP32_FILE
-    if (target / INT8_FILE).is_file() and not _intact(target, name):
-        log.warning("cached ONNX file %s does not match the sha256 recorded when it was exported: rebuilding it",
-                    target / name)
-    if not _intact(target, name):
+    if not _intact(target, name):  # a cached file that is intact is hashed once per load, here
+        if (target / INT8_FILE).is_file():  # an export finished there once: the file changed since
+            log.warning("cached ONNX file %s does not match the sha256 recorded when it was exported: rebuilding it",
+                        target / name)
         if backend == "onnx-int8":
             load_activation_ranges(adapter_dir, origin)  # a damaged file fails here in one line, before the export
         # Other processes exporting the same model (torchrun ranks, a second server) wait for this one.
@@ -334,8 +334,8 @@ def exported_model(adapter_dir: Path, backend: str, *, base: str | None = None, 
             except SaveError:
                 if not _intact(target, name):  # else, on a file system without locks, another process published it first
                     raise
-    if not _intact(target, name):
-        raise ModelError(f"the ONNX file exported to {target / name} does not match its recorded sha256")
+        if not _intact(target, name):
+            raise ModelError(f"the ONNX file exported to {target / name} does not match its recorded sha256")
     if backend == "onnx-int8" and not (adapter_dir / INT8_CALIBRATION_FILE).is_file():
         log.warning("%s has no %s (trained before it was saved): int8 without smoothing, further from fp32; "
                     "`yelp-lora calibrate RUN_DIR` on the run it came from adds it (then `registry add` that run "
