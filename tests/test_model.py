@@ -65,13 +65,25 @@ def test_attention_dropout_overrides_the_base_models_own(tiny_bert_dir):
     assert torch.equal(kept.classifier.weight, off.classifier.weight)  # same weights and head
 
 
-def test_encode_cuts_long_texts_and_keeps_the_closing_token(tiny_bert_dir):
+def test_encode_cuts_long_texts_and_keeps_the_closing_token(tiny_bert_dir, capfd):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from transformers import logging as hf_logging
+
     tokenizer = load_tokenizer(str(tiny_bert_dir))
     texts = ["short one", "word " * 600]
+    verbosity = hf_logging.get_verbosity()
     ids, truncated = encode(tokenizer, texts, max_length=32)
     reference = tokenizer(texts, truncation=True, max_length=32)["input_ids"]
     assert ids == reference
     assert truncated.tolist() == [False, True]
+    # No "longer than the model's maximum" notice for what it cuts, and no global state touched:
+    # the service's workers encode at once (serving.batcher).
+    assert "longer than the specified maximum" not in capfd.readouterr().err
+    assert hf_logging.get_verbosity() == verbosity
+    with ThreadPoolExecutor(2) as pool:
+        both = list(pool.map(lambda _: encode(tokenizer, texts * 50, max_length=32)[0], range(8)))
+    assert all(found == reference * 50 for found in both)
 
 
 def test_predictions_do_not_depend_on_batching(tiny_bert_dir):

@@ -14,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
+import threading
 import time
 
 import httpx
 import pytest
+import torch
 from support import Server, review_texts
 
 from yelp_lora.bench.load import flood, flood_summary, rss_mib, slow_clients, until_closed
@@ -148,13 +150,23 @@ def test_a_cancelled_job_is_skipped_and_a_stopped_worker_is_reported(tiny_run):
     from yelp_lora.inference.predictor import Predictor
     from yelp_lora.serving.app import create_app
 
-    app = create_app(Predictor(tiny_run), ServeSettings(host="testserver"))
+    predictor = Predictor(tiny_run)
+    app = create_app(predictor, ServeSettings(host="testserver"))
     with TestClient(app, base_url="http://testserver") as client:
         batcher = app.state.batcher
-        futures = [batcher.submit(["Great tacos."]) for _ in range(20)]
+        # One worker per ONNX Runtime one-thread session, each running its own batches; one under torch.
+        workers = [thread for thread in threading.enumerate() if thread.name.startswith("yelp-lora-model-")]
+        sessions = torch.get_num_threads() if predictor.backend.startswith("onnx") else 1
+        assert len(workers) == predictor.concurrent_workers == sessions
+        texts = [f"Great tacos, visit {n}." for n in range(20)]
+        futures = [batcher.submit([text]) for text in texts]
         cancelled = sum(future.cancel() for future in futures)
         assert client.post("/v1/classify", json={"text": "Fine."}).status_code == 200
-        assert all(future.cancelled() or future.result() for future in futures)
+        expected = predictor.probabilities(texts).probabilities
+        for future, probabilities in zip(futures, expected):
+            if not future.cancelled():
+                [answer] = future.result()
+                assert list(answer.probabilities.values()) == pytest.approx(probabilities.tolist(), abs=1e-5)
         metrics = client.get("/metrics").text
         assert cancelled == 0 or 'yelp_lora_jobs_dropped_total{reason="abandoned"}' in metrics
         assert "yelp_lora_worker_errors_total 0.0" in metrics

@@ -20,15 +20,12 @@ def cut(ids: list[int], max_length: int, head: int) -> list[int]:
 
 
 def _token_ids(tokenizer, texts: list[str]) -> list[list[int]]:
-    """Every text's full token ids, [CLS] and [SEP] included, uncut, from one tokenizer pass."""
-    from transformers import logging as hf_logging
+    """Every text's full token ids, [CLS] and [SEP] included, uncut, from one tokenizer pass.
 
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the "longer than the model's maximum" notice: we cut or window below
-    try:
-        return tokenizer(list(texts), truncation=False, add_special_tokens=True)["input_ids"] if texts else []
-    finally:
-        hf_logging.set_verbosity(verbosity)
+    verbose=False leaves out the "longer than the model's maximum" notice (we cut or window below)
+    without setting transformers' global verbosity, which concurrent callers would race on.
+    """
+    return tokenizer(list(texts), truncation=False, add_special_tokens=True, verbose=False)["input_ids"] if texts else []
 
 
 def encode(tokenizer, texts: list[str], max_length: int, head: int | None = None) -> tuple[list[list[int]], np.ndarray]:

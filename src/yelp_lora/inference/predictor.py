@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import shutil
 import tempfile
@@ -138,6 +139,21 @@ class Predictor:
         """A verified registry version ('v2', 'latest') or alias ('production')."""
         adapter_dir, manifest = Registry(registry).open(ref)
         return cls(adapter_dir, manifest=manifest, **options)
+
+    @property
+    def concurrent_workers(self) -> int:
+        """How many callers may run this predictor at once, each through its own `concurrent()` view."""
+        return getattr(self.model, "concurrent_workers", 1)
+
+    def concurrent(self) -> "Predictor":
+        """This predictor for one of `concurrent_workers` callers running at once: its model on one
+        thread (ONNX Runtime's one-thread session) instead of every core; itself where the model has
+        no such form (torch, OpenVINO)."""
+        if self.concurrent_workers == 1:
+            return self
+        view = copy.copy(self)
+        view.model = self.model.concurrent()
+        return view
 
     def probabilities(self, texts: list[str], *, progress: bool = False) -> ScoredTexts:
         """softmax(logits / the adapter's temperature) of each text, read as `long_text` says."""

@@ -1,6 +1,7 @@
 """`yelp-lora serve`: the adapter behind an HTTP API (FastAPI on uvicorn) with dynamic micro-batching
-(`batcher`): one worker thread owns the model; requests are gathered into its batches
-(`max_wait_ms` 0, the default, measured better than 10 ms at 1, 8 and 32 clients: docs/deploy.md).
+(`batcher`): worker threads own the model (one per ONNX Runtime one-thread session, else one);
+requests are gathered into their batches (`max_wait_ms` 0, the default, measured better than 10 ms
+at 1, 8 and 32 clients: docs/deploy.md).
 """
 
 from __future__ import annotations

@@ -1,13 +1,16 @@
-"""Dynamic micro-batching: concurrent requests gathered into bounded batches run by one worker thread.
+"""Dynamic micro-batching: concurrent requests gathered into bounded batches run by worker threads.
 
-The worker takes the first waiting request, gathers whatever else is waiting by then (and, with
+A worker takes the first waiting request, gathers whatever else is waiting by then (and, with
 `max_wait_s` > 0, whatever arrives within that time), up to `max_batch` texts, runs them as one
 batch and hands each request its own results. Under load, requests pile up while the model runs,
-so it sees full batches, as in offline prediction; alone, a request runs at once.
+so it sees full batches, as in offline prediction; alone, a request runs at once. A predictor whose
+model runs several callers side by side (ONNX Runtime: one one-thread session per core) gets one
+worker each: no core waits for the other's last review, or for the next batch's tokenising, at
+every batch (docs/performance.md); any other predictor gets one worker.
 
 The work it holds is bounded: at most `max_queue` texts wait (beyond that `submit` refuses at once
 with ServiceBusy), and a request not started within `timeout_s` is dropped, answered with
-DeadlineExceeded, never run for a client that is gone; nor is one whose client cancelled it. The
+DeadlineExceeded, never run for a client that is gone; nor is one whose client cancelled it. A
 worker never dies of an exception: each is logged and counted, and the loop goes on.
 """
 
@@ -46,13 +49,12 @@ class _Job:
 
 
 class MicroBatcher:
-    """Gathers concurrent requests into bounded batches run by one worker thread."""
+    """Gathers concurrent requests into bounded batches run by `predictor.concurrent_workers` threads."""
 
     def __init__(
         self, predictor: Predictor, *, max_batch: int, max_wait_s: float, max_queue: int, timeout_s: float,
         metrics: ServiceMetrics,
     ):
-        self.predictor = predictor
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self.max_queue = max_queue
@@ -62,14 +64,18 @@ class MicroBatcher:
         self._queued_texts = 0
         self._closed = False
         self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._run, name="yelp-lora-model", daemon=True)
+        self._threads = [
+            threading.Thread(target=self._run, args=(predictor.concurrent(),), name=f"yelp-lora-model-{index}", daemon=True)
+            for index in range(predictor.concurrent_workers)
+        ]
 
     def start(self) -> None:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
 
     @property
     def running(self) -> bool:
-        return self._thread.is_alive() and not self._closed
+        return self.worker_alive and not self._closed
 
     @property
     def full(self) -> bool:
@@ -77,14 +83,14 @@ class MicroBatcher:
 
     @property
     def worker_alive(self) -> bool:
-        """False once the worker thread has ended; while shutting down it still finishes its jobs."""
-        return self._thread.is_alive()
+        """False once every worker thread has ended; while shutting down they still finish their jobs."""
+        return any(thread.is_alive() for thread in self._threads)
 
     def submit(self, texts: list[str]) -> concurrent.futures.Future:
         """Queue a request; ServiceBusy when the queue is full, ServiceClosed when no worker will run it."""
         job = _Job(texts, time.monotonic() + self.timeout_s)
         with self._lock:  # no job may slip in behind the stop sentinel
-            if self._closed or not self._thread.is_alive():
+            if self._closed or not self.worker_alive:
                 raise ServiceClosed("the service is shutting down" if self._closed else "the model worker has stopped")
             if self._queued_texts + len(texts) > self.max_queue:
                 self.metrics.dropped.labels("queue_full").inc()
@@ -95,12 +101,15 @@ class MicroBatcher:
         return job.future
 
     def stop(self, timeout: float | None = None) -> None:
-        """Finish every job already submitted, then end the worker."""
+        """Finish every job already submitted, then end the workers."""
         with self._lock:
             if not self._closed:
                 self._closed = True
-                self._queue.put(None)
-        self._thread.join(timeout)
+                for _ in self._threads:  # one stop sentinel each, behind every job already queued
+                    self._queue.put(None)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
     def _take(self, **wait) -> _Job | None:
         """The next job to run (or the stop sentinel), skipping those cancelled or past their deadline."""
@@ -121,7 +130,7 @@ class MicroBatcher:
             else:
                 self.metrics.dropped.labels("abandoned").inc()
 
-    def _run(self) -> None:
+    def _run(self, predictor: Predictor) -> None:
         carried: _Job | None = None
         while True:
             batch: list[_Job] = []
@@ -133,6 +142,11 @@ class MicroBatcher:
                 batch, size, stopping = [job], len(job.texts), False
                 deadline = time.monotonic() + self.max_wait_s
                 while size < self.max_batch:
+                    # Past the wait, each of several workers takes only its share of what waits: one
+                    # taking it all would leave the others idle while it runs the batch on its one core.
+                    share = -(-(size + self._queued_texts) // len(self._threads))
+                    if size >= share and time.monotonic() >= deadline:
+                        break
                     try:
                         waiting = self._take(timeout=max(0.0, deadline - time.monotonic()))
                     except queue.Empty:
@@ -145,7 +159,7 @@ class MicroBatcher:
                         break
                     batch.append(waiting)
                     size += len(waiting.texts)
-                self._process(batch, size)
+                self._process(predictor, batch, size)
                 if stopping:
                     return
             except Exception as err:  # the worker outlives anything, and answers every job it held
@@ -155,16 +169,16 @@ class MicroBatcher:
                     if not held.future.done():
                         held.future.set_exception(err)
 
-    def _process(self, batch: list[_Job], size: int) -> None:
+    def _process(self, predictor: Predictor, batch: list[_Job], size: int) -> None:
         self.metrics.batch_texts.observe(size)
         self.metrics.batch_requests.observe(len(batch))
         started = time.perf_counter()
         try:
-            predictions = self.predictor.predict([text for job in batch for text in job.texts])
+            predictions = predictor.predict([text for job in batch for text in job.texts])
         except Exception as err:  # one bad request must not fail its batch-mates
             if len(batch) > 1:
                 for job in batch:
-                    self._process([job], len(job.texts))
+                    self._process(predictor, [job], len(job.texts))
             else:
                 batch[0].future.set_exception(err)
             return
