@@ -261,3 +261,42 @@ def test_connections_on_the_bound_socket_send_without_waiting_for_acks():
             return value
 
     assert asyncio.run(accepted_nodelay()) != 0
+
+
+def test_the_job_queue_is_first_in_first_out_and_wakes_the_latest_idle_worker_first():
+    import queue
+
+    from yelp_lora.serving.batcher import _JobQueue
+
+    jobs = _JobQueue()
+    with pytest.raises(queue.Empty):
+        jobs.get(timeout=0)
+    started = time.monotonic()
+    with pytest.raises(queue.Empty):
+        jobs.get(timeout=0.2)
+    assert time.monotonic() - started >= 0.2
+    for item in range(5):
+        jobs.put(item)
+    assert [jobs.get() for _ in range(5)] == list(range(5))
+
+    # Two idle workers: the one that began waiting last gets the next job, so a lone client's
+    # requests keep to one thread; the other gets the one after.
+    received: dict[str, int] = {}
+
+    def worker(name: str) -> None:
+        received[name] = jobs.get(timeout=30)
+
+    earlier = threading.Thread(target=worker, args=("earlier",))
+    earlier.start()
+    while len(jobs._idle) < 1:
+        time.sleep(0.01)
+    later = threading.Thread(target=worker, args=("later",))
+    later.start()
+    while len(jobs._idle) < 2:
+        time.sleep(0.01)
+    jobs.put("first")
+    later.join(30)
+    assert received == {"later": "first"}
+    jobs.put("second")
+    earlier.join(30)
+    assert received == {"later": "first", "earlier": "second"}
