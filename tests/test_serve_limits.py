@@ -300,3 +300,17 @@ def test_the_job_queue_is_first_in_first_out_and_wakes_the_latest_idle_worker_fi
     jobs.put("second")
     earlier.join(30)
     assert received == {"later": "first", "earlier": "second"}
+
+    # A worker answering its batch announces it is coming back: the next job waits for it rather
+    # than waking an idle worker, unless more jobs wait than workers are coming back.
+    idle = threading.Thread(target=worker, args=("idle",))
+    idle.start()
+    while len(jobs._idle) < 1:
+        time.sleep(0.01)
+    jobs.returning()
+    jobs.put("third")
+    time.sleep(0.2)
+    assert "idle" not in received and len(jobs._idle) == 1
+    jobs.put("fourth")
+    idle.join(30)
+    assert received["idle"] == "third" and jobs.get(returning=True) == "fourth"
