@@ -59,6 +59,10 @@ def test_overrides_apply_and_none_means_keep():
         ("lora: [1, 2]\n", "lora"),
         ("- just\n- a list\n", "must hold a mapping"),
         ("train: {seed: [\n", "not valid YAML"),
+        # YAML would keep the last of two keys, and read `true` as 1 epoch: both refused, and where.
+        ("train:\n  epochs: 2\n  seed: 1\n  epochs: 3\n", "not valid YAML: found the key 'epochs' twice at line 4, column 3"),
+        ("train:\n  epochs: true\n", "train.epochs: a number is needed, not a boolean (got True)"),
+        ("lora:\n  r: yes\n", "lora.r: a number is needed, not a boolean (got True)"),
     ],
 )
 def test_bad_config_files_name_the_problem(tmp_path, text, fragment):
@@ -95,6 +99,12 @@ def test_set_overrides_any_field_and_names_unknown_ones():
         parse_set(["lora.r="])
     with pytest.raises(ConfigError, match="--set lora.r given twice: give it once"):
         parse_set(["lora.r=4", "lora.r=5"])
+    with pytest.raises(ConfigError, match=r"^the command line: train.epochs: a number is needed, not a boolean"):
+        load_config(seed, parse_set(["train.epochs=true"]))
+    with pytest.raises(ConfigError, match=r"found the key 'r' twice at line 1, column 8\)$"):
+        parse_set(["lora.target_modules={r: 1, r: 2}"])
+    # A boolean field still reads YAML's booleans.
+    assert load_config(seed, parse_set(["train.group_by_length=yes"])).train.group_by_length is True
     # A mistake on the command line is the command line's, not the preset's, and an unknown key lists the known ones.
     with pytest.raises(ConfigError, match=r"^the command line: lora.rank: no such field \(lora has r, alpha, dropout, "
                                           r"target_modules, bias\)$"):

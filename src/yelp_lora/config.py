@@ -33,6 +33,15 @@ class _Section(BaseModel):
     # A misspelt key in a YAML preset must fail loudly, not be ignored.
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_for_a_number(cls, value: Any, info) -> Any:
+        # YAML reads true, yes and on as booleans, which a number field would silently take as 1 or 0.
+        kinds = get_args(cls.model_fields[info.field_name].annotation) or (cls.model_fields[info.field_name].annotation,)
+        if isinstance(value, bool) and bool not in kinds and (int in kinds or float in kinds):
+            raise ValueError("a number is needed, not a boolean")
+        return value
+
 
 class ModelConfig(_Section):
     name_or_path: str = Field(
@@ -226,16 +235,51 @@ def with_overrides(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
     return _validated_config(_overridden(config.model_dump(), overrides), "config")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a mapping holding a key twice (YAML itself keeps the last, silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults` may be overridden by design
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                twice = key in seen
+            except TypeError:  # an unhashable key: SafeLoader's own error names it
+                continue
+            if twice:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping", node.start_mark, f"found the key {key!r} twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(text: str) -> Any:
+    """YAML as yaml.safe_load reads it, a key given twice in one mapping refused (yaml.YAMLError)."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)
+
+
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """What is wrong and where, on one line (PyYAML's own message spans several)."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
+
+
 def read_mapping(path: Path, what: str) -> dict[str, Any]:
     """A YAML file that holds a mapping (a run config, a search space); `what` names it in errors."""
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = read_yaml(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         raise ConfigError(f"{what} not found: {path}") from None
     except OSError as err:  # a directory, no permission, ...
         raise ConfigError(f"cannot read {what} {path}: {err.strerror}") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
+    except UnicodeDecodeError as err:
         raise ConfigError(f"{what} {path} is not valid YAML: {err}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{what} {path} is not valid YAML: {yaml_problem(err)}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{what} {path} must hold a mapping, not {type(raw).__name__}")
     return raw
@@ -303,9 +347,9 @@ def parse_set(assignments: list[str]) -> dict[str, Any]:
         if key in overrides:
             raise ConfigError(f"--set {key} given twice: give it once")
         try:
-            value = yaml.safe_load(text)
+            value = read_yaml(text)
         except yaml.YAMLError as err:
-            raise ConfigError(f"--set {assignment!r}: the value is not valid YAML ({err})") from None
+            raise ConfigError(f"--set {assignment!r}: the value is not valid YAML ({yaml_problem(err)})") from None
         overrides[key] = SET_NULL if value is None else value
     return overrides
 
