@@ -153,7 +153,8 @@ def auto_choices(device: torch.device | None = None) -> list[AutoChoice]:
         ),
         AutoChoice(
             "model.dropout_kernel", "fast" if cpu else "torch",
-            "masks drawn 16 bits at a time: torch's per-element bernoulli_ was 47% of a CPU step" if cpu
+            "masks drawn 16 bits at a time: torch's per-element bernoulli_ was 47% of a CPU step; "
+            "+27% over torch's dropout on an AMX CPU" if cpu
             else "torch's fused GPU kernels",
         ),
         AutoChoice(
