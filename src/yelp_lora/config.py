@@ -37,7 +37,8 @@ class _Section(BaseModel):
     @classmethod
     def _no_boolean_for_a_number(cls, value: Any, info) -> Any:
         # YAML reads true, yes and on as booleans, which a number field would silently take as 1 or 0.
-        kinds = get_args(cls.model_fields[info.field_name].annotation) or (cls.model_fields[info.field_name].annotation,)
+        annotation = cls.model_fields[info.field_name].annotation
+        kinds = get_args(annotation) or (annotation,)
         if isinstance(value, bool) and bool not in kinds and (int in kinds or float in kinds):
             raise ValueError("a number is needed, not a boolean")
         return value

@@ -53,8 +53,9 @@ class _JobQueue:
     """First in, first out, like queue.Queue, but a lone request goes to the worker that ran the
     previous one: the worker that went idle last is woken first, and one that is answering its
     batch's requests (`returning`) gets the next job rather than another worker being woken for it.
-    Woken in turn (queue.Queue's order), two workers served one client 6% slower than one worker:
-    ONNX Runtime's all-cores session runs slower called from alternating threads (docs/performance.md)."""
+    Woken in turn (queue.Queue's order), two workers served one client 6% slower than the single
+    worker before them: ONNX Runtime's all-cores session runs slower called from alternating threads
+    (docs/performance.md)."""
 
     def __init__(self):
         self._items: collections.deque = collections.deque()
