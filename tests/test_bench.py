@@ -21,7 +21,7 @@ from yelp_lora.cli import main
 from yelp_lora.config import LABEL_NAMES, LoraSettings
 from yelp_lora.data.sampling import sample_split
 from yelp_lora.data.sources import load_split
-from yelp_lora.errors import ConfigError
+from yelp_lora.errors import ConfigError, ModelError
 from yelp_lora.inference.predictor import Predictor
 from yelp_lora.modeling.base import build_classifier
 from yelp_lora.modeling.hardware import auto_choices, auto_pad_multiple, bf16_supported
@@ -178,10 +178,47 @@ def test_exported_graph_uses_onnx_runtimes_fused_bert_kernels(quick_bench, monke
     assert len(readers) == 2 and "first_token/query_product" in readers  # the query and the residual add
     int8_graph = onnx.load(exported_model(Path(result["adapter"]), "onnx-int8")).graph
     int8 = collections.Counter(node.op_type for node in int8_graph.node)
-    # Per layer: attention output, FFN in and out; the last layer's query and keys + values; then
-    # the pooler and the head. Its attention's two products of activations stay fp32.
-    assert int8["QAttention"] == layers - 1 and int8["MatMulInteger"] == 3 * layers + 2 + 2
+    # Its fused attentions become int8 query, key and value matmuls and ONNX's standard Attention,
+    # which reads each row's length: no QAttention.
+    assert int8["QAttention"] == int8["Attention"] - (layers - 1) == 0
+    lengths = next(node for node in int8_graph.node if node.name == "attention/lengths")
+    assert all(node.input[6] == lengths.output[0] for node in int8_graph.node if node.op_type == "Attention")
+    # Per layer: attention output, FFN in and out, and but in the last the query, key and value;
+    # the last layer's query and keys + values; then the pooler and the head. Its attention's two
+    # products of activations stay fp32.
+    assert int8["MatMulInteger"] == 3 * layers + 3 * (layers - 1) + 2 + 2
     assert sorted(node.name for node in int8_graph.node if node.op_type == "MatMul") == ["first_token/context", "first_token/scores"]
+
+
+def test_standard_attention_computes_what_the_fused_kernel_does_padding_included(quick_bench, real_texts, monkeypatch):
+    import onnx
+    import onnxruntime as ort
+
+    from yelp_lora.artifacts import tokenizer_source
+    from yelp_lora.inference.onnx_backend import UNFUSED_AT_LOAD, exported_model, standard_attention
+    from yelp_lora.modeling.base import load_tokenizer
+
+    result, cache = quick_bench
+    monkeypatch.setenv("YELP_LORA_CACHE", str(cache))
+    adapter = Path(result["adapter"])
+    model = onnx.load(exported_model(adapter, "onnx"))
+    # Rows of unequal length, padded on the right: the padding must be masked from every row's attention.
+    batch = load_tokenizer(tokenizer_source(adapter))(real_texts[:6], padding=True, truncation=True, max_length=96,
+                                                       return_tensors="np")
+    assert (batch["attention_mask"] == 0).any()
+
+    def logits(graph_model) -> np.ndarray:
+        session = ort.InferenceSession(graph_model.SerializeToString(), providers=["CPUExecutionProvider"],
+                                       disabled_optimizers=UNFUSED_AT_LOAD)
+        return session.run(["logits"], {name: batch[name].astype(np.int64) for name in ("input_ids", "attention_mask")})[0]
+
+    fused = logits(model)
+    # ONNX Runtime 1.24 would run the graph and attend to the padding: refused by name.
+    with monkeypatch.context() as patch, pytest.raises(ModelError, match=r"needs onnxruntime>=1\.25, .* 1\.24\.4 is installed"):
+        patch.setattr(ort, "__version__", "1.24.4")
+        standard_attention(model)
+    assert len(standard_attention(model)) == 6 - 1
+    np.testing.assert_allclose(logits(model), fused, atol=1e-5)
 
 
 def test_predict_cli_onnx_int8(quick_bench, real_texts, monkeypatch, capsys):
