@@ -25,7 +25,7 @@ def test_every_auto_setting_is_named_with_its_value_and_reason():
     choices = auto_choices(CPU)
     assert [c.setting for c in choices] == [
         "train.precision", "model.attention", "model.dropout_kernel", "train micro-batch", "train pad multiple",
-        "prediction backend", "prediction batch",
+        "prediction backend", "prediction batch", "int8 attention",
     ]
     assert all(c.value and len(c.why) > 20 for c in choices)
     backend = next(c for c in choices if c.setting == "prediction backend")
@@ -42,6 +42,19 @@ def test_every_auto_setting_is_named_with_its_value_and_reason():
     pad = next(c for c in choices if c.setting == "train pad multiple")
     assert pad.value == ("16" if has_amx() else "8"), pad
     assert auto_pad_multiple(torch.device("cuda")) == 1
+    # The int8 graph's attention: ONNX's standard node where measured faster (AMX), QAttention elsewhere.
+    attention = next(c for c in choices if c.setting == "int8 attention")
+    assert attention.value == ("standard" if has_amx() else "fused"), attention
+
+
+def test_the_int8_attention_form_can_be_asked_for_by_name(monkeypatch):
+    for form in ("fused", "standard"):
+        monkeypatch.setenv("YELP_LORA_INT8_ATTENTION", form)
+        assert next(c for c in auto_choices(CPU) if c.setting == "int8 attention")[1:] == (
+            form, "as asked ($YELP_LORA_INT8_ATTENTION)")
+    monkeypatch.setenv("YELP_LORA_INT8_ATTENTION", "qattention")
+    with pytest.raises(ConfigError, match=r"\$YELP_LORA_INT8_ATTENTION 'qattention': expected one of fused, standard"):
+        auto_choices(CPU)
 
 
 def test_a_named_backend_or_bf16_overrides_auto_and_an_unknown_one_is_refused():

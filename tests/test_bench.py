@@ -153,12 +153,14 @@ def test_openvino_answers_like_torch_and_bf16_close(quick_bench, real_texts, mon
         assert bf16.bf16 and np.abs(bf16.probabilities(real_texts)[0] - reference).max() < 0.05
 
 
-def test_exported_graph_uses_onnx_runtimes_fused_bert_kernels(quick_bench, monkeypatch):
+def test_exported_graph_uses_onnx_runtimes_fused_bert_kernels(quick_bench, real_texts, monkeypatch):
     import collections
 
     import onnx
 
-    from yelp_lora.inference.onnx_backend import exported_model
+    from yelp_lora.artifacts import tokenizer_source
+    from yelp_lora.inference.onnx_backend import OnnxClassifier, exported_model
+    from yelp_lora.modeling.base import load_tokenizer
 
     result, cache = quick_bench
     monkeypatch.setenv("YELP_LORA_CACHE", str(cache))
@@ -176,18 +178,32 @@ def test_exported_graph_uses_onnx_runtimes_fused_bert_kernels(quick_bench, monke
     assert first_token.op_type == "Slice" and nodes["first_token/key_value_product"].input[0] == first_token.input[0]
     readers = [node.name for node in graph.node if first_token.output[0] in node.input]
     assert len(readers) == 2 and "first_token/query_product" in readers  # the query and the residual add
-    int8_graph = onnx.load(exported_model(Path(result["adapter"]), "onnx-int8")).graph
-    int8 = collections.Counter(node.op_type for node in int8_graph.node)
-    # Its fused attentions become int8 query, key and value matmuls and ONNX's standard Attention,
-    # which reads each row's length: no QAttention.
-    assert int8["QAttention"] == int8["Attention"] - (layers - 1) == 0
-    lengths = next(node for node in int8_graph.node if node.name == "attention/lengths")
-    assert all(node.input[6] == lengths.output[0] for node in int8_graph.node if node.op_type == "Attention")
-    # Per layer: attention output, FFN in and out, and but in the last the query, key and value;
-    # the last layer's query and keys + values; then the pooler and the head. Its attention's two
-    # products of activations stay fp32.
-    assert int8["MatMulInteger"] == 3 * layers + 3 * (layers - 1) + 2 + 2
-    assert sorted(node.name for node in int8_graph.node if node.op_type == "MatMul") == ["first_token/context", "first_token/scores"]
+    # Padded rows of unequal length, as a batch of 2 and more runs them.
+    batch = dict(load_tokenizer(tokenizer_source(Path(result["adapter"])))(
+        real_texts[:4], padding=True, truncation=True, max_length=96, return_tensors="pt"))
+    assert (batch["attention_mask"] == 0).any()
+    # Each int8 form, whichever this CPU runs ($YELP_LORA_INT8_ATTENTION overrides its choice): the same logits.
+    logits = {}
+    for form in ("fused", "standard"):
+        monkeypatch.setenv("YELP_LORA_INT8_ATTENTION", form)
+        path = exported_model(Path(result["adapter"]), "onnx-int8")
+        int8_graph = onnx.load(path).graph
+        int8 = collections.Counter(node.op_type for node in int8_graph.node)
+        if form == "fused":
+            assert int8["QAttention"] == layers - 1 and int8["Attention"] == 0
+        else:  # int8 query, key and value matmuls, then ONNX's standard Attention, which reads each row's length
+            assert int8["QAttention"] == 0 and int8["Attention"] == layers - 1
+            lengths = next(node for node in int8_graph.node if node.name == "attention/lengths")
+            assert all(node.input[6] == lengths.output[0] for node in int8_graph.node if node.op_type == "Attention")
+        # Per layer: attention output, FFN in and out (and in the standard form, but in the last
+        # layer, the query, key and value); the last layer's query and keys + values; then the
+        # pooler and the head. Its attention's two products of activations stay fp32.
+        projections = 3 * (layers - 1) if form == "standard" else 0
+        assert int8["MatMulInteger"] == 3 * layers + projections + 2 + 2
+        assert sorted(node.name for node in int8_graph.node if node.op_type == "MatMul") == [
+            "first_token/context", "first_token/scores"]
+        logits[form] = OnnxClassifier(path)(**batch).logits
+    torch.testing.assert_close(logits["standard"], logits["fused"], rtol=0, atol=1e-4)
 
 
 def test_standard_attention_computes_what_the_fused_kernel_does_padding_included(quick_bench, real_texts, monkeypatch):

@@ -34,7 +34,7 @@ from yelp_lora.artifacts import INT8_CALIBRATION_FILE, adapter_base, tokenizer_s
 from yelp_lora.errors import ModelError, SaveError
 from yelp_lora.modeling.base import load_adapter, load_tokenizer
 from yelp_lora.modeling.calibration import load_activation_ranges, observed_key
-from yelp_lora.modeling.hardware import ONNX_BACKENDS
+from yelp_lora.modeling.hardware import ONNX_BACKENDS, int8_attention
 from yelp_lora.registry.store import base_model_fingerprint
 from yelp_lora.util.atomic import atomic_dir, exclusive
 from yelp_lora.util.hashing import file_sha256
@@ -45,7 +45,7 @@ CACHE_ENV = "YELP_LORA_CACHE"
 FP32_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
 OPSET = 17
-GRAPH_FORMAT = "fused-v7-layer-norm-first-token-query-smoothed-standard-attention"  # bump when export() changes, so cached files are rebuilt
+GRAPH_FORMAT = "fused-v7-layer-norm-first-token-query-smoothed-int8-attention-per-cpu"  # bump when export() changes, so cached files are rebuilt
 HASHES_FILE = "sha256.json"  # {file name: sha256} of the exported files, written with them
 # ONNX Runtime's CPU SkipLayerNormalization kernel measured slower than the residual Add and a
 # LayerNormalization; this session transformer would fuse them back.
@@ -64,12 +64,13 @@ def cache_root() -> Path:
 
 
 def _cache_key(adapter_dir: Path, base: str) -> str:
-    """The adapter's own files, the base model's hash and the versions that shape the exported graph."""
+    """The adapter's own files, the base model's hash, and the versions and per-CPU form that shape the exported graph."""
     import onnxruntime
 
     base_hash = base_model_fingerprint(base, base).sha256 or f"unhashed:{base}"
     digest = hashlib.sha256(
-        f"{torch.__version__}|{onnxruntime.__version__}|opset{OPSET}|{GRAPH_FORMAT}|base:{base_hash}".encode()
+        f"{torch.__version__}|{onnxruntime.__version__}|opset{OPSET}|{GRAPH_FORMAT}|{int8_attention().value}|"
+        f"base:{base_hash}".encode()
     )
     for name in ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin", "config.json", INT8_CALIBRATION_FILE):
         path = adapter_dir / name
@@ -127,7 +128,7 @@ def export(adapter_dir: Path, target: Path, *, base: str | None = None, origin: 
             if int8:
                 if ranges is not None:  # else trained before they were saved: exported_model warns
                     smooth_activations(fused.model, ranges)
-                cores = standard_attention(fused.model)
+                cores = standard_attention(fused.model) if int8_attention().value == "standard" else []
                 # Per-channel weight scales keep macro-F1 close to fp32. The fused kernels carry no
                 # inferable output types, hence the default tensor type (float).
                 quantize_dynamic(
@@ -279,7 +280,7 @@ def standard_attention(model, attention_mask: str = "attention_mask") -> list[st
     takes the padding (on the right, as `data.tokenize.pad` and the fused kernel's mask index have
     it) as each row's length, which costs nothing where a boolean mask cost 10% of the attention
     core. On the AMX Xeon the int8 graph ran 6.8% faster this way (one thread, one review per pass;
-    docs/performance.md).
+    docs/performance.md); the export uses it where `modeling.hardware.int8_attention` says so.
     """
     import onnxruntime
     from onnx import helper, numpy_helper
