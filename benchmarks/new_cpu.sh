@@ -8,6 +8,7 @@
 #      beside auto's choice, in the same rounds
 #   3. where the time goes: benchmarks/profile_time.py (a training step, each prediction backend)
 #   4. whether OpenVINO's int8 beats ONNX Runtime's here: benchmarks/openvino_int8.py (needs nncf)
+#   5. which attention the int8 graph should use here: benchmarks/int8_attention.py
 # Needs the demo adapter (make demo) and the [onnx,openvino] extras (make install); installs [bench] (nncf).
 set -euo pipefail
 BIN=${BIN:-.venv/bin}
@@ -26,3 +27,4 @@ set -x
 "$BIN/python" benchmarks/profile_time.py --adapter "$RUN_DIR" --bf16 --json "$out-profile.json"
 "$BIN/python" -c "import nncf" 2>/dev/null || "$BIN/pip" install -q -e '.[bench]'
 "$BIN/python" benchmarks/openvino_int8.py --adapter "$RUN_DIR" --json "$out-openvino-int8.json"
+"$BIN/python" benchmarks/int8_attention.py --adapter "$RUN_DIR" --json "$out-int8-attention.json"
