@@ -6,9 +6,10 @@ and checked at every load, so a cached file changed since is rebuilt, never run)
 its BERT blocks fused into ONNX Runtime's kernels (Attention, EmbedLayerNormalization, BiasGelu;
 residual + LayerNorm stay an Add and a standard LayerNormalization, measured faster), its last layer cut to the one token the
 classifier reads; for int8, activations smoothed into the weights (SmoothQuant) with the ranges the
-adapter carries, and each attention an int8 query, key and value matmul before ONNX's standard
-Attention (measured faster than ONNX Runtime's QAttention). It is served by an `OnnxClassifier` that `modeling.forward.predict_logits` drives like a
-transformers model, so batching, length sorting and truncation stay in one place.
+adapter carries, and on AMX CPUs each attention as int8 query, key and value matmuls before ONNX's
+standard Attention (measured faster there than ONNX Runtime's QAttention). It is served by an
+`OnnxClassifier` that `modeling.forward.predict_logits` drives like a transformers model, so
+batching, length sorting and truncation stay in one place.
 """
 
 from __future__ import annotations
@@ -276,11 +277,12 @@ def standard_attention(model, attention_mask: str = "attention_mask") -> list[st
     Attention node, in place; returns the new attention nodes' names, which int8 quantization must
     leave alone (it takes any node named Attention for Microsoft's, whose int8 form is QAttention).
 
-    The same arithmetic: the int8 logits are identical to QAttention's. ONNX Runtime's standard node
-    takes the padding (on the right, as `data.tokenize.pad` and the fused kernel's mask index have
-    it) as each row's length, which costs nothing where a boolean mask cost 10% of the attention
-    core. On the AMX Xeon the int8 graph ran 6.8% faster this way (one thread, one review per pass;
-    docs/performance.md); the export uses it where `modeling.hardware.int8_attention` says so.
+    The same arithmetic (the int8 logits equal QAttention's to the bit on the AMX Xeon). ONNX
+    Runtime's standard node takes the padding (on the right, as `data.tokenize.pad` and the fused
+    kernel's mask index have it) as each row's length, which costs nothing where a boolean mask cost
+    10% of the attention core. On the AMX Xeon the int8 graph ran 6.8% faster this way (one thread,
+    one review per pass; docs/performance.md); the export uses it where
+    `modeling.hardware.int8_attention` says so.
     """
     import onnxruntime
     from onnx import helper, numpy_helper
