@@ -46,7 +46,7 @@ CACHE_ENV = "YELP_LORA_CACHE"
 FP32_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
 OPSET = 17
-GRAPH_FORMAT = "fused-v7-layer-norm-first-token-query-smoothed-int8-attention-per-cpu"  # bump when export() changes, so cached files are rebuilt
+GRAPH_FORMAT = "fused-v8-layer-norm-first-token-query-smoothed-int8-attention-per-cpu"  # bump when export() changes, so cached files are rebuilt
 HASHES_FILE = "sha256.json"  # {file name: sha256} of the exported files, written with them
 # ONNX Runtime's CPU SkipLayerNormalization kernel measured slower than the residual Add and a
 # LayerNormalization; this session transformer would fuse them back.
@@ -121,19 +121,28 @@ def export(adapter_dir: Path, target: Path, *, base: str | None = None, origin: 
                 str(traced), model_type="bert",
                 num_heads=model.config.num_attention_heads, hidden_size=model.config.hidden_size,
             )
+            int8_model = onnx.ModelProto()
+            int8_model.CopyFrom(fused.model)  # cut and rewritten its own way below
             last_layer_first_token_only(fused.model)
             decompose_skip_layer_norms(fused.model)
             fused.save_model_to_file(str(staging / FP32_FILE))
             traced.unlink()
             written = [FP32_FILE]
             if int8:
+                standard = int8_attention().value == "standard"
+                last_layer_first_token_only(int8_model, standard_core=standard)
+                decompose_skip_layer_norms(int8_model)
                 if ranges is not None:  # else trained before they were saved: exported_model warns
-                    smooth_activations(fused.model, ranges)
-                cores = standard_attention(fused.model) if int8_attention().value == "standard" else []
+                    smooth_activations(int8_model, ranges)
+                if standard:
+                    standard_attention(int8_model)
+                # The quantizer takes any node named Attention for Microsoft's (whose int8 form is
+                # QAttention): ONNX's own are left to it as they are.
+                cores = [node.name for node in int8_model.graph.node if node.op_type == "Attention" and not node.domain]
                 # Per-channel weight scales keep macro-F1 close to fp32. The fused kernels carry no
                 # inferable output types, hence the default tensor type (float).
                 quantize_dynamic(
-                    fused.model, staging / INT8_FILE, weight_type=QuantType.QInt8, per_channel=True,
+                    int8_model, staging / INT8_FILE, weight_type=QuantType.QInt8, per_channel=True,
                     nodes_to_exclude=FIRST_TOKEN_FP32_NODES + cores,
                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
                 )
@@ -144,7 +153,7 @@ def export(adapter_dir: Path, target: Path, *, base: str | None = None, origin: 
             logging.getLogger().setLevel(quiet)
 
 
-def last_layer_first_token_only(model, attention_mask: str = "attention_mask") -> None:
+def last_layer_first_token_only(model, attention_mask: str = "attention_mask", *, standard_core: bool = False) -> None:
     """Run the last layer for the first ([CLS]) token only, in place: the pooler and the head read
     nothing else.
 
@@ -153,11 +162,14 @@ def last_layer_first_token_only(model, attention_mask: str = "attention_mask") -
     weighted values (`attention_mask`, the graph input, masks the padding). After the attention,
     the residual is the first token's too, so the output projection, LayerNorms and FFN also run
     for one token. On MiniLM: 11-12% of a forward pass for the cut after the attention, 4% more
-    for the query (docs/performance.md).
+    for the query (docs/performance.md). `standard_core`: the scores, softmax and weighted values as
+    one ONNX standard Attention node instead (`standard_attention`'s form, for the int8 graph on AMX:
+    +3.1% there, the same logits).
     """
     from onnx import helper, numpy_helper
 
     graph = model.graph
+    lengths = _row_lengths(model, attention_mask) if standard_core else None
     attentions = [index for index, node in enumerate(graph.node) if node.op_type == "Attention"]
     if not attentions:
         raise ModelError("the exported graph has no fused Attention node: cannot cut its last layer")
@@ -198,20 +210,26 @@ def last_layer_first_token_only(model, attention_mask: str = "attention_mask") -
     key_value = linear("key_value", hidden_states, slice(hidden, None))
     nodes.append(helper.make_node("Split", [key_value, constant("key_value_sizes", [hidden, hidden])],
                                   ["first_token/key", "first_token/value"], axis=2, name="first_token/split"))
-    query = heads_first(linear("query", first, slice(hidden)), "query", [0, 2, 1, 3])  # batch, head, 1, d
-    key = heads_first("first_token/key", "key", [0, 2, 3, 1])  # batch, head, d, tokens
-    value = heads_first("first_token/value", "value", [0, 2, 1, 3])  # batch, head, tokens, d
-    scores = op("MatMul", [query, key], "scores")
-    scores = op("Mul", [scores, constant("scale", 1 / np.sqrt(hidden // heads), np.float32)], "scaled_scores")
-    # 0 where attention_mask is 1, -10000 on padding (ONNX Runtime's Attention masks with the same value).
-    mask = op("Cast", [attention_mask], "mask", to=1)
-    mask = op("Sub", [mask, constant("one_float", 1.0, np.float32)], "mask_off")
-    mask = op("Mul", [mask, constant("mask_value", 10000.0, np.float32)], "mask_add")
-    mask = op("Unsqueeze", [mask, constant("mask_axes", [1, 2])], "mask_heads")
-    probabilities = op("Softmax", [op("Add", [scores, mask], "masked_scores")], "probabilities", axis=-1)
-    context = op("Transpose", [op("MatMul", [probabilities, value], "context")], "context_t", perm=[0, 2, 1, 3])
-    nodes.append(helper.make_node("Reshape", [context, constant("hidden_shape", [0, -1, hidden])], [attention.output[0]],
-                                  name=attention.output[0]))  # the attention's own output, read by the rest
+    query = linear("query", first, slice(hidden))
+    if lengths is not None:
+        nodes.append(helper.make_node(
+            "Attention", [query, "first_token/key", "first_token/value", "", "", "", lengths], [attention.output[0]],
+            name="first_token/core", q_num_heads=heads, kv_num_heads=heads))
+    else:
+        query = heads_first(query, "query", [0, 2, 1, 3])  # batch, head, 1, d
+        key = heads_first("first_token/key", "key", [0, 2, 3, 1])  # batch, head, d, tokens
+        value = heads_first("first_token/value", "value", [0, 2, 1, 3])  # batch, head, tokens, d
+        scores = op("MatMul", [query, key], "scores")
+        scores = op("Mul", [scores, constant("scale", 1 / np.sqrt(hidden // heads), np.float32)], "scaled_scores")
+        # 0 where attention_mask is 1, -10000 on padding (ONNX Runtime's Attention masks with the same value).
+        mask = op("Cast", [attention_mask], "mask", to=1)
+        mask = op("Sub", [mask, constant("one_float", 1.0, np.float32)], "mask_off")
+        mask = op("Mul", [mask, constant("mask_value", 10000.0, np.float32)], "mask_add")
+        mask = op("Unsqueeze", [mask, constant("mask_axes", [1, 2])], "mask_heads")
+        probabilities = op("Softmax", [op("Add", [scores, mask], "masked_scores")], "probabilities", axis=-1)
+        context = op("Transpose", [op("MatMul", [probabilities, value], "context")], "context_t", perm=[0, 2, 1, 3])
+        nodes.append(helper.make_node("Reshape", [context, constant("hidden_shape", [0, -1, hidden])],
+                                      [attention.output[0]], name=attention.output[0]))  # the attention's own output, read by the rest
     graph.node.remove(attention)
     for position, node in enumerate(nodes, start=last):
         graph.node.insert(position, node)
@@ -238,7 +256,7 @@ def smooth_activations(model, ranges: dict[str, np.ndarray], alpha: float = SMOO
         key = None
         # Fused Attention nodes carry no layer name; they come in layer order, the last layer's
         # keys and values (last_layer_first_token_only) after them.
-        if node.op_type == "Attention" or node.name == "first_token/key_value_product":
+        if (node.op_type == "Attention" and node.domain == "com.microsoft") or node.name == "first_token/key_value_product":
             key, layer = observed_key(layer, "attention.self.query"), layer + 1
         elif not one_token and node.op_type == "MatMul" and (named := ENCODER_MATMUL.match(node.name)):
             key = named.group(1).replace("/", ".")
@@ -270,12 +288,12 @@ def smooth_activations(model, ranges: dict[str, np.ndarray], alpha: float = SMOO
 # ONNX Runtime runs it from 1.25; 1.24 loads it but ignores the lengths, attending to the padding.
 STANDARD_ATTENTION_OPSET = 24
 STANDARD_ATTENTION_RUNTIME = (1, 25)
+ROW_LENGTHS = "attention/lengths"
 
 
-def standard_attention(model, attention_mask: str = "attention_mask") -> list[str]:
+def standard_attention(model, attention_mask: str = "attention_mask") -> None:
     """Replace each fused Attention by its query, key and value matmuls and ONNX's standard
-    Attention node, in place; returns the new attention nodes' names, which int8 quantization must
-    leave alone (it takes any node named Attention for Microsoft's, whose int8 form is QAttention).
+    Attention node, in place.
 
     The same arithmetic (the int8 logits equal QAttention's to the bit on the AMX Xeon). ONNX
     Runtime's standard node takes the padding (on the right, as `data.tokenize.pad` and the fused
@@ -284,23 +302,17 @@ def standard_attention(model, attention_mask: str = "attention_mask") -> list[st
     one review per pass; docs/performance.md); the export uses it where
     `modeling.hardware.int8_attention` says so.
     """
-    import onnxruntime
     from onnx import helper, numpy_helper
 
-    if tuple(map(int, onnxruntime.__version__.split(".")[:2])) < STANDARD_ATTENTION_RUNTIME:
-        needed = ".".join(map(str, STANDARD_ATTENTION_RUNTIME))
-        raise ModelError(f"the int8 ONNX graph needs onnxruntime>={needed}, which masks padding in ONNX's standard "
-                         f"Attention; {onnxruntime.__version__} is installed: pip install 'onnxruntime>={needed}'")
     graph = model.graph
     initializers = {init.name: init for init in graph.initializer}
+    lengths = _row_lengths(model, attention_mask)
 
     def constant(name: str, value: np.ndarray) -> str:
         graph.initializer.append(numpy_helper.from_array(value, name))
         return name
 
-    lengths = helper.make_node("ReduceSum", [attention_mask, constant("attention/length_axis", np.array([1]))],
-                               ["attention/lengths"], name="attention/lengths", keepdims=0)
-    nodes, names = [lengths], []
+    nodes, layer = [], 0
     for node in graph.node:
         if node.op_type != "Attention" or node.domain != "com.microsoft":
             nodes.append(node)
@@ -310,7 +322,7 @@ def standard_attention(model, attention_mask: str = "attention_mask") -> list[st
         for name in parameters:
             graph.initializer.remove(initializers[name])
         hidden, heads = weight.shape[0], next(a.i for a in node.attribute if a.name == "num_heads")
-        name = f"attention_{len(names)}"
+        name, layer = f"attention_{layer}", layer + 1
         # Three matmuls rather than one and a Split: the Split's copy cost more than the two more calls.
         for index, part in enumerate(("query", "key", "value")):
             columns = slice(index * hidden, (index + 1) * hidden)
@@ -321,15 +333,31 @@ def standard_attention(model, attention_mask: str = "attention_mask") -> list[st
                                  [f"{name}/{part}"], name=f"{name}/{part}"),
             ]
         nodes.append(helper.make_node(
-            "Attention", [f"{name}/query", f"{name}/key", f"{name}/value", "", "", "", "attention/lengths"],
+            "Attention", [f"{name}/query", f"{name}/key", f"{name}/value", "", "", "", lengths],
             [node.output[0]], name=f"{name}/core", q_num_heads=heads, kv_num_heads=heads))
-        names.append(f"{name}/core")
     del graph.node[:]
     graph.node.extend(nodes)
+
+
+def _row_lengths(model, attention_mask: str) -> str:
+    """The name of each row's length, ReduceSum(attention_mask), which ONNX's standard Attention
+    reads; the node is added once, first, and the model's opset raised to the one that reads it."""
+    import onnxruntime
+    from onnx import helper, numpy_helper
+
+    if tuple(map(int, onnxruntime.__version__.split(".")[:2])) < STANDARD_ATTENTION_RUNTIME:
+        needed = ".".join(map(str, STANDARD_ATTENTION_RUNTIME))
+        raise ModelError(f"the int8 ONNX graph needs onnxruntime>={needed}, which masks padding in ONNX's standard "
+                         f"Attention; {onnxruntime.__version__} is installed: pip install 'onnxruntime>={needed}'")
+    graph = model.graph
+    if not any(node.name == ROW_LENGTHS for node in graph.node):
+        graph.initializer.append(numpy_helper.from_array(np.array([1], np.int64), f"{ROW_LENGTHS}_axis"))
+        graph.node.insert(0, helper.make_node("ReduceSum", [attention_mask, f"{ROW_LENGTHS}_axis"], [ROW_LENGTHS],
+                                              name=ROW_LENGTHS, keepdims=0))
     for opset in model.opset_import:
         if opset.domain in ("", "ai.onnx"):
             opset.version = max(opset.version, STANDARD_ATTENTION_OPSET)
-    return names
+    return ROW_LENGTHS
 
 
 def decompose_skip_layer_norms(model) -> None:
