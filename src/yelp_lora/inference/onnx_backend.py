@@ -121,8 +121,9 @@ def export(adapter_dir: Path, target: Path, *, base: str | None = None, origin: 
                 str(traced), model_type="bert",
                 num_heads=model.config.num_attention_heads, hidden_size=model.config.hidden_size,
             )
-            int8_model = onnx.ModelProto()
-            int8_model.CopyFrom(fused.model)  # cut and rewritten its own way below
+            if int8:  # cut and rewritten its own way below
+                int8_model = onnx.ModelProto()
+                int8_model.CopyFrom(fused.model)
             last_layer_first_token_only(fused.model)
             decompose_skip_layer_norms(fused.model)
             fused.save_model_to_file(str(staging / FP32_FILE))
@@ -138,7 +139,7 @@ def export(adapter_dir: Path, target: Path, *, base: str | None = None, origin: 
                     standard_attention(int8_model)
                 # The quantizer takes any node named Attention for Microsoft's (whose int8 form is
                 # QAttention): ONNX's own are left to it as they are.
-                cores = [node.name for node in int8_model.graph.node if node.op_type == "Attention" and not node.domain]
+                cores = [node.name for node in int8_model.graph.node if node.op_type == "Attention" and not fused_attention(node)]
                 # Per-channel weight scales keep macro-F1 close to fp32. The fused kernels carry no
                 # inferable output types, hence the default tensor type (float).
                 quantize_dynamic(
@@ -151,6 +152,11 @@ def export(adapter_dir: Path, target: Path, *, base: str | None = None, origin: 
             (staging / HASHES_FILE).write_text(json.dumps(hashes, indent=2) + "\n", encoding="utf-8")
         finally:
             logging.getLogger().setLevel(quiet)
+
+
+def fused_attention(node) -> bool:
+    """ONNX Runtime's fused Attention (Microsoft's domain), not ONNX's standard node of the same name."""
+    return node.op_type == "Attention" and node.domain == "com.microsoft"
 
 
 def last_layer_first_token_only(model, attention_mask: str = "attention_mask", *, standard_core: bool = False) -> None:
@@ -170,7 +176,7 @@ def last_layer_first_token_only(model, attention_mask: str = "attention_mask", *
 
     graph = model.graph
     lengths = _row_lengths(model, attention_mask) if standard_core else None
-    attentions = [index for index, node in enumerate(graph.node) if node.op_type == "Attention"]
+    attentions = [index for index, node in enumerate(graph.node) if fused_attention(node)]
     if not attentions:
         raise ModelError("the exported graph has no fused Attention node: cannot cut its last layer")
     last = attentions[-1]
@@ -256,7 +262,7 @@ def smooth_activations(model, ranges: dict[str, np.ndarray], alpha: float = SMOO
         key = None
         # Fused Attention nodes carry no layer name; they come in layer order, the last layer's
         # keys and values (last_layer_first_token_only) after them.
-        if (node.op_type == "Attention" and node.domain == "com.microsoft") or node.name == "first_token/key_value_product":
+        if fused_attention(node) or node.name == "first_token/key_value_product":
             key, layer = observed_key(layer, "attention.self.query"), layer + 1
         elif not one_token and node.op_type == "MatMul" and (named := ENCODER_MATMUL.match(node.name)):
             key = named.group(1).replace("/", ".")
@@ -314,7 +320,7 @@ def standard_attention(model, attention_mask: str = "attention_mask") -> None:
 
     nodes, layer = [], 0
     for node in graph.node:
-        if node.op_type != "Attention" or node.domain != "com.microsoft":
+        if not fused_attention(node):
             nodes.append(node)
             continue
         x, *parameters = node.input[:3]
