@@ -56,6 +56,10 @@ def test_sigkill_then_resume_gives_identical_adapter(tiny_bert_dir, data_dir, tm
     assert [entry["epoch"] for entry in history if "eval_macro_f1" in entry] == [1.0]
     assert kill_at_next_checkpoint([*args, "--resume"], checkpoints) == "checkpoint-12"
     assert not (crashed / "run.json").exists()
+    # Until run.json is written, the adapter in the run directory is an epoch's, not the run's.
+    stopped = cli("evaluate", "--adapter", str(crashed), check=False)
+    assert stopped.returncode == 2 and stopped.stderr.startswith(
+        f"yelp-lora evaluate: error: {crashed} holds no finished run (no run.json)"), stopped.stderr
     # What a kill during a later save leaves behind: a hidden, partial staging directory.
     partial = checkpoints / ".staging-checkpoint-16" / "checkpoint-16"
     partial.mkdir(parents=True)

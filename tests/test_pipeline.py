@@ -201,8 +201,19 @@ def test_user_mistakes_get_one_clear_line(tmp_path, minilm_run, data_dir):
     edited = tmp_path / "edited"  # an adapter whose yelp_lora.json was edited by hand past what BERT reads
     shutil.copytree(minilm_run / "adapter", edited)
     (edited / "yelp_lora.json").write_text(json.dumps({**read_json(edited / "yelp_lora.json"), "max_length": 100000}))
+    unfinished = tmp_path / "unfinished"  # a run stopped before its run.json: the adapter is an epoch's
+    shutil.copytree(minilm_run / "adapter", unfinished / "adapter")
+    overwritten = tmp_path / "overwritten"  # a `train --overwrite` stopped after an epoch: the old run's run.json
+    shutil.copytree(minilm_run / "adapter", overwritten / "adapter")
+    (overwritten / "run.json").write_text(json.dumps({**read_json(minilm_run / "run.json"), "adapter_sha256": "0" * 64}))
     cases = [
         (("train", "--data", "./missing-dir", "--output-dir", str(tmp_path / "x")), "data path not found: ./missing-dir"),
+        (("predict", "--adapter", str(unfinished), "Great tacos."),
+         f"{unfinished} holds no finished run (no run.json): its training is still going or was stopped, and "
+         f"{unfinished / 'adapter'} is the best epoch's so far"),
+        (("compare", "--adapter", str(overwritten)),
+         f"{overwritten / 'run.json'} records other adapter weights (sha256 000000000000…) than "
+         f"{overwritten / 'adapter' / 'adapter_model.safetensors'}: a `train --overwrite` into {overwritten} is still going"),
         (("train", "--config", "nope.yaml", "--output-dir", str(tmp_path / "x")), "config file not found"),
         (("train", "--model", "./no-model", "--max-steps", "1", "--output-dir", str(tmp_path / "x")), "model directory not found"),
         (("train", "--batch-size", "16", "--micro-batch-size", "5", "--output-dir", str(tmp_path / "x")),
@@ -264,6 +275,8 @@ def test_user_mistakes_get_one_clear_line(tmp_path, minilm_run, data_dir):
         assert result.returncode == 2, (args, result.stderr[-2000:])
         assert message in result.stderr, (args, result.stderr[-2000:])
         assert "Traceback" not in result.stderr
+    # Named itself, a stopped run's adapter is taken as it is.
+    assert "strong_positive" in cli("predict", "--adapter", str(unfinished / "adapter"), "Great tacos.").stdout
 
 
 def test_overwrite_replaces_a_finished_run_and_every_score_of_it(tiny_run, tiny_bert_dir, data_dir, tmp_path):

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serial
 from yelp_lora.config import LABEL_NAMES, RunConfig, Truncation, kept_head
 from yelp_lora.errors import DataError, ModelError
 from yelp_lora.util.atomic import atomic_dir, atomic_write_text
+from yelp_lora.util.hashing import file_sha256
 
 ADAPTER_DIRNAME = "adapter"
 ADAPTER_CONFIG_FILE = "adapter_config.json"
@@ -101,12 +102,43 @@ def resolve_adapter_dir(path: str | Path) -> Path:
     """Accept a run directory (holding adapter/) or an adapter directory itself."""
     path = Path(path)
     if (path / ADAPTER_DIRNAME / ADAPTER_CONFIG_FILE).is_file():
+        refuse_unfinished_run(path)
         return path / ADAPTER_DIRNAME
     if (path / ADAPTER_CONFIG_FILE).is_file():
         return path
     if not path.exists():
         raise ModelError(f"adapter not found: {path}")
     raise ModelError(f"{path} holds no adapter (no {ADAPTER_CONFIG_FILE} in it or in {path / ADAPTER_DIRNAME})")
+
+
+class RunAdapterRef(Record):
+    """The part of run.json that says which adapter weights are the run's."""
+
+    adapter_sha256: str | None = None
+
+
+def refuse_unfinished_run(run_dir: Path) -> None:
+    """A run directory's adapter is written at each better epoch, and run.json once the run is over:
+    until then (or where the run was stopped) the adapter is an epoch's, not a finished run's, and
+    where `train --overwrite` was stopped, run.json is the old run's. Given the adapter directory
+    itself, the caller takes it as it is."""
+    if (run_dir / MANIFEST_FILE).is_file():  # a registry version, verified against its own manifest
+        return
+    adapter_dir = run_dir / ADAPTER_DIRNAME
+    use_anyway = f"pass {adapter_dir} to use that adapter as it is"
+    if not (run_dir / RUN_FILE).is_file():
+        raise ModelError(
+            f"{run_dir} holds no finished run (no {RUN_FILE}): its training is still going or was stopped, and "
+            f"{adapter_dir} is the best epoch's so far. Finish it (`yelp-lora train --resume` continues a "
+            f"checkpointed run), or {use_anyway}"
+        )
+    recorded = read_record(RunAdapterRef, run_dir / RUN_FILE, ModelError).adapter_sha256
+    weights = adapter_dir / ADAPTER_WEIGHTS
+    if recorded is not None and weights.is_file() and recorded != file_sha256(weights):
+        raise ModelError(
+            f"{run_dir / RUN_FILE} records other adapter weights (sha256 {recorded[:12]}…) than {weights}: a "
+            f"`train --overwrite` into {run_dir} is still going or was stopped. Train it again, or {use_anyway}"
+        )
 
 
 def adapter_base(adapter_dir: Path) -> str:
