@@ -128,7 +128,7 @@ def test_damaged_versions_are_each_named_and_spoil_no_other_command(own_registry
         result = cli("registry", *args, *reg, check=False)
         assert result.returncode == 2 and problem in result.stderr, result.stderr
     missing = cli("registry", "list", "--registry", str(own_registry / "typo")).stdout
-    assert missing.startswith(f"registry {own_registry / 'typo'} does not exist (yet): no versions")
+    assert missing.startswith(f"no registry in {own_registry / 'typo'}/ yet: no versions")
     # A damaged alias file hides the aliases, not the versions; promoting refuses to write over it.
     (own_registry / "aliases.json").write_text('{"production": "v1",')
     listing = cli("registry", "list", *reg).stdout.splitlines()

@@ -244,9 +244,9 @@ def cmd_registry(args: argparse.Namespace) -> None:
             print(f"note: same adapter weights as {', '.join(same)}")
     elif args.action == "list":
         if registry.root.exists() and not registry.root.is_dir():
-            raise UserError(f"registry {registry.root} is a file, not a registry directory")
+            raise UserError(f"{registry.root} is a file, not a registry directory")
         if not registry.root.is_dir():
-            print(f"registry {registry.root} does not exist (yet): no versions (`registry add RUN_DIR` creates it; "
+            print(f"no registry in {registry.root}/ yet: no versions (`registry add RUN_DIR` creates it; "
                   "another one: --registry or $YELP_LORA_REGISTRY)")
             return
         lines, notes, versions = [], [], registry.versions()
@@ -264,7 +264,7 @@ def cmd_registry(args: argparse.Namespace) -> None:
                          f"{version:<5} damaged: {problem} (see `yelp-lora registry verify {version}`)")
         notes += [f"note: alias '{alias}' points at {target}, which is not in this registry"
                   for alias, target in sorted(aliases.items()) if target not in versions]
-        lines = lines or [f"registry {registry.root} is empty"]
+        lines = lines or [f"the registry in {registry.root}/ is empty"]
         print("\n".join(lines + notes))
     elif args.action == "show":
         manifest = registry.manifest(args.ref)
@@ -274,7 +274,7 @@ def cmd_registry(args: argparse.Namespace) -> None:
     elif args.action == "verify":
         refs = [registry.resolve(args.ref)] if args.ref else registry.versions()
         if not refs:
-            raise UserError(f"registry {registry.root} holds no versions to verify")
+            raise UserError(f"the registry in {registry.root}/ holds no versions to verify")
         failed = []
         for version in refs:  # every version is checked, and each one's problems listed
             try:

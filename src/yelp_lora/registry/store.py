@@ -133,7 +133,7 @@ class Registry:
         """A version name ('v3', '3', 'latest') or an alias -> the version name."""
         versions = self.versions()
         if not versions:
-            raise RegistryError(f"registry {self.root} holds no versions yet (add one with `yelp-lora registry add RUN_DIR`)")
+            raise RegistryError(f"the registry in {self.root}/ holds no versions yet (add one with `yelp-lora registry add RUN_DIR`)")
         if ref == "latest":
             return versions[-1]
         name = f"v{ref}" if ref.isdigit() else ref
@@ -145,7 +145,7 @@ class Registry:
                 raise RegistryError(f"alias '{ref}' points at {aliases[ref]}, which is not in registry {self.root}")
             return aliases[ref]
         known = ", ".join(versions + sorted(aliases))
-        raise RegistryError(f"registry {self.root} has no version or alias '{ref}' (known: {known})")
+        raise RegistryError(f"the registry in {self.root}/ has no version or alias '{ref}' (known: {known})")
 
     def manifest(self, ref: str) -> Manifest:
         version = self.resolve(ref)
