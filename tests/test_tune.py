@@ -65,7 +65,8 @@ def study(tmp_path_factory, train_only_data):
         "train: {learning_rate: {low: 1.0e-5, high: 5.0e-2, log: true}, epochs: 1, train_batch_size: 8,\n"
         "        class_weights: null, label_smoothing: null, ordinal_weight: null}\n"
     )
-    result = cli(*tune_args("minilm", train_only_data, root / "out", space, "--trials", "2"))
+    # Weight decay, which the default space searches, given by --set: every trial keeps it.
+    result = cli(*tune_args("minilm", train_only_data, root / "out", space, "--trials", "2", "--set", "train.weight_decay=0.02"))
     return root / "out", space, result
 
 
@@ -74,8 +75,8 @@ def test_a_study_writes_its_trials_best_config_table_and_figures(study):
     trials = load_study(out).get_trials()
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
     # Fixed in the space (one value): set on every trial, never drawn.
-    assert set(trials[0].params) == {"lora.alpha", "lora.dropout", "train.learning_rate", "train.warmup_ratio",
-                                     "train.weight_decay"}
+    assert set(trials[0].params) == {"lora.alpha", "lora.dropout", "train.learning_rate", "train.warmup_ratio"}
+    assert result.stderr.startswith("tune: train.weight_decay stays 0.02 in every trial (a flag or --set gave it), not searched\n")
     best = max(trials, key=lambda t: t.value)
     best_config = load_config(out / "best.yaml")
     _, record = read_run(out / "trials" / f"trial-{best.number:03d}")
@@ -85,6 +86,7 @@ def test_a_study_writes_its_trials_best_config_table_and_figures(study):
     assert best_config.lora.alpha == best.params["lora.alpha"]
     assert best_config.train.learning_rate == best.params["train.learning_rate"]
     assert best_config.data.train_samples == 40 and best_config.train.precision == "fp32"  # the base config's
+    assert {read_run(path.parent)[1].config.train.weight_decay for path in (out / "trials").glob(f"*/{RUN_FILE}")} == {0.02}
     # Only the best trial keeps its adapter; every trial keeps its run.json.
     for trial in trials:
         trial_dir = out / "trials" / f"trial-{trial.number:03d}"
@@ -123,11 +125,12 @@ def test_a_resumed_study_continues_up_to_the_total_and_fails_an_abandoned_trial(
         db.execute("INSERT INTO trial_heartbeats (trial_id, heartbeat) VALUES (?, '2000-01-01 00:00:00')", (trial_id,))
 
     # Another base config is another study: refused, nothing run.
-    refused = cli(*tune_args("minilm", train_only_data, out, space, "--trials", "3", "--lr", "1e-3"), check=False)
+    resume_args = [*tune_args("minilm", train_only_data, out, space, "--trials", "3"), "--set", "train.weight_decay=0.02"]
+    refused = cli(*resume_args, "--set", "train.lr_scheduler=cosine", check=False)
     assert refused.returncode == 2
-    assert "was started with another base config (train.learning_rate: 0.0002 -> 0.001)" in refused.stderr
+    assert "was started with another base config (train.lr_scheduler: 'linear' -> 'cosine')" in refused.stderr
 
-    cli(*tune_args("minilm", train_only_data, out, space, "--trials", "3"))
+    cli(*resume_args)
     after = load_study(out).get_trials()
     assert [t.state.name for t in after] == ["COMPLETE", "COMPLETE", "FAIL", "COMPLETE"]
     for earlier, now in zip(before, after):  # kept as they were
@@ -138,7 +141,7 @@ def test_a_resumed_study_continues_up_to_the_total_and_fails_an_abandoned_trial(
         "COMPLETE", "COMPLETE", "FAIL", "COMPLETE"]
 
     # Asked for no more than the study holds, it runs nothing and rewrites its files.
-    again = cli(*tune_args("minilm", train_only_data, out, space, "--trials", "2"))
+    again = cli(*resume_args[:-4], "--trials", "2", *resume_args[-2:])
     assert len(load_study(out).get_trials()) == 4
     assert "the study already holds 3 finished trials" in again.stdout
 
@@ -203,6 +206,8 @@ def test_mlflow_nests_each_trial_in_the_study_run(tmp_path, tiny_bert_dir, train
         ("[1, 2]\n", [], "space file SPACE must hold a mapping"),
         ("", ["--storage", "nosuchdb://somewhere"], "--storage nosuchdb://somewhere: cannot open the study's database"),
         ("", ["--trials", "0"], "--trials must be at least 1 (got 0)"),
+        ("train: {learning_rate: [1.0e-3]}\n", ["--lr", "1e-3"],
+         "train.learning_rate: given by a flag or --set and by the space file SPACE: give one"),
         # Checked before the study exists, so that it holds no failed trial for it.
         ("", ["--data", "./no-such-data.csv"], "data path not found: ./no-such-data.csv"),
     ],

@@ -59,9 +59,9 @@ def _eval_settings(args: argparse.Namespace, **values):
 # ---------------------------------------------------------------- commands
 
 
-def _run_config(args: argparse.Namespace):
-    """The run config from --config, the run-config flags given (their dest is a dotted field) and --set."""
-    from yelp_lora.config import load_config, parse_set
+def _run_config_overrides(args: argparse.Namespace) -> dict:
+    """The run-config fields the user set, by a flag (its dest is a dotted field) or by --set."""
+    from yelp_lora.config import parse_set
     from yelp_lora.errors import UserError
 
     overrides = {dest: value for dest, value in vars(args).items() if "." in dest}
@@ -69,7 +69,14 @@ def _run_config(args: argparse.Namespace):
     both = sorted(set(overrides) & set(assigned))
     if both:  # neither order nor precedence would be obvious: say so rather than drop one silently
         raise UserError(f"{', '.join(both)} set twice, by a flag and by --set: give one")
-    return load_config(args.config, {**overrides, **assigned})
+    return {**overrides, **assigned}
+
+
+def _run_config(args: argparse.Namespace):
+    """The run config from --config, then the flags and --set."""
+    from yelp_lora.config import load_config
+
+    return load_config(args.config, _run_config_overrides(args))
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -98,12 +105,17 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_tune(args: argparse.Namespace) -> None:
-    from yelp_lora.config import TuneSettings, build_settings
+    from yelp_lora.config import TuneSettings, build_settings, load_config
     from yelp_lora.training.space import load_space
     from yelp_lora.training.tune import format_tune_summary, tune
 
     settings = build_settings(TuneSettings, **_given(args, TuneSettings.model_fields))
-    result = tune(_run_config(args), load_space(args.space), settings)
+    given = _run_config_overrides(args)
+    space = load_space(args.space)
+    held = space.holding(given, args.space)
+    for name in sorted(set(space.domains()) - set(held.domains())):
+        print(f"tune: {name} stays {given[name]!r} in every trial (a flag or --set gave it), not searched", file=sys.stderr)
+    result = tune(load_config(args.config, given), held, settings)
     print(format_tune_summary(result))
 
 
@@ -507,7 +519,7 @@ def _add_tune_parser(sub) -> None:
     _add_run_config_options(p)  # the base config: every trial starts from it
     p.add_argument("--space", metavar="YAML", help="search space file laid out as a run config, each field a range "
                    "{low, high, log}, a list of choices, one value (fixed) or null (the base config's); "
-                   "fields it leaves out keep the default space's")
+                   "fields it leaves out keep the default space's; a field a flag or --set gives is not searched")
     _setting(p, "--trials", "trials", type=int, help="finished trials the study should hold in all (default 20)")
     _setting(p, "--timeout", "timeout", type=float, metavar="MIN", help="start no trial after MIN minutes")
     _setting(p, "--storage", "storage", metavar="URL",

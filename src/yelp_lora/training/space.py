@@ -149,6 +149,19 @@ class SearchSpace(BaseModel):
         values = {name: _fixed_value(domain) for name, domain in self.domains().items()}
         return {name: config_value(name, value) for name, value in values.items() if value is not _SEARCHED}
 
+    def holding(self, given: dict[str, Any], space_file: str | Path | None) -> "SearchSpace":
+        """This space without the fields that a flag or --set gave a value, which every trial then keeps.
+        A field the space file names as well is refused: which of the two should win is not obvious."""
+        sections = {}
+        for section in type(self).model_fields:
+            part = getattr(self, section)
+            held = [name for name, domain in part if domain is not None and f"{section}.{name}" in given]
+            named = [f"{section}.{name}" for name in held if name in part.model_fields_set]
+            if named:
+                raise ConfigError(f"{', '.join(named)}: given by a flag or --set and by the space file {space_file}: give one")
+            sections[section] = part.model_copy(update=dict.fromkeys(held))
+        return type(self)(**sections)
+
     def check(self, base: RunConfig) -> None:
         """Refuse a space with a value that cannot make a valid run config from `base` (each bound and
         choice tried alone), before any trial trains."""
