@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from support import TINY_ENV, cli, read_json, run_cli, shared_rows, tiny_train_args
 
-from yelp_lora.config import LABEL_NAMES, DataConfig, TrainSource, load_config
+from yelp_lora.config import LABEL_NAMES, DataConfig, TrainSource, load_config, unused_settings
 from yelp_lora.data.mixing import training_rows
 from yelp_lora.data.tokenize import cut, encode, pad
 from yelp_lora.errors import DataError
@@ -322,6 +322,29 @@ def test_head_tokens_not_below_max_length_is_refused_naming_the_field(tiny_bert_
     assert "model.head_tokens: must be below model.max_length (64): the tail needs at least [SEP] (got 64)" in result.stderr
     assert not (tmp_path / "run").exists()
     assert load_config(None, {"model.truncation": "head+tail", "model.max_length": 64}).model.kept_head == 16
+
+
+@pytest.mark.parametrize("flags, message", [
+    (("--head-tokens", "16"), "model.head_tokens is set but unused: it counts only with model.truncation head+tail, "
+     "and this config cuts reviews at their head"),
+    (("--pad-to-max-length", "--pad-to-multiple-of", "16"), "train.pad_to_multiple_of is set but unused: "
+     "train.pad_to_max_length pads every text to model.max_length already"),
+    (("--set", "train.group_by_length=false", "--micro-batch-size", "2"), "train.micro_batch_size is set but unused: "
+     "micro-batches are how train.group_by_length runs a step, and this config runs each step as one batch"),
+])
+def test_a_setting_the_run_would_not_use_is_refused(tiny_bert_dir, data_dir, tmp_path, flags, message):
+    result = cli(*tiny_train_args(tiny_bert_dir, data_dir, tmp_path / "run", *flags), check=False)
+    assert result.returncode == 2 and result.stderr.startswith(f"yelp-lora train: error: {message}"), result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_only_what_the_command_line_set_is_checked_for_use():
+    """A preset may hold a value its other settings leave idle (a tune trial may draw what makes it count)."""
+    config = load_config(None, {"model.truncation": "head", "model.head_tokens": 16})
+    assert unused_settings(config, {"model.truncation"}) == []
+    assert unused_settings(config, {"model.head_tokens"}) == [
+        "model.head_tokens is set but unused: it counts only with model.truncation head+tail, and this config cuts "
+        "reviews at their head"]
 
 
 # ---------------------------------------------------------------- the loss

@@ -72,18 +72,16 @@ def _run_config_overrides(args: argparse.Namespace) -> dict:
     return {**overrides, **assigned}
 
 
-def _run_config(args: argparse.Namespace):
-    """The run config from --config, then the flags and --set."""
-    from yelp_lora.config import load_config
-
-    return load_config(args.config, _run_config_overrides(args))
-
-
 def cmd_train(args: argparse.Namespace) -> None:
+    from yelp_lora.config import load_config, unused_settings
     from yelp_lora.errors import UserError
     from yelp_lora.training.recipe import format_run_summary, train
 
-    config = _run_config(args)
+    given = _run_config_overrides(args)
+    config = load_config(args.config, given)
+    unused = unused_settings(config, given)
+    if unused:
+        raise UserError("; ".join(unused))
     if args.compare_n is not None and args.seeds is None:
         raise UserError("--compare-n is the test sample of a seed sweep: it needs --seeds K")
     if args.seeds is not None:
