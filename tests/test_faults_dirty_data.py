@@ -192,6 +192,11 @@ def test_damaged_weights_files_are_named_not_a_traceback(good, tiny_bert_dir, ti
     shutil.copytree(tiny_run, run)
     weights = run / "adapter" / "adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
-    result = cli("predict", "--adapter", str(run), MADE_UP, check=False)
+    result = cli("predict", "--adapter", str(run / "adapter"), MADE_UP, check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
     assert "yelp-lora predict: error: cannot load adapter" in result.stderr and "damaged or cut short" in result.stderr
+    # Through its run directory, the weights are first checked against the sha256 run.json records.
+    result = cli("predict", "--adapter", str(run), MADE_UP, check=False)
+    assert result.returncode == 2 and result.stderr.startswith(
+        f"yelp-lora predict: error: {run / 'run.json'} records other adapter weights"), result.stderr[-3000:]
+    assert "or a damaged copy" in result.stderr

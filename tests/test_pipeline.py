@@ -213,7 +213,8 @@ def test_user_mistakes_get_one_clear_line(tmp_path, minilm_run, data_dir):
          f"{unfinished / 'adapter'} is the best epoch's so far"),
         (("compare", "--adapter", str(overwritten)),
          f"{overwritten / 'run.json'} records other adapter weights (sha256 000000000000…) than "
-         f"{overwritten / 'adapter' / 'adapter_model.safetensors'}: a `train --overwrite` into {overwritten} is still going"),
+         f"{overwritten / 'adapter' / 'adapter_model.safetensors'}: they changed after the run (a `train --overwrite` "
+         f"into {overwritten} still going or stopped, or a damaged copy)"),
         (("train", "--config", "nope.yaml", "--output-dir", str(tmp_path / "x")), "config file not found"),
         (("train", "--model", "./no-model", "--max-steps", "1", "--output-dir", str(tmp_path / "x")), "model directory not found"),
         (("train", "--batch-size", "16", "--micro-batch-size", "5", "--output-dir", str(tmp_path / "x")),

@@ -136,8 +136,9 @@ def refuse_unfinished_run(run_dir: Path) -> None:
     weights = adapter_dir / ADAPTER_WEIGHTS
     if recorded is not None and weights.is_file() and recorded != file_sha256(weights):
         raise ModelError(
-            f"{run_dir / RUN_FILE} records other adapter weights (sha256 {recorded[:12]}…) than {weights}: a "
-            f"`train --overwrite` into {run_dir} is still going or was stopped. Train it again, or {use_anyway}"
+            f"{run_dir / RUN_FILE} records other adapter weights (sha256 {recorded[:12]}…) than {weights}: they "
+            f"changed after the run (a `train --overwrite` into {run_dir} still going or stopped, or a damaged "
+            f"copy). Train it again, or {use_anyway}"
         )
 
 
