@@ -61,6 +61,7 @@ def test_every_format_reads_the_same_rows(tmp_path, data_dir):
         ("label,review\n1,x\n", "line 1: header ['label', 'review'] has no 'text' column"),
         ("text,rating\n1,x\n", "has no 'label' (0-4) or 'stars' (1-5) column"),
         ("label,text\n1,\"never closed\n", "malformed CSV"),
+        ("label,stars,text\n1,2,agrees\n4,1,disagrees\n", "line 3: label 4 and stars 1 disagree (label is stars - 1)"),
     ],
 )
 def test_bad_csv_rows_name_file_row_and_problem(tmp_path, content, fragment):

@@ -214,6 +214,12 @@ def labelled_split(table: Table, split: str, source: str, skip_bad_rows: bool) -
             continue
         if table.assumed_stars and check_label(values["stars"], stars=False) == 0:
             zeros += 1
+        if not stars and "stars" in values:  # both given: reading one would silently drop the other
+            label, from_stars = check_label(values["label"], stars=False), check_label(values["stars"], stars=True)
+            if isinstance(label, int) and isinstance(from_stars, int) and label != from_stars:
+                collector.problem(row.where, f"label {label} and stars {from_stars + 1} disagree "
+                                             "(label is stars - 1)")
+                continue
         collector.add(row.where, row.row_id, values["text"], values["stars" if stars else "label"], stars=stars)
     if zeros and 4 not in collector.labels:  # 0s and no 5 stars: labels 0-4, each read one class off
         raise DataError(f"{table.name}: {zeros} row(s) rated 0 and none 5, in a file without a header line, which is "
