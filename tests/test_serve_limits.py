@@ -141,6 +141,23 @@ def test_hosts_not_served_here_are_refused(server):
     allowed = answer.json()["error"]["message"].split("(allowed: ")[1].rstrip(")").split(", ")
     assert "127.0.0.1" in allowed and len(allowed) == len(set(allowed)), allowed  # each name once
     assert httpx.get(f"{server.url}/healthz", headers={"Host": f"localhost:{server.port}"}).status_code == 200
+    assert httpx.get(f"{server.url}/healthz", headers={"Host": f"LocalHost:{server.port}"}).status_code == 200
+
+
+@pytest.mark.parametrize("names, problem", [
+    ((), "no host names given: every request would be refused"),
+    (("localhost:8000",), "'localhost:8000' is not a host name: give names alone, without a scheme or a port"),
+    (("https://example.com",), "'https://example.com' is not a host name"),
+])
+def test_allowed_hosts_that_could_never_match_are_refused(names, problem):
+    from pydantic import ValidationError
+
+    from yelp_lora.config import ServeSettings
+
+    with pytest.raises(ValidationError, match=re.escape(problem)):
+        ServeSettings(allowed_hosts=names)
+    # Names are compared case-insensitively, IPv6 addresses with or without brackets.
+    assert ServeSettings(allowed_hosts=("Example.COM", "[::1]", "fe80::1")).hosts == ("example.com", "::1", "fe80::1")
 
 
 def test_a_cancelled_job_is_skipped_and_a_stopped_worker_is_reported(tiny_run):

@@ -498,6 +498,21 @@ class ServeSettings(_Settings):
             data["api_key"] = os.environ[API_KEY_ENV]
         return data
 
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_names(cls, names: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        """Host names as a Host header carries them, lower-cased (names are case-insensitive), without a port."""
+        if names is None:
+            return None
+        if not names:
+            raise ValueError("no host names given: every request would be refused")
+        for name in names:
+            bare = name[1:-1] if name.startswith("[") and name.endswith("]") else name
+            if not bare or "/" in bare or (":" in bare and not name.startswith("[") and bare.count(":") == 1):
+                raise ValueError(f"{name!r} is not a host name: give names alone, without a scheme or a port "
+                                 "(the port is not compared)")
+        return tuple(dict.fromkeys((name[1:-1] if name.startswith("[") else name).lower() for name in names))
+
     @field_validator("api_key")
     @classmethod
     def _no_empty_key(cls, key: str | None) -> str | None:
@@ -529,7 +544,7 @@ class ServeSettings(_Settings):
         """The Host header names accepted (without port), or None for any."""
         if self.allowed_hosts is not None:
             return self.allowed_hosts
-        return tuple(dict.fromkeys((*LOOPBACK_HOSTS, self.host))) if self.loopback else None
+        return tuple(dict.fromkeys((*LOOPBACK_HOSTS, self.host.lower()))) if self.loopback else None
 
     @property
     def max_body_bytes(self) -> int:

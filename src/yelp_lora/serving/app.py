@@ -210,7 +210,7 @@ class _Guard:
         if allowed is None:
             return None
         host = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
-        if _host_name(host) in allowed:
+        if _host_name(host).lower() in allowed:
             return None
         return ApiError(400, "host_not_allowed", f"Host {host!r} is not served here (allowed: {', '.join(allowed)})")
 
