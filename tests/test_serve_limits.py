@@ -160,6 +160,16 @@ def test_allowed_hosts_that_could_never_match_are_refused(names, problem):
     assert ServeSettings(allowed_hosts=("Example.COM", "[::1]", "fe80::1")).hosts == ("example.com", "::1", "fe80::1")
 
 
+def test_more_texts_per_request_raise_the_batch_with_them():
+    from pydantic import ValidationError
+
+    from yelp_lora.config import ServeSettings
+
+    assert (ServeSettings(max_texts=100).max_batch, ServeSettings(max_texts=8).max_batch) == (100, 64)
+    with pytest.raises(ValidationError, match=re.escape("--max-batch (50) must be at least --max-texts (100)")):
+        ServeSettings(max_texts=100, max_batch=50)  # given both, the user's batch is kept, and refused
+
+
 def test_a_cancelled_job_is_skipped_and_a_stopped_worker_is_reported(tiny_run):
     from fastapi.testclient import TestClient
 

@@ -615,7 +615,7 @@ def build_parser() -> argparse.ArgumentParser:
     _setting(p, "--expect-sha256", "expect_sha256", metavar="HEX", help="refuse to start unless the adapter has this sha256")
     _setting(p, "--max-texts", "max_texts", type=int, help="texts per request (default 64)")
     _setting(p, "--max-chars", "max_chars", type=int, help="characters per text (default 20,000)")
-    _setting(p, "--max-batch", "max_batch", type=int, help="texts per model batch, >= --max-texts (default 64)")
+    _setting(p, "--max-batch", "max_batch", type=int, help="texts per model batch, >= --max-texts (default 64, or --max-texts if more)")
     _setting(p, "--max-wait-ms", "max_wait_ms", type=float,
              help="how long a batch waits for more requests (default 0: it takes what is waiting when the model is free)")
     _setting(p, "--max-queue", "max_queue", type=int,

@@ -460,7 +460,10 @@ class ServeSettings(_Settings):
     port: int = Field(8000, ge=0, le=65535)
     max_texts: int = Field(MAX_TEXTS_PER_REQUEST, ge=1, description="Texts per request.")
     max_chars: int = Field(MAX_REQUEST_TEXT_CHARS, ge=1, description="Characters per text.")
-    max_batch: int = Field(MAX_TEXTS_PER_REQUEST, ge=1, description="Texts per model batch; a full request always fits.")
+    max_batch: int = Field(
+        MAX_TEXTS_PER_REQUEST, ge=1, description="Texts per model batch; a full request always fits (when not given: "
+        "64, or max_texts where that is more).",
+    )
     # No waiting for company: batches form while the model is busy (docs/deploy.md).
     max_wait_ms: float = Field(0.0, ge=0.0, description="How long a batch waits for more requests.")
     max_queue: int | None = Field(
@@ -522,6 +525,14 @@ class ServeSettings(_Settings):
                 "turn authentication off: give a key, or none at all"
             )
         return key
+
+    @model_validator(mode="before")
+    @classmethod
+    def _batch_fits_a_request(cls, data: Any) -> Any:
+        # Raising --max-texts alone raises the batch with it: a request must fit one batch.
+        if isinstance(data, dict) and data.get("max_batch") is None and isinstance(data.get("max_texts"), int):
+            data = {**data, "max_batch": max(MAX_TEXTS_PER_REQUEST, data["max_texts"])}
+        return data
 
     @model_validator(mode="after")
     def _a_request_fits(self) -> "ServeSettings":
