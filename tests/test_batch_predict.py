@@ -93,6 +93,11 @@ def test_100k_rows_flat_memory_and_resume_after_sigkill(adapter, tmp_path):
     # (the 100k file is ~30 MB of text) costs no more than a 4,096-row file.
     assert summary["rss_mib_peak_later_chunks"] - summary["rss_mib_after_first_chunk"] < 48
     assert summary["rss_mib_peak_later_chunks"] - small_rss < 48
+    # --resume once the job is done: nothing to resume, and the finished output is left as it is.
+    finished = output.stat().st_mtime_ns
+    done = cli(*predict_args(adapter, big, output, "--resume"), check=False)
+    assert done.returncode == 2 and f"--resume: nothing to resume ({parts} does not exist)" in done.stderr, done.stderr
+    assert output.stat().st_mtime_ns == finished
 
 
 def test_torchrun_shards_give_the_same_output_as_one_process(adapter, tmp_path):

@@ -259,6 +259,9 @@ def predict_file(
     rank, world = _distributed()
     requested, backend = backend, prediction_backend(backend, pick_device(), bf16=bf16).value  # recorded for a resume
     parts = parts_dir(output)
+    if resume and not parts.exists() and output.exists():  # a finished job removes its parts: redoing it is not resuming
+        raise DataError(f"--resume: nothing to resume ({parts} does not exist), and {output} is there already, as a "
+                        "finished job leaves it: drop --resume to predict it all again")
     with _job_lock(parts, output, rank):
         recorded = read_record(BatchJob, parts / JOB_FILE) if resume and (parts / JOB_FILE).is_file() else None
         resumed_auto = requested == "auto" and recorded is not None and recorded.requested_backend == "auto"
