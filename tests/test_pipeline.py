@@ -249,6 +249,12 @@ def test_user_mistakes_get_one_clear_line(tmp_path, minilm_run, data_dir):
         (("predict", "--adapter", str(minilm_run), "--input", "/dev/null"), "input /dev/null is not a regular file"),
         (("predict", "--adapter", str(minilm_run), "--resume", "--skip-bad-rows", "Great tacos."),
          "--resume, --skip-bad-rows need --output"),
+        (("predict", "--adapter", str(minilm_run), "--chunk-size", "5", "Great tacos."),
+         "--chunk-size needs --output: it applies to predicting a whole --input FILE into OUT"),
+        (("predict", "--adapter", str(minilm_run), "--input", str(empty), "--output", str(tmp_path / "o.jsonl"), "--json"),
+         "--json prints the predictions of review texts given here; with --output they go to OUT"),
+        (("serve", "--adapter", str(minilm_run), "--registry", str(tmp_path / "registry")),
+         "--registry names where --version and --alias are looked up: with --adapter it would not be used"),
         (("train", "--extra-train", "nope.csv:10", "--output-dir", str(tmp_path / "x")),
          "extra training source nope.csv (--extra-train, data.extra_train): not found in "),
         (("train", "--output-dir", str(minilm_run)), f"{minilm_run} holds a finished run (run.json): pass --overwrite to "

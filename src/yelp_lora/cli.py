@@ -180,10 +180,11 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from yelp_lora.errors import UserError
 
     given = [flag for flag, value in (("--resume", args.resume), ("--skip-bad-rows", args.skip_bad_rows),
-                                      ("--json-summary", args.json_summary)) if value]
+                                      ("--json-summary", args.json_summary), ("--chunk-size", args.chunk_size)) if value]
     if given:  # they belong to a batch job; without one they would be ignored
-        raise UserError(f"{', '.join(given)} {'needs' if len(given) == 1 else 'need'} --output: "
-                        "they apply to predicting a whole --input FILE into OUT")
+        one = len(given) == 1
+        raise UserError(f"{', '.join(given)} {'needs' if one else 'need'} --output: {'it applies' if one else 'they apply'} "
+                        "to predicting a whole --input FILE into OUT")
     texts = _read_inputs(args)
     predictor = _load_predictor(args, batch_size=args.batch_size)
     predictions = predictor.predict(texts, progress=len(texts) > predictor.batch_size)
@@ -202,6 +203,9 @@ def _predict_file(args: argparse.Namespace) -> None:
         raise UserError("--output needs --input FILE: it predicts a whole file")
     if args.texts:
         raise UserError("--output predicts a whole --input FILE; give no review texts as arguments")
+    if args.json:
+        raise UserError("--json prints the predictions of review texts given here; with --output they go to OUT, "
+                        "in the format its suffix names (.jsonl, .csv, .parquet)")
     written = {"--output": Path(args.output), "--json-summary": Path(args.json_summary) if args.json_summary else None}
     for flag, path in written.items():  # written over, the reviews would be lost
         if path is not None and path.resolve() == Path(args.input).resolve():
@@ -214,8 +218,9 @@ def _predict_file(args: argparse.Namespace) -> None:
         from yelp_lora.registry.store import Registry
 
         adapter, _ = Registry(args.registry).open(args.version or args.alias)  # verified before use
+    chunking = {} if args.chunk_size is None else {"chunk_rows": args.chunk_size}
     summary = predict_file(
-        adapter, args.input, args.output, chunk_rows=args.chunk_size, resume=args.resume,
+        adapter, args.input, args.output, **chunking, resume=args.resume,
         skip_bad_rows=args.skip_bad_rows, bf16=args.bf16, batch_size=args.batch_size, backend=args.backend,
         long_text=args.long_text,
     )
@@ -576,7 +581,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--batch-size", type=int, help="texts per forward pass (default: 16 on CPU, 128 on CUDA, 1 with ONNX: int8 results then never depend on the other texts)")
     p.add_argument("--output", metavar="OUT", help="stream --input into OUT (.jsonl/.csv/.parquet) in bounded memory")
-    p.add_argument("--chunk-size", type=int, default=2048, help="rows per chunk with --output (the resume unit)")
+    p.add_argument("--chunk-size", type=int, help="rows per chunk with --output (the resume unit; default 2048)")
     p.add_argument("--resume", action="store_true", help="with --output: continue an interrupted run (on the backend it began on, with --backend auto)")
     p.add_argument("--skip-bad-rows", action="store_true", help="with --output: write bad rows with an error, not stop")
     p.add_argument("--json-summary", metavar="FILE", help="with --output: write the run's figures as JSON")
@@ -670,13 +675,16 @@ def main(argv: list[str] | None = None) -> int:
     # Tokenisers run inside our own batching; a second thread pool per process only oversubscribes the CPU.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
-    from yelp_lora.errors import USER_ERRORS
+    from yelp_lora.errors import USER_ERRORS, UserError
     from yelp_lora.modeling.base import quiet_upstream_warnings
 
     quiet_upstream_warnings()
     try:
         for flag in ("json", "compare_json"):
             _check_json_file(getattr(args, flag, None), f"--{flag.replace('_', '-')}")
+        if getattr(args, "adapter", None) and getattr(args, "registry", None) and hasattr(args, "alias"):
+            raise UserError("--registry names where --version and --alias are looked up: with --adapter it "
+                                 "would not be used")
         args.handler(args)
         _leave_process_group(finished=True)
     except USER_ERRORS as err:
