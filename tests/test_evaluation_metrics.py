@@ -6,7 +6,11 @@ import math
 import numpy as np
 import pytest
 
-from yelp_lora.metrics import bootstrap_ci, calibration, mcnemar, ordinal
+from sklearn.metrics import f1_score
+
+from yelp_lora.artifacts import Detailed
+from yelp_lora.evaluation.evaluate import format_detailed
+from yelp_lora.metrics import bootstrap_ci, calibration, detailed, headline, mcnemar, ordinal
 from yelp_lora.evaluation.seeds import mean_std
 from yelp_lora.util.progress import progress
 
@@ -25,6 +29,17 @@ def test_quadratic_weighted_kappa_by_hand():
     assert ordinal([0, 1, 2, 3, 4], [0, 1, 2, 3, 4])["qwk"] == pytest.approx(1.0)
     # both reviews flipped end to end: sum w*O = 2 * 16/16, sum w*E = 2 * .5 * 16/16 -> 1 - 2
     assert ordinal([0, 4], [4, 0])["qwk"] == pytest.approx(-1.0)
+
+
+def test_macro_f1_averages_the_labels_among_the_rows_or_the_predictions():
+    assert headline([4, 4], [4, 4])["macro_f1"] == 1.0  # not 0.2: four labels absent from both
+    # 0 right; 3 predicted but absent (F1 0); 4 present but missed (F1 0); 1 and 2 in neither.
+    assert headline([0, 4], [0, 3])["macro_f1"] == pytest.approx(1 / 3)
+    labels = [0, 1, 2, 3, 4, 4]
+    assert headline(labels, [0, 1, 2, 3, 4, 0])["macro_f1"] == pytest.approx(
+        f1_score(labels, [0, 1, 2, 3, 4, 0], average="macro"))  # every label present: as before
+    text = format_detailed(Detailed(**detailed([4, 4], [4, 3])))
+    assert "Macro-F1 : 0.3333 (over the 2 labels among the rows or the predictions: positive, strong_positive)" in text
 
 
 def test_kappa_undefined_is_null_not_nan():

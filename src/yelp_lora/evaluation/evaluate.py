@@ -256,9 +256,13 @@ def format_long_reviews(split: LongReviews, n: int) -> list[str]:
 
 def format_detailed(result: Detailed | EvaluationResult) -> str:
     ids = range(len(LABEL_NAMES))
+    predicted = [sum(column) for column in zip(*result.confusion_matrix)]
+    present = [name for name, row, count in zip(LABEL_NAMES, result.per_class.values(), predicted) if row.support or count]
     lines = [
         f"Accuracy : {result.accuracy:.4f}",
-        f"Macro-F1 : {result.macro_f1:.4f}",
+        f"Macro-F1 : {result.macro_f1:.4f}"
+        + (f" (over the {len(present)} labels among the rows or the predictions: {', '.join(present)})"
+           if len(present) < len(LABEL_NAMES) else ""),
         "",
         f"{'label':<16} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>8}",
     ]
