@@ -73,6 +73,16 @@ def test_the_kept_adapter_is_the_best_epoch(minilm_run, data_dir):
     assert score["macro_f1"] == pytest.approx(run["best_epoch"]["macro_f1"], abs=0.03)
 
 
+def test_scores_on_a_file_the_adapter_learnt_from_are_named_and_flagged(minilm_run, data_dir):
+    result = run_cli("evaluate", "--adapter", str(minilm_run), "--data", str(data_dir / "train.csv"), "--n", "10")
+    assert result.stdout.startswith(f"===== test: {data_dir / 'train.csv'} (N=10) =====\n")
+    assert (f"note: {data_dir / 'train.csv'} is a file the adapter was trained or validated on (its run.json says "
+            "so): these scores are not held-out") in result.stderr
+    held_out = run_cli("evaluate", "--adapter", str(minilm_run), "--data", str(data_dir), "--n", "10")
+    assert held_out.stdout.startswith(f"===== test: {data_dir / 'test.csv'} (N=10) =====\n")
+    assert "not held-out" not in held_out.stderr
+
+
 def test_compare_prints_the_reference_block(minilm_run, data_dir, tmp_path):
     out = tmp_path / "compare.json"
     result = run_cli("compare", "--adapter", str(minilm_run), "--data", str(data_dir), "--n", "60", "--json", str(out))

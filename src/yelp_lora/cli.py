@@ -129,7 +129,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     settings = _eval_settings(args)
     result = evaluate(args.adapter, settings)
-    print(f"===== {settings.split} (N={result.n}) =====")
+    print(f"===== {settings.split}: {result.data.source} (N={result.n}) =====")
     print(format_detailed(result))
     _write_json(args.json, result)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +22,15 @@ from yelp_lora.artifacts import (
     LongReviews,
     McNemar,
     Ordinal,
+    RUN_FILE,
     Record,
+    RunRecord,
     SplitSummary,
     TemperatureScaling,
-    resolve_adapter_dir,
     read_adapter_meta,
+    read_record,
+    resolve_adapter_dir,
+    run_dir_of,
 )
 from yelp_lora.config import LABEL_NAMES, EvalSettings
 from yelp_lora.data.rows import Split
@@ -38,6 +43,7 @@ from yelp_lora.modeling.forward import predict_logits, softmax
 from yelp_lora.util.hashing import file_sha256
 
 EXTREMES = {(0, 4), (4, 0)}
+log = logging.getLogger(__name__)
 
 
 class EvaluationResult(Record):
@@ -54,20 +60,36 @@ class EvaluationResult(Record):
     confusion_matrix: list[list[int]]
 
 
-def load_eval_split(meta: AdapterMeta, settings: EvalSettings) -> Split:
+def load_eval_split(adapter_dir: Path, meta: AdapterMeta, settings: EvalSettings) -> Split:
     """A seeded stratified sample of the settings' split, from their source or else the adapter's training data."""
     trained_on = meta.data_source or "auto"
     if settings.data is None and settings.split == "test" and Path(trained_on).is_file():
         raise DataError(f"the adapter was trained on one file, {trained_on}, which holds no test rows apart from its "
                         "training rows: pass --data with held-out reviews")
     rows = load_split(settings.data or trained_on, settings.split, skip_bad_rows=settings.skip_bad_rows)
+    if _learnt_from(adapter_dir, rows.source):
+        log.warning("note: %s is a file the adapter was trained or validated on (its run.json says so): these scores "
+                    "are not held-out", rows.source)
     return sample_split(rows, settings.n, settings.seed)
+
+
+def _learnt_from(adapter_dir: Path, source: str) -> bool:
+    """Whether `source` is a file the run recorded as one of its training or validation sources."""
+    run_file = run_dir_of(adapter_dir) / RUN_FILE
+    if not Path(source).is_file() or not run_file.is_file():
+        return False
+    try:
+        data = read_record(RunRecord, run_file).data
+    except DataError:  # a damaged record says nothing either way; scoring needs none
+        return False
+    used = [entry.source for entry in data.sources] + [data.validation.source]
+    return any(Path(path).is_file() and Path(path).resolve() == Path(source).resolve() for path in used)
 
 
 def evaluate(adapter: str | Path, settings: EvalSettings) -> EvaluationResult:
     adapter_dir = resolve_adapter_dir(adapter)
     meta = read_adapter_meta(adapter_dir)
-    rows = load_eval_split(meta, settings)
+    rows = load_eval_split(adapter_dir, meta, settings)
     model, tokenizer = load_adapter(adapter_dir)
     logits, _ = predict_logits(
         model, tokenizer, rows.texts, max_length=meta.max_length, head=meta.kept_head, batch_size=settings.batch_size, progress=True,
@@ -111,7 +133,7 @@ def score_test_sample(adapter: str | Path, settings: EvalSettings) -> ScoredSamp
     baseline, on one seeded test sample."""
     adapter_dir = resolve_adapter_dir(adapter)
     meta = read_adapter_meta(adapter_dir)
-    rows = load_eval_split(meta, settings.model_copy(update={"split": "test"}))
+    rows = load_eval_split(adapter_dir, meta, settings.model_copy(update={"split": "test"}))
     adapted, tokenizer = load_adapter(adapter_dir)
     baseline = build_classifier(meta.base_model_path, meta.head_seed).eval()
     logits = {}
@@ -185,10 +207,16 @@ def compare(adapter: str | Path, settings: EvalSettings) -> CompareResult:
     return compare_result(score_test_sample(adapter, settings))
 
 
+def _sample_name(data: SplitSummary) -> str:
+    """'Yelp Test' for a test split, as the reference printed it; otherwise the file the rows came from."""
+    stem = Path(data.source).stem.lower()
+    return "Yelp Test" if stem == "test" or stem.endswith(("_test", "-test", ".test")) else data.source
+
+
 def format_compare(result: CompareResult) -> str:
     base, lora, gain = result.baseline, result.lora, result.gain
     lines = [
-        f"===== Evaluation Results (Yelp Test, N={result.n}) =====",
+        f"===== Evaluation Results ({_sample_name(result.data)}, N={result.n}) =====",
         f"Baseline Accuracy : {base.accuracy:.4f}",
         f"LoRA Accuracy     : {lora.accuracy:.4f}",
         "",
