@@ -6,6 +6,8 @@ Correctness only: speed figures live in `yelp-lora bench` output, never in asser
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -32,16 +34,19 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def quick_bench(tmp_path_factory):
-    """One `bench --quick` run (its own training pass writes the adapter the other tests use)."""
+    """One `bench --quick` run (its own training pass writes the adapter the other tests use, so its work
+    directory is kept until they are done)."""
     out = tmp_path_factory.mktemp("bench") / "bench.json"
     cache = tmp_path_factory.mktemp("onnx-cache")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("YELP_LORA_CACHE", str(cache))
         skips = ["--skip", "ours-fp32", "--skip", "merged-bf16", "--skip", "openvino-bf16"]
         sweeps = ["--micro-batch-size", "2", "--pad-multiple", "64"]
-        code = main(["bench", "--quick", *skips, *sweeps, "--json", str(out)])
+        code = main(["bench", "--quick", "--keep-work", *skips, *sweeps, "--json", str(out)])
     assert code == 0
-    return json.loads(out.read_text()), cache
+    result = json.loads(out.read_text())
+    yield result, cache
+    shutil.rmtree(result["workdir"])
 
 
 @pytest.fixture(scope="module")
@@ -297,13 +302,17 @@ def test_streaming_prediction_on_onnx_int8_and_resume_keeps_the_backend(
 def test_bench_with_every_path_skipped_needs_no_adapter(tmp_path, capsys):
     out = tmp_path / "bench.json"
     skips = [arg for path in [*TRAIN_PATHS, *PREDICT_PATHS] for arg in ("--skip", path)]
+    work_dirs = lambda: set(Path(tempfile.gettempdir()).glob("yelp-lora-bench-*"))  # noqa: E731
+    before = work_dirs()
     assert main(["bench", "--quick", "--no-service", *skips, "--json", str(out)]) == 0
+    assert work_dirs() == before
     result = json.loads(out.read_text())
     assert result["training"] == [] and result["prediction"] == [] and result["adapter"] is None
     assert len(result["peak_flops_measured"]) == 2  # the start and the end: no rounds ran
     printed = capsys.readouterr().out
     assert "adapter for prediction: none (no prediction path)" in printed
-    assert f"Work files (training outputs and logs): {result['workdir']}" in printed  # no adapter was trained
+    # Without --keep-work nothing is left behind.
+    assert result["workdir"] is None and "Work files" not in printed
 
 
 def test_unknown_backend_is_a_clear_error(quick_bench):

@@ -654,6 +654,8 @@ def build_parser() -> argparse.ArgumentParser:
     _setting(p, "--predict-samples", "predict_samples", type=int, help="test.csv rows to predict (default 1000: all)")
     p.add_argument("--quick", action="store_true", help="tiny sizes: checks the bench runs, figures mean little")
     _setting(p, "--no-service", "service", action="store_false", help="leave out the HTTP service bench")
+    _setting(p, "--keep-work", "keep_work", action="store_true",
+             help="keep the work directory (training outputs, logs, the adapter the bench trained) instead of removing it")
     _setting(p, "--skip", "skip", action="append", metavar="PATH",
              help="leave out a path: usual, ours-fp32, ours (training); pipeline, merged-fp32, merged-bf16, onnx-fp32, "
              "onnx-int8, openvino-fp32, openvino-bf16 (prediction)")

@@ -587,6 +587,8 @@ class BenchSettings(_Settings):
     rounds: int = Field(5, ge=1, description="The paths of each kind take turns: a share of the work per round.")
     seed: int = Field(42, **SEED_RANGE)
     service: bool = True
+    keep_work: bool = Field(False, description="Keep the work directory (training outputs, logs, the adapter the "
+                            "bench trained, a random bert-base) instead of removing it at the end.")
     skip: tuple[str, ...] = Field((), description="Path ids to leave out, e.g. pipeline.")
     micro_batch_sizes: tuple[int, ...] = Field(
         (), description="A micro-batch sweep: our bf16 training path once more at each of these sizes "

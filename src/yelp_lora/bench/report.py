@@ -75,12 +75,13 @@ def format_report(result: dict) -> str:
     for name in ("training", "prediction"):
         if speed[name] is not None:
             lines.append(f"Speed-up, {name}: {speed[name]:.2f}x the usual way's samples/s")
-    made = ["training outputs and logs"]
-    if any(row["path"] == "ours" for row in result["training"]) and not result["settings"]["adapter"]:
-        made.append("the adapter its own training wrote")
-    if result["settings"]["model"] == "bert-base":
-        made.append("the random bert-base")
-    lines.append(f"Work files ({', '.join(made)}): {result['workdir']} (delete when done)")
+    if result["workdir"]:  # --keep-work
+        made = ["training outputs and logs"]
+        if any(row["path"] == "ours" for row in result["training"]) and not result["settings"]["adapter"]:
+            made.append("the adapter its own training wrote")
+        if result["settings"]["model"] == "bert-base":
+            made.append("the random bert-base")
+        lines.append(f"Work files ({', '.join(made)}): {result['workdir']} (delete when done)")
     return "\n".join(lines)
 
 

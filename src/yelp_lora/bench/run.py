@@ -79,10 +79,14 @@ def run_bench(settings: BenchSettings, progress=print) -> dict:
         resolve_adapter_dir(settings.adapter)  # a wrong --adapter fails now, not after the training rounds
     workdir = Path(tempfile.mkdtemp(prefix="yelp-lora-bench-"))
     try:
-        return _measure(settings, workdir, progress)
+        result = _measure(settings, workdir, progress)
     except BaseException:  # nothing to show for it: no work files left behind
         shutil.rmtree(workdir, ignore_errors=True)
         raise
+    if not settings.keep_work:  # a random bert-base alone is 419 MB
+        shutil.rmtree(workdir, ignore_errors=True)
+        result["workdir"] = None
+    return result
 
 
 def _measure(settings: BenchSettings, workdir: Path, progress) -> dict:
