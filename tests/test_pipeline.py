@@ -229,7 +229,7 @@ def test_user_mistakes_get_one_clear_line(tmp_path, minilm_run, data_dir):
         (("train", "--model", "./no-model", "--max-steps", "1", "--output-dir", str(tmp_path / "x")), "model directory not found"),
         (("train", "--batch-size", "16", "--micro-batch-size", "5", "--output-dir", str(tmp_path / "x")),
          "train.micro_batch_size 5 must divide the training batch size 16"),
-        (("bench", "--quick", "--micro-batch-size", "3"), "micro_batch_sizes [3]: each must be a divisor of batch_size 16"),
+        (("bench", "--quick", "--micro-batch-size", "3"), "--micro-batch-size 3: must divide the training batch of 16"),
         (("bench", "--quick", "--skip", "onnx-int9"), "--skip onnx-int9: no such path (training: usual, ours-fp32, ours; prediction: "),
         (("bench", "--quick", "--adapter", str(tmp_path / "none")), f"adapter not found: {tmp_path / 'none'}"),
         (("train", "--pad-to-multiple-of", "24", "--max-length", "512", "--output-dir", str(tmp_path / "x")),

@@ -608,13 +608,17 @@ class BenchSettings(_Settings):
 
     @model_validator(mode="after")
     def _sweeps_fit_the_batch_and_positions(self) -> "BenchSettings":
-        wrong = [size for size in self.micro_batch_sizes if size < 1 or self.batch_size % size]
-        if wrong:
-            raise ValueError(f"micro_batch_sizes {wrong}: each must be a divisor of batch_size {self.batch_size}")
+        # Named as the flags that set them: bench is their only source.
+        for size in self.micro_batch_sizes:
+            if size < 1:
+                raise ValueError(f"--micro-batch-size {size}: must be at least 1")
+            if self.batch_size % size:
+                raise ValueError(f"--micro-batch-size {size}: must divide the training batch of {self.batch_size} "
+                                 "(each sweep point runs the same steps as the others)")
         for multiple in self.pad_multiples:
             if multiple < 1:
-                raise ValueError(f"pad_multiples {list(self.pad_multiples)}: each must be at least 1")
-            check_padded_length(self.max_length, multiple, "pad_multiples")
+                raise ValueError(f"--pad-multiple {multiple}: must be at least 1")
+            check_padded_length(self.max_length, multiple, "--pad-multiple")
         return self
 
 
