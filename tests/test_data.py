@@ -235,8 +235,13 @@ def test_a_compressed_file_or_json_lines_named_csv_is_named_as_such(tmp_path):
 
     packed = tmp_path / "reviews.csv"
     packed.write_bytes(gzip.compress(b"label,text\n1,fine\n"))
-    with pytest.raises(DataError, match=f"^{packed} is compressed \\(gzip, zip, bz2, xz or zstd\\): decompress it first$"):
+    with pytest.raises(DataError, match=f"^{packed} is compressed \\(gzip\\): decompress it first$"):
         load_split(str(packed), "train")
+    # Read as one text per line (predict --input), as JSON lines, or named for what it is.
+    for name in ("reviews.txt", "reviews.jsonl", "reviews.csv.gz"):
+        (tmp_path / name).write_bytes(packed.read_bytes())
+        with pytest.raises(DataError, match=f"^{tmp_path / name} is compressed \\(gzip\\): decompress it first$"):
+            list(iter_texts(tmp_path / name))
     lines = tmp_path / "rows.csv"
     lines.write_text('{"label": 0, "text": "x"}\n', encoding="utf-8")
     with pytest.raises(DataError, match=f"^{lines} looks like JSON lines: name it rows.jsonl$"):

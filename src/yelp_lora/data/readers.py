@@ -70,12 +70,22 @@ class Table:
         raise DataError(f"{self.name}: needs {needs}; has {self.columns}")
 
 
+COMPRESSED_STARTS = {b"\x1f\x8b": "gzip", b"PK\x03\x04": "zip", b"BZh": "bz2", b"\xfd7zXZ": "xz", b"(\xb5/\xfd": "zstd"}
+
+
+def _refuse_compressed(path: Path) -> None:
+    """A compressed file read as text would give rows of binary noise: say what it is instead."""
+    with open(path, "rb") as raw:
+        start = raw.read(6)
+    kind = next((name for magic, name in COMPRESSED_STARTS.items() if start.startswith(magic)), None)
+    if kind:
+        raise DataError(f"{path} is compressed ({kind}): decompress it first")
+
+
 def _unrecognised(path: Path, first: list[str]) -> str:
-    """Why a CSV's first line names no columns: a compressed file or JSON lines say so; else what was found."""
+    """Why a CSV's first line names no columns: JSON lines say so; else what was found."""
     with open(path, "rb") as raw:
         start = raw.read(4)
-    if start.startswith((b"\x1f\x8b", b"PK\x03\x04", b"BZh", b"\xfd7zXZ", b"(\xb5/\xfd")):
-        return f"{path} is compressed (gzip, zip, bz2, xz or zstd): decompress it first"
     if start.lstrip().startswith(b"{"):
         return f"{path} looks like JSON lines: name it {path.stem}.jsonl"
     return (f"{path}: line 1: cannot tell the columns; expected a header with a 'text' column (and {NEEDS_LABEL} "
@@ -88,6 +98,7 @@ def open_table(path: Path, *, lines_as_text: bool = False) -> Table:
     try:
         if suffix == ".parquet":
             return _parquet_table(path)
+        _refuse_compressed(path)
         if suffix in (".jsonl", ".json"):
             return Table(str(path), None, _jsonl_rows(path))
         if suffix == ".csv" or not lines_as_text:
