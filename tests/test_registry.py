@@ -124,6 +124,7 @@ def test_damaged_versions_are_each_named_and_spoil_no_other_command(own_registry
     ]
     for args, problem in [
         (("add", str(minilm_run), "--name", " "), "--name: a version's name must not be empty"),
+        (("add", str(minilm_run), "--name", "a\nb"), "--name 'a\\nb': a version's name is one line of printable characters"),
     ]:
         result = cli("registry", *args, *reg, check=False)
         assert result.returncode == 2 and problem in result.stderr, result.stderr
@@ -144,6 +145,16 @@ def test_damaged_versions_are_each_named_and_spoil_no_other_command(own_registry
                           "(see `yelp-lora registry verify v3`)")
     not_a_dir = cli("registry", "list", "--registry", str(own_registry / "aliases.json"), check=False)
     assert not_a_dir.returncode == 2 and "is a file, not a registry directory" in not_a_dir.stderr
+    # A version copied under another name, and a manifest whose files leave the version's directory.
+    shutil.copytree(own_registry / "v1", own_registry / "v4")
+    shutil.copytree(own_registry / "v1", own_registry / "v5")
+    manifest = json.loads((own_registry / "v5" / "manifest.json").read_text())
+    manifest.update(version="v5", files={**manifest["files"], "../v1/manifest.json": "0" * 64})
+    (own_registry / "v5" / "manifest.json").write_text(json.dumps(manifest))
+    listing = cli("registry", "list", *reg).stdout.splitlines()
+    assert listing[3] == "v4    damaged: v4/manifest.json names version 'v1' (see `yelp-lora registry verify v4`)"
+    assert listing[4].startswith(f"v5    damaged: {own_registry}/v5/manifest.json is not a valid Manifest (files: "
+                                 "Value error, '../v1/manifest.json' is not a path inside the version's directory")
 
 
 def test_concurrent_adds_get_distinct_versions(own_registry, minilm_run):

@@ -310,9 +310,12 @@ def _manifest_or_problem(registry, version: str):
     from yelp_lora.errors import RegistryError
 
     try:
-        return registry.manifest(version), None
+        manifest = registry.manifest(version)
     except RegistryError as err:
         return None, str(err)
+    if manifest.version != version:  # copied or edited: listed as another version, it would mislead
+        return None, f"{version}/manifest.json names version {manifest.version!r}"
+    return manifest, None
 
 
 def cmd_export(args: argparse.Namespace) -> None:

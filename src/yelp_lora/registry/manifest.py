@@ -6,7 +6,7 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, model_serializer
+from pydantic import Field, field_validator, model_serializer
 
 from yelp_lora.artifacts import (
     AdapterMeta,
@@ -84,6 +84,16 @@ class Manifest(Record):
     metrics: ManifestMetrics
     environment: Environment | None
     files: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("files")
+    @classmethod
+    def _inside_the_version(cls, files: dict[str, str]) -> dict[str, str]:
+        # A name that leaves the version's directory would have another version's file, or any file, hashed as its own.
+        for name in files:
+            if Path(name).is_absolute() or ".." in Path(name).parts or not name:
+                raise ValueError(f"{name!r} is not a path inside the version's directory")
+        return files
+
     # The adapter's softmax temperature (yelp_lora.json); null in manifests written before it was recorded.
     temperature: float | None = None
 

@@ -142,7 +142,7 @@ class Registry:
         aliases = self.aliases()
         if ref in aliases:
             if aliases[ref] not in versions:
-                raise RegistryError(f"alias '{ref}' points at {aliases[ref]}, which is not in registry {self.root}")
+                raise RegistryError(f"alias '{ref}' points at {aliases[ref]}, which is not in the registry in {self.root}/")
             return aliases[ref]
         known = ", ".join(versions + sorted(aliases))
         raise RegistryError(f"the registry in {self.root}/ has no version or alias '{ref}' (known: {known})")
@@ -218,6 +218,8 @@ class Registry:
         """Register the best adapter of a training run as the next version; returns its manifest."""
         if name is not None and not name.strip():
             raise RegistryError("--name: a version's name must not be empty")
+        if name is not None and not name.isprintable():  # `registry list` shows one line per version
+            raise RegistryError(f"--name {name!r}: a version's name is one line of printable characters")
         adapter_dir = resolve_adapter_dir(run_dir)
         run_root = run_dir_of(adapter_dir)
         run_file = run_root / RUN_FILE
