@@ -170,6 +170,9 @@ def test_api_key_is_required_on_v1(server):
     assert httpx.post(url, json={"text": "Great!"}, headers={"Authorization": f"Bearer {API_KEY}"}).status_code == 200
     for open_path in ("/healthz", "/readyz", "/metrics", "/openapi.json", "/"):
         assert httpx.get(f"{server.url}{open_path}").status_code == 200, open_path
+    for probe in ("/healthz", "/readyz"):  # as uptime monitors send it: headers, no body
+        head = httpx.head(f"{server.url}{probe}")
+        assert head.status_code == 200 and head.content == b"", probe
 
 
 def test_health_model_metrics_openapi_and_page(client, registry):

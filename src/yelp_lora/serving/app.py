@@ -384,13 +384,16 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> F
             },
         )
 
-    @app.get("/healthz", summary="The process is alive and its model worker runs", responses={503: {"model": ErrorResponse}})
+    # HEAD too: uptime monitors and load balancers often probe with it.
+    @app.api_route("/healthz", methods=["GET", "HEAD"], summary="The process is alive and its model worker runs",
+                   responses={503: {"model": ErrorResponse}})
     async def healthz() -> dict:
         if not batcher.worker_alive:  # an orchestrator restarts the process on this
             raise ApiError(503, "worker_stopped", "the model worker has stopped")
         return {"status": "ok"}
 
-    @app.get("/readyz", summary="The model is loaded and the batch worker runs", responses={503: {"model": ErrorResponse}})
+    @app.api_route("/readyz", methods=["GET", "HEAD"], summary="The model is loaded and the batch worker runs",
+                   responses={503: {"model": ErrorResponse}})
     async def readyz():
         if not batcher.running:
             raise ApiError(503, "not_ready", "the model worker is not running (starting or shutting down)")
