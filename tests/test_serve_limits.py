@@ -160,6 +160,20 @@ def test_allowed_hosts_that_could_never_match_are_refused(names, problem):
     assert ServeSettings(allowed_hosts=("Example.COM", "[::1]", "fe80::1")).hosts == ("example.com", "::1", "fe80::1")
 
 
+def test_a_digest_or_key_file_that_cannot_work_is_refused_before_the_model_loads(tmp_path):
+    from pydantic import ValidationError
+
+    from yelp_lora.config import ServeSettings
+
+    with pytest.raises(ValidationError, match=re.escape("not a sha256 (64 hexadecimal digits)")):
+        ServeSettings(expect_sha256="zz")
+    assert ServeSettings(expect_sha256="AB" * 32).expect_sha256 == "ab" * 32
+    blank = tmp_path / "key.txt"
+    blank.write_text("\n")
+    with pytest.raises(ValidationError, match=re.escape(f"--api-key-file {blank} holds no key (it is empty or blank)")):
+        ServeSettings(api_key_file=blank)
+
+
 def test_more_texts_per_request_raise_the_batch_with_them():
     from pydantic import ValidationError
 

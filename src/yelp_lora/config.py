@@ -5,6 +5,7 @@ CLI's flags are named after their fields, so a flag maps to its setting by name 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args
 
@@ -497,6 +498,9 @@ class ServeSettings(_Settings):
                 data["api_key"] = Path(data["api_key_file"]).read_text(encoding="utf-8").strip()
             except (OSError, UnicodeDecodeError) as err:
                 raise ValueError(f"--api-key-file {data['api_key_file']}: cannot read it ({err})") from None
+            if not data["api_key"]:
+                raise ValueError(f"--api-key-file {data['api_key_file']} holds no key (it is empty or blank); an empty "
+                                 "key would turn authentication off")
         elif data.get("api_key") is None and API_KEY_ENV in os.environ:
             data["api_key"] = os.environ[API_KEY_ENV]
         return data
@@ -515,6 +519,14 @@ class ServeSettings(_Settings):
                 raise ValueError(f"{name!r} is not a host name: give names alone, without a scheme or a port "
                                  "(the port is not compared)")
         return tuple(dict.fromkeys((name[1:-1] if name.startswith("[") else name).lower() for name in names))
+
+    @field_validator("expect_sha256")
+    @classmethod
+    def _a_sha256(cls, digest: str | None) -> str | None:
+        # Checked now, not once the model has loaded and "mismatched".
+        if digest is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", digest):
+            raise ValueError("not a sha256 (64 hexadecimal digits), as `yelp-lora registry show` or sha256sum give it")
+        return digest.lower() if digest else digest
 
     @field_validator("api_key")
     @classmethod
