@@ -258,8 +258,7 @@ def cmd_registry(args: argparse.Namespace) -> None:
         if same:
             print(f"note: same adapter weights as {', '.join(same)}")
     elif args.action == "list":
-        if registry.root.exists() and not registry.root.is_dir():
-            raise UserError(f"{registry.root} is a file, not a registry directory")
+        registry.refuse_a_file_root()
         if not registry.root.is_dir():
             print(f"no registry in {registry.root}/ yet: no versions (`registry add RUN_DIR` creates it; "
                   "another one: --registry or $YELP_LORA_REGISTRY)")
@@ -641,7 +640,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("mcp", help="Model Context Protocol server with the classify_review_sentiment tool")
     _add_model_source(p)
-    p.add_argument("--transport", choices=["stdio", "http"], default="stdio")
+    p.add_argument("--transport", choices=["stdio", "http"], default="stdio",
+                   help="stdio (the default: an agent starts this process and talks over its stdin/stdout) or http "
+                   "(streamable HTTP on --host/--port)")
     _setting(p, "--host", "host", help="with --transport http (default 127.0.0.1)")
     _setting(p, "--port", "port", type=int, help=f"with --transport http (default {MCP_PORT}; endpoint /mcp)")
     _add_key_options(p, "with --transport http")

@@ -111,7 +111,12 @@ class Registry:
 
     # ------------------------------------------------------------ reading
 
+    def refuse_a_file_root(self) -> None:
+        if self.root.exists() and not self.root.is_dir():
+            raise RegistryError(f"{self.root} is a file, not a registry directory")
+
     def versions(self) -> list[str]:
+        self.refuse_a_file_root()
         if not self.root.is_dir():
             return []
         found = [p.name for p in self.root.iterdir() if p.is_dir() and VERSION_PATTERN.match(p.name)]
@@ -207,6 +212,7 @@ class Registry:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         """One writer at a time, so two concurrent `add`s never pick the same version number."""
+        self.refuse_a_file_root()
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as err:
