@@ -117,7 +117,7 @@ BAD_REQUESTS = [
     ("no-texts", {"json": {"texts": []}}, 422, "no_texts", "no texts given"),
     ("empty-text", {"json": {"texts": ["fine", ""]}}, 422, "invalid_text", "texts[1]: empty text"),
     ("blank-text", {"json": {"texts": ["fine", " \n "]}}, 422, "invalid_text", "texts[1]: whitespace-only text"),
-    ("nul-text", {"json": {"text": "a\x00b"}}, 422, "invalid_text", "texts[0]: text contains NUL bytes"),
+    ("nul-text", {"json": {"text": "a\x00b"}}, 422, "invalid_text", "text: text contains NUL bytes"),
     ("lone-surrogate", {"content": b'{"texts": ["fine", "a\\ud800b"]}'}, 422, "invalid_text", "texts[1]: character 1 is an unpaired surrogate"),
     ("number-text", {"json": {"texts": ["fine", 3]}}, 422, "invalid_request", "texts[1]: Input should be a valid string"),
     ("null-text", {"json": {"texts": [None]}}, 422, "invalid_request", "texts[0]: Input should be a valid string"),

@@ -345,7 +345,7 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> F
             raise ApiError(422, "invalid_request", "send either 'texts' (a list of strings) or 'text' (one string)")
         texts = body.texts if body.texts is not None else [body.text]
         try:
-            check_texts(texts, max_texts=settings.max_texts, max_chars=settings.max_chars)
+            check_texts(texts, max_texts=settings.max_texts, max_chars=settings.max_chars, single=body.text is not None)
             future = batcher.submit(texts)
         except InputError as err:
             raise ApiError(INPUT_ERROR_STATUS.get(err.code, 422), err.code, str(err)) from None

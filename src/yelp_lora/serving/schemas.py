@@ -51,20 +51,22 @@ class InputError(ValueError):
         self.code = code
 
 
-def check_texts(texts: list, *, max_texts: int = MAX_TEXTS_PER_REQUEST, max_chars: int = MAX_REQUEST_TEXT_CHARS) -> list[str]:
-    """The texts of one service request, or an InputError naming the first problem (index and why)."""
+def check_texts(
+    texts: list, *, max_texts: int = MAX_TEXTS_PER_REQUEST, max_chars: int = MAX_REQUEST_TEXT_CHARS, single: bool = False,
+) -> list[str]:
+    """The texts of one service request, or an InputError naming the first problem (where and why);
+    `single`: the request sent one `text`, so the problem is named as that field."""
     if not texts:
         raise InputError("no_texts", "no texts given: send at least one review text")
     if len(texts) > max_texts:
         raise InputError("too_many_texts", f"{len(texts)} texts in one request, over the limit of {max_texts}")
     for index, text in enumerate(texts):
+        where = "text" if single else f"texts[{index}]"
         problem = text_problem(text)
         if problem:
-            raise InputError("invalid_text", f"texts[{index}]: {problem}")
+            raise InputError("invalid_text", f"{where}: {problem}")
         if len(text) > max_chars:
-            raise InputError(
-                "text_too_long", f"texts[{index}] is {len(text):,} characters long, over the limit of {max_chars:,}"
-            )
+            raise InputError("text_too_long", f"{where} is {len(text):,} characters long, over the limit of {max_chars:,}")
     return texts
 
 
