@@ -107,7 +107,9 @@ class Registry:
     """One registry directory; every read verifies, every write is atomic."""
 
     def __init__(self, root: str | Path | None = None):
-        self.root = Path(root) if root else default_root()
+        if isinstance(root, str) and not root.strip():  # Path("") is the current directory: not what was meant
+            raise RegistryError(f"--registry {root!r}: give a directory")
+        self.root = Path(root) if root is not None else default_root()
 
     # ------------------------------------------------------------ reading
 
