@@ -148,6 +148,7 @@ def test_hosts_not_served_here_are_refused(server):
     ((), "no host names given: every request would be refused"),
     (("localhost:8000",), "'localhost:8000' is not a host name: give names alone, without a scheme or a port"),
     (("https://example.com",), "'https://example.com' is not a host name"),
+    (("[::1]:8000",), "'[::1]:8000' is not a host name"),
 ])
 def test_allowed_hosts_that_could_never_match_are_refused(names, problem):
     from pydantic import ValidationError

@@ -690,7 +690,7 @@ def main(argv: list[str] | None = None) -> int:
             _check_json_file(getattr(args, flag, None), f"--{flag.replace('_', '-')}")
         if getattr(args, "adapter", None) and getattr(args, "registry", None) and hasattr(args, "alias"):
             raise UserError("--registry names where --version and --alias are looked up: with --adapter it "
-                                 "would not be used")
+                            "would not be used")
         args.handler(args)
         _leave_process_group(finished=True)
     except USER_ERRORS as err:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args
+from typing import Any, Collection, Literal, TypeVar, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -208,7 +208,7 @@ class RunConfig(_Section):
         return self
 
 
-def unused_settings(config: RunConfig, given) -> list[str]:
+def unused_settings(config: RunConfig, given: Collection[str]) -> list[str]:
     """Of the dotted fields the command line set (`given`), those that `config` makes no use of, each
     with why: a setting that silently does nothing is a mistake the user should hear of. (Not for
     tune's base config, where a trial may draw what makes the setting count.)"""
@@ -513,12 +513,15 @@ class ServeSettings(_Settings):
             return None
         if not names:
             raise ValueError("no host names given: every request would be refused")
+        bare = []
         for name in names:
-            bare = name[1:-1] if name.startswith("[") and name.endswith("]") else name
-            if not bare or "/" in bare or (":" in bare and not name.startswith("[") and bare.count(":") == 1):
+            address = name[1:-1] if name.startswith("[") and name.endswith("]") else name  # [::1] as ::1
+            # One colon is a port (an IPv6 address has several); a bracket left over, a port after one.
+            if not address or "/" in address or "[" in address or address.count(":") == 1:
                 raise ValueError(f"{name!r} is not a host name: give names alone, without a scheme or a port "
                                  "(the port is not compared)")
-        return tuple(dict.fromkeys((name[1:-1] if name.startswith("[") else name).lower() for name in names))
+            bare.append(address.lower())
+        return tuple(dict.fromkeys(bare))
 
     @field_validator("expect_sha256")
     @classmethod

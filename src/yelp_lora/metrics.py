@@ -31,7 +31,7 @@ def headline(labels, predictions) -> dict[str, float]:
 
 def present_labels(labels, predictions) -> list[int]:
     """The label ids among the rows or the predictions, in order."""
-    return sorted({int(label) for label in np.concatenate([np.asarray(labels).ravel(), np.asarray(predictions).ravel()])})
+    return [int(label) for label in np.union1d(labels, predictions)]
 
 
 def detailed(labels, predictions) -> dict:

@@ -113,14 +113,15 @@ def _source_rows(part: Split, file: Split, overlap_dropped: int = 0) -> SourceRo
     return SourceRows(**summary, file_rows=len(file), overlap_dropped=overlap_dropped)
 
 
-def _looks_like_test(path: Path) -> bool:
+def looks_like_test(path: Path) -> bool:
+    """Named as a test split: test, or a name ending in _test, -test or .test, whatever the suffix."""
     stem = path.stem.lower()
     return stem == "test" or stem.endswith(("_test", "-test", ".test"))
 
 
 def _refuse_test_file(path: Path, what: str) -> None:
     """Test rows are never trained on. A link is judged by its target's name too (train.csv -> test.csv)."""
-    if path.is_file() and (_looks_like_test(path) or _looks_like_test(path.resolve())):
+    if path.is_file() and (looks_like_test(path) or looks_like_test(path.resolve())):
         raise DataError(f"{what}: its name says it is a test split, and test rows are for evaluation only; "
                         "rename it if it really holds training rows")
 

@@ -33,6 +33,7 @@ from yelp_lora.artifacts import (
     run_dir_of,
 )
 from yelp_lora.config import LABEL_NAMES, EvalSettings
+from yelp_lora.data.mixing import looks_like_test
 from yelp_lora.data.rows import Split
 from yelp_lora.data.sampling import sample_split
 from yelp_lora.data.sources import load_split
@@ -209,8 +210,7 @@ def compare(adapter: str | Path, settings: EvalSettings) -> CompareResult:
 
 def _sample_name(data: SplitSummary) -> str:
     """'Yelp Test' for a test split, as the reference printed it; otherwise the file the rows came from."""
-    stem = Path(data.source).stem.lower()
-    return "Yelp Test" if stem == "test" or stem.endswith(("_test", "-test", ".test")) else data.source
+    return "Yelp Test" if looks_like_test(Path(data.source)) else data.source
 
 
 def format_compare(result: CompareResult) -> str:
