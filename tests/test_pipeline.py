@@ -285,6 +285,8 @@ def test_user_mistakes_get_one_clear_line(tmp_path, minilm_run, data_dir):
         (("report", str(minilm_run), "--compare-json", str(tmp_path)), f"--compare-json {tmp_path} is a directory: name a file"),
         (("train", "--output-dir", str(version), "--overwrite"),
          f"{version} is a registry version (it holds manifest.json), and a registered version never changes"),
+        (("tune", "--output-dir", str(version)), f"{version} is a registry version (it holds manifest.json)"),
+        (("train", "--seeds", "2", "--output-dir", str(version)), f"{version} is a registry version (it holds manifest.json)"),
     ]
     for number, (args, message) in enumerate(cases):
         # The first as a user runs it, in its own process; the rest through the same entry point in this one.

@@ -129,6 +129,10 @@ def test_a_resumed_study_continues_up_to_the_total_and_fails_an_abandoned_trial(
     refused = cli(*resume_args, "--set", "train.lr_scheduler=cosine", check=False)
     assert refused.returncode == 2
     assert "was started with another base config (train.lr_scheduler: 'linear' -> 'cosine')" in refused.stderr
+    # Another study in the same directory would write over this one's trials, best.yaml and figures.
+    other = cli(*resume_args, "--study-name", "other", check=False)
+    assert other.returncode == 2 and (f"--output-dir {out} holds study 'yelp-lora': one study per output directory"
+                                      in other.stderr), other.stderr
 
     cli(*resume_args)
     after = load_study(out).get_trials()

@@ -17,7 +17,7 @@ from yelp_lora.config import EvalSettings, RunConfig
 from yelp_lora.data.sources import resolve_source
 from yelp_lora.errors import ConfigError
 from yelp_lora.evaluation.evaluate import compare
-from yelp_lora.training.recipe import format_run_summary, interrupted_checkpoints, train
+from yelp_lora.training.recipe import format_run_summary, interrupted_checkpoints, refuse_registry_version, train
 
 SWEEP_FILE = "sweep.json"
 # (name in sweep.json, how to read it from a compare result)
@@ -91,6 +91,7 @@ def sweep(config: RunConfig, output_dir: str | Path, seeds: int, settings: EvalS
     """Train seeds config.train.seed … +seeds-1 into OUTPUT/seed-S/, compare each, write OUTPUT/sweep.json;
     a seed already trained with this config is reused, one trained with another replaced only if `overwrite`."""
     output_dir = Path(output_dir)
+    refuse_registry_version(output_dir)
     source = resolve_source(config.data.source)
     if Path(source).is_file():  # each seed is compared on the test split, which one file does not have
         raise ConfigError(f"--seeds compares every seed on the data's test split, and {source} is one file: "

@@ -238,6 +238,12 @@ def class_weights(labels: list[int]) -> torch.Tensor:
     return torch.tensor(weights, dtype=torch.float32)
 
 
+def refuse_registry_version(output_dir: Path) -> None:
+    if (output_dir / MANIFEST_FILE).is_file():
+        raise ConfigError(f"{output_dir} is a registry version (it holds {MANIFEST_FILE}), and a registered version "
+                          "never changes: write into another --output-dir")
+
+
 # A finished run's scores of its adapter, removed by `train --overwrite` as training starts; the adapter and
 # run.json are replaced as the new run writes them (atomically: a failed save leaves the old ones whole).
 SCORES_OF_A_RUN = (COMPARE_FILE, REPORT_DIRNAME)
@@ -262,9 +268,7 @@ def train(
     """
     output_dir = Path(output_dir)
     check_output_dir(output_dir, "--output-dir")
-    if (output_dir / MANIFEST_FILE).is_file():
-        raise ConfigError(f"{output_dir} is a registry version (it holds {MANIFEST_FILE}), and a registered version "
-                          "never changes: train into another --output-dir")
+    refuse_registry_version(output_dir)
     replacing = (output_dir / RUN_FILE).is_file() and not resume
     if replacing and not overwrite:
         raise ConfigError(

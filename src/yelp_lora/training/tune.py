@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import json
 import logging
 import shutil
 import warnings
@@ -37,13 +38,14 @@ from yelp_lora.artifacts import ADAPTER_DIRNAME, CHECKPOINT_DIRNAME
 from yelp_lora.config import RunConfig, TuneSettings, changed_fields, with_overrides
 from yelp_lora.data.mixing import training_rows
 from yelp_lora.errors import USER_ERRORS, ConfigError
-from yelp_lora.training.recipe import train
+from yelp_lora.training.recipe import refuse_registry_version, train
 from yelp_lora.training.space import FloatRange, IntRange, SearchSpace, config_value
 from yelp_lora.training.tracking import study_run
 from yelp_lora.util.atomic import atomic_write_bytes, atomic_write_text, check_output_dir
 
 STUDY_DB = "study.db"
 TRIALS_DIRNAME = "trials"
+STUDY_CLAIM_FILE = "study.json"  # the study this output directory holds: {study_name, storage}
 BEST_CONFIG_FILE = "best.yaml"
 TRIALS_CSV = "trials.csv"
 HISTORY_FIGURE = "optimization_history.png"
@@ -91,8 +93,10 @@ def tune(base: RunConfig, space: SearchSpace, settings: TuneSettings, *, pruner=
     space.check(base)  # a value no trial could train with fails now, not hours in
     output_dir = Path(settings.output_dir)
     check_output_dir(output_dir, "--output-dir")
+    refuse_registry_version(output_dir)
     training_rows(base.data, base.train.seed)  # so does data that is missing or broken, before the study records a failed trial
     output_dir.mkdir(parents=True, exist_ok=True)
+    _claim(output_dir, settings)
     url = settings.storage or f"sqlite:///{(output_dir / STUDY_DB).resolve()}"
     finished_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     study = _open_study(optuna, url, settings, base, space, pruner)
@@ -135,6 +139,23 @@ def tune(base: RunConfig, space: SearchSpace, settings: TuneSettings, *, pruner=
             if mlflow is not None:
                 _log_study(mlflow, result)
     return result
+
+
+def _claim(output_dir: Path, settings: TuneSettings) -> None:
+    """One study per output directory: its trials/, best.yaml and figures are that study's. A second
+    study there would write over them, so it is refused (the directory records the first one's name)."""
+    claim_file = output_dir / STUDY_CLAIM_FILE
+    ours = {"study_name": settings.study_name, "storage": settings.storage}
+    if claim_file.is_file():
+        held = json.loads(claim_file.read_text(encoding="utf-8"))
+        if held != ours:
+            where = f" in {held['storage']}" if held["storage"] else ""
+            raise ConfigError(
+                f"--output-dir {output_dir} holds study {held['study_name']!r}{where}: one study per output directory; "
+                "give its --study-name and --storage to resume it, or another --output-dir"
+            )
+    else:
+        atomic_write_text(claim_file, json.dumps(ours) + "\n")
 
 
 def _no_traceback_for_user_errors(record: logging.LogRecord) -> bool:
