@@ -32,12 +32,16 @@ def _given(args: argparse.Namespace, fields) -> dict:
 def _check_json_file(path: str | bool | None, flag: str) -> None:
     """A JSON FILE that cannot be written fails now, not after the work it records (predict's --json is a switch)."""
     if isinstance(path, str):
+        from yelp_lora.artifacts import ADAPTER_CONFIG_FILE, MANIFEST_FILE, RUN_FILE
         from yelp_lora.errors import UserError
         from yelp_lora.util.atomic import check_output_dir
 
-        if Path(path).is_dir():
+        target = Path(path)
+        if target.is_dir():
             raise UserError(f"{flag} {path} is a directory: name a file")
-        check_output_dir(Path(path).absolute().parent, f"{flag}'s directory")
+        if (target.parent / ADAPTER_CONFIG_FILE).is_file() or (target.name in (RUN_FILE, MANIFEST_FILE) and target.exists()):
+            raise UserError(f"{flag} {path} would write over a run's or an adapter's own record: name another file")
+        check_output_dir(target.absolute().parent, f"{flag}'s directory")
 
 
 def _write_json(path: str | None, record) -> None:
