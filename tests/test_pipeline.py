@@ -247,6 +247,8 @@ def test_user_mistakes_get_one_clear_line(tmp_path, minilm_run, data_dir):
         (("tune", "--output-dir", str(empty)), f"--output-dir {empty} exists and is not a directory"),
         (("export", "v1", "--registry", str(tmp_path / "registry"), "--merged", str(empty)), f"--merged {empty} exists and is not a directory"),
         (("train", "--max-steps", "0", "--output-dir", str(tmp_path / "x")), "train.max_steps: must be at least 1, or -1 for all epochs"),
+        (("train", "--set", "train.lr_scheduler=bogus", "--output-dir", str(tmp_path / "x")),
+         "train.lr_scheduler: Input should be 'linear', 'cosine', 'cosine_with_restarts', 'polynomial', 'constant'"),
         (("train", "--seed", "-1", "--output-dir", str(tmp_path / "x")), "train.seed: Input should be greater than or equal to 0"),
         (("evaluate", "--adapter", str(minilm_run), "--seed", "-1"), "--seed must be at least 0 (got -1)"),
         (("tune", "--seed", str(2**32), "--output-dir", str(tmp_path / "t")), "--seed 4294967296: Input should be less than or equal to 4294967295"),

@@ -136,7 +136,10 @@ class DataConfig(_Section):
 
 class TrainConfig(_Section):
     learning_rate: float = Field(2e-4, gt=0)
-    lr_scheduler: str = "linear"
+    # transformers' schedulers that need no further arguments (checked here, not in the Trainer's traceback).
+    lr_scheduler: Literal[
+        "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt"
+    ] = "linear"
     warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
     epochs: float = Field(3, gt=0)
     max_steps: int = Field(-1, ge=-1, description="Stop after this many optimizer steps; -1 = run all epochs.")
