@@ -118,6 +118,21 @@ def test_a_tracking_server_that_does_not_answer_is_a_clear_error_before_any_data
     assert not out.exists()
 
 
+@pytest.mark.parametrize("uri, fragment", [
+    ("file:///STORE", "The filesystem tracking backend"),  # MLflow 3's file store refuses unless opted in
+    ("bogus://x", "unsupported URI 'bogus://x'"),
+])
+def test_a_store_mlflow_refuses_is_a_clear_error_before_any_data_is_read(uri, fragment, tiny_bert_dir, tmp_path, monkeypatch):
+    uri = uri.replace("/STORE", str(tmp_path / "store"))
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    out = tmp_path / "run"
+    result = cli(*tiny_train_args(tiny_bert_dir, tmp_path / "no-such-data.csv", out, "--report-to", "mlflow"), check=False)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert f"error: MLflow cannot use $MLFLOW_TRACKING_URI {uri}: " in result.stderr and fragment in result.stderr
+    assert not out.exists()
+
+
 def test_environment_restores_what_it_set_and_what_a_library_set_inside_it(monkeypatch):
     monkeypatch.setenv("YELP_LORA_TEST_SET", "before")
     monkeypatch.delenv("YELP_LORA_TEST_NEW", raising=False)

@@ -136,7 +136,8 @@ def _finish_mlflow(mlflow, output_dir: Path, figures: dict[str, float]) -> None:
 
 def require(train: TrainConfig) -> None:
     """Fail before any data is read when train.report_to names an integration that is not installed,
-    or an MLflow tracking server that does not answer (mlflow itself retries for minutes, silently)."""
+    an MLflow tracking server that does not answer (mlflow itself retries for minutes, silently), or
+    a store MLflow will not open."""
     if train.report_to != "none":
         _require(train.report_to, train.report_to)
     uri = os.environ.get("MLFLOW_TRACKING_URI", "")
@@ -155,6 +156,14 @@ def require(train: TrainConfig) -> None:
                 return
             raise ConfigError(f"the MLflow tracking server {uri} ($MLFLOW_TRACKING_URI) does not answer ({reason}): "
                               "start it, or unset the variable to log into RUN_DIR/mlflow.db") from None
+    elif train.report_to == "mlflow" and uri:  # a store MLflow refuses (an unknown scheme, its file store) fails now too
+        from mlflow.exceptions import MlflowException
+        from mlflow.tracking import MlflowClient
+
+        try:
+            MlflowClient(tracking_uri=uri)
+        except MlflowException as err:
+            raise ConfigError(f"MLflow cannot use $MLFLOW_TRACKING_URI {uri}: {' '.join(str(err).split())}") from None
 
 
 def _require(module: str, package: str):
