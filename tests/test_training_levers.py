@@ -329,6 +329,8 @@ def test_head_tokens_not_below_max_length_is_refused_naming_the_field(tiny_bert_
      "and this config cuts reviews at their head"),
     (("--pad-to-max-length", "--pad-to-multiple-of", "16"), "train.pad_to_multiple_of is set but unused: "
      "train.pad_to_max_length pads every text to model.max_length already"),
+    (("--epochs", "1", "--max-steps", "12"), "train.epochs is set but unused: train.max_steps sets how many steps the "
+     "run takes"),
     (("--set", "train.group_by_length=false", "--micro-batch-size", "2"), "train.micro_batch_size is set but unused: "
      "micro-batches are how train.group_by_length runs a step, and this config runs each step as one batch"),
 ])

@@ -466,7 +466,8 @@ def _add_run_config_options(p: argparse.ArgumentParser) -> None:
     _setting(p, "--train-samples", "data.train_samples", type=int, help="seeded stratified subsample of the train split")
     _setting(p, "--val-samples", "data.val_samples", type=int, help="validation rows carved from train")
     _setting(p, "--epochs", "train.epochs", type=float)
-    _setting(p, "--max-steps", "train.max_steps", type=int, help="stop after N optimizer steps")
+    _setting(p, "--max-steps", "train.max_steps", type=int,
+             help="run N optimizer steps, fewer or more than --epochs would (which it replaces); -1: all epochs")
     _setting(p, "--lr", "train.learning_rate", type=float, help="peak learning rate (linear decay)")
     _setting(p, "--batch-size", "train.train_batch_size", type=int, help="training batch size (rows per optimizer step)")
     _setting(p, "--micro-batch-size", "train.micro_batch_size", type=int,

@@ -142,7 +142,7 @@ class TrainConfig(_Section):
     ] = "linear"
     warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
     epochs: float = Field(3, gt=0)
-    max_steps: int = Field(-1, ge=-1, description="Stop after this many optimizer steps; -1 = run all epochs.")
+    max_steps: int = Field(-1, ge=-1, description="Run this many optimizer steps, in place of epochs (fewer or more); -1 = run all epochs.")
     train_batch_size: int | None = Field(
         None, ge=1, description="null = auto: 16 on CPU, 64 on CUDA (16 leaves a large GPU launch-bound)."
     )
@@ -225,6 +225,9 @@ def unused_settings(config: RunConfig, given: Collection[str]) -> list[str]:
         "train.pad_to_multiple_of": (
             train.pad_to_multiple_of is not None and train.pad_to_max_length,
             "train.pad_to_max_length pads every text to model.max_length already",
+        ),
+        "train.epochs": (
+            train.max_steps > 0, "train.max_steps sets how many steps the run takes, whatever the epochs would give",
         ),
         "train.micro_batch_size": (
             train.micro_batch_size is not None and one_batch_steps,
