@@ -116,5 +116,5 @@ def test_progress_writes_whole_lines_off_a_terminal():
 
 def test_sweep_mean_and_sample_std():
     assert mean_std([1.0, 2.0, 3.0]).model_dump() == {"mean": 2.0, "std": 1.0, "values": [1.0, 2.0, 3.0]}
-    assert mean_std([0.5]).model_dump() == {"mean": 0.5, "std": 0.0, "values": [0.5]}
+    assert mean_std([0.5]).model_dump() == {"mean": 0.5, "std": None, "values": [0.5]}  # no spread from one seed
     assert mean_std([None, 1.0, 3.0]).mean == 2.0

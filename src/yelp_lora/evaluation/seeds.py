@@ -78,7 +78,7 @@ def mean_std(values: list[float | None]) -> Spread:
     present = [v for v in values if v is not None]
     return Spread(
         mean=float(np.mean(present)) if present else None,
-        std=float(np.std(present, ddof=1)) if len(present) > 1 else 0.0 if present else None,
+        std=float(np.std(present, ddof=1)) if len(present) > 1 else None,  # one value has no sample spread
         values=values,
     )
 
@@ -137,6 +137,7 @@ def format_sweep(summary: SweepSummary) -> str:
         if stats.mean is None:
             lines.append(f"{name:<22} n/a")
         else:
-            lines.append(f"{name:<22} {stats.mean:.4f} ± {stats.std:.4f}   ("
+            spread = f"± {stats.std:.4f}" if stats.std is not None else "± n/a "
+            lines.append(f"{name:<22} {stats.mean:.4f} {spread}   ("
                          + ", ".join("n/a" if v is None else f"{v:.4f}" for v in stats.values) + ")")
     return "\n".join(lines)
