@@ -255,9 +255,11 @@ def format_compare(result: CompareResult) -> str:
         )
     if result.temperature_scaling is not None:
         scaling = result.temperature_scaling
+        fitted = (f"softmax(logits / {scaling.temperature:.4g}), fitted on validation" if scaling.temperature != 1 else
+                  "no temperature: trained with --no-calibrate, or before temperatures were fitted")
         lines += [
             "",
-            f"===== Temperature Scaling (LoRA: softmax(logits / {scaling.temperature:.4g}), fitted on validation) =====",
+            f"===== Temperature Scaling (LoRA: {fitted}) =====",
             f"LoRA ECE raw       : {scaling.ece_raw:.4f}",
             f"LoRA ECE calibrated: {scaling.ece_calibrated:.4f} (the LoRA ECE above; labels unchanged)",
         ]
