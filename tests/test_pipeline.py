@@ -110,6 +110,14 @@ def test_compare_prints_the_reference_block(minilm_run, data_dir, tmp_path):
     assert scaling["temperature"] == read_json(minilm_run / "adapter" / "yelp_lora.json")["temperature"]
     assert scaling["ece_calibrated"] == payload["ece"]["lora"] and 0 <= scaling["ece_raw"] <= 1
     assert f"LoRA ECE raw       : {scaling['ece_raw']:.4f}" in result.stdout
+    assert f"(LoRA: softmax(logits / {scaling['temperature']:.4g}), fitted on validation)" in result.stdout
+    # An adapter that carries no temperature (--no-calibrate) is not said to have one fitted.
+    plain = tmp_path / "plain"
+    shutil.copytree(minilm_run, plain)
+    meta = read_json(plain / "adapter" / "yelp_lora.json")
+    (plain / "adapter" / "yelp_lora.json").write_text(json.dumps({**meta, "temperature": 1.0}))
+    unscaled = cli("compare", "--adapter", str(plain), "--data", str(data_dir), "--n", "10")
+    assert "(LoRA: no temperature: trained with --no-calibrate, or before temperatures were fitted)" in unscaled.stdout
     # Reviews longer than the adapter's 256 tokens, scored apart from the rest: the two groups make up the sample.
     split = payload["long_reviews"]
     long, short = split["long"], split["short"]
@@ -286,6 +294,7 @@ def test_user_mistakes_get_one_clear_line(tmp_path, minilm_run, data_dir):
          "would write over a run's or an adapter's own record"),
         (("train", "--data", "/dev/null", "--output-dir", str(tmp_path / "x")), "data path /dev/null is not a regular file or a directory"),
         (("train", "--compare-n", "10", "--output-dir", str(tmp_path / "x")), "--compare-n is the test sample of a seed sweep: it needs --seeds K"),
+        (("train", "--seeds", "2", "--compare-n", "0", "--output-dir", str(tmp_path / "x")), "--compare-n must be at least 1 (got 0)"),
         (("train", "--seeds", "2", "--data", str(data_dir / "train.csv"), "--output-dir", str(tmp_path / "x")),
          f"--seeds compares every seed on the data's test split, and {data_dir / 'train.csv'} is one file"),
         (("report", str(minilm_run), "--compare-json", str(tmp_path)), f"--compare-json {tmp_path} is a directory: name a file"),

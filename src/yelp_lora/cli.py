@@ -95,6 +95,8 @@ def cmd_train(args: argparse.Namespace) -> None:
             raise UserError(f"--seeds must be at least 1, not {args.seeds}")
         if args.resume:
             raise UserError("--seeds reruns only unfinished seeds by itself; drop --resume")
+        if args.compare_n is not None and args.compare_n < 1:
+            raise UserError(f"--compare-n must be at least 1 (got {args.compare_n})")
         settings = _eval_settings(argparse.Namespace(), **({"n": args.compare_n} if args.compare_n is not None else {}))
         summary = sweep(config, args.output_dir, args.seeds, settings, overwrite=args.overwrite)
         print(format_sweep(summary))
@@ -474,7 +476,7 @@ def _add_run_config_options(p: argparse.ArgumentParser) -> None:
              help="rows per forward pass of a length-sorted step (divides --batch-size; default: 4 on CPU, 16 on CUDA)")
     _setting(p, "--pad-to-multiple-of", "train.pad_to_multiple_of", type=int, metavar="N",
              help="pad each batch's length up to a multiple of N tokens; 1: to its longest text (default: auto, "
-             "8 on CPUs without AMX, 1 elsewhere)")
+             "16 on AMX CPUs, 8 on other CPUs, 1 on GPUs)")
     _setting(p, "--extra-train", "data.extra_train", type=_train_source, action="append", metavar="SOURCE[:N|:FRACTION][:balanced]",
              help="another training source (repeatable; replaces the config's list), e.g. "
              "../shared/data/yelp_review_full/open_dataset_train.csv:6000:balanced (N: rows; FRACTION: a share "
