@@ -316,8 +316,10 @@ class RunRecord(Record):
 
 
 def run_dir_of(path: str | Path) -> Path:
-    """The run directory, given it or the adapter directory inside it."""
+    """The run directory, given it, the adapter directory inside it, or its run.json."""
     path = Path(path)
+    if path.name == RUN_FILE and path.is_file():
+        return path.parent
     return path.parent if path.name == ADAPTER_DIRNAME and not (path / RUN_FILE).is_file() else path
 
 
