@@ -12,7 +12,7 @@ from typing import Any, Collection, Literal, TypeVar, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from yelp_lora.errors import ConfigError
+from yelp_lora.errors import ConfigError, shown
 
 LABEL_NAMES: tuple[str, ...] = (
     "strong_negative",
@@ -329,6 +329,9 @@ def _overridden(raw: dict[str, Any], overrides: dict[str, Any] | None) -> dict[s
     return raw
 
 
+MAX_CONFIG_PROBLEMS = 5  # named in one error line; the rest counted
+
+
 def _validated_config(raw: dict[str, Any], where: str, given: set[str] = frozenset()) -> RunConfig:
     """RunConfig(raw), its errors in one line; `given`: the dotted fields the command line set, whose
     errors are the command line's, not the preset's."""
@@ -336,7 +339,9 @@ def _validated_config(raw: dict[str, Any], where: str, given: set[str] = frozens
         return RunConfig.model_validate(raw)
     except ValidationError as err:
         errors = err.errors()
-        problems = "; ".join(_config_problem(e) for e in errors)
+        problems = "; ".join(_config_problem(e) for e in errors[:MAX_CONFIG_PROBLEMS])
+        if len(errors) > MAX_CONFIG_PROBLEMS:  # a file that is no run config at all (another record, say)
+            problems += f"; and {len(errors) - MAX_CONFIG_PROBLEMS} more"
         if all(".".join(str(p) for p in e["loc"][:2]) in given for e in errors):
             where = "the command line"
         raise ConfigError(f"{where}: {problems}") from None
@@ -351,7 +356,7 @@ def _config_problem(error: dict) -> str:
     section = RunConfig.model_fields.get(str(error["loc"][0]))
     if error["type"] == "extra_forbidden" and len(error["loc"]) == 2 and section is not None:
         return f"{dotted}: no such field ({error['loc'][0]} has {', '.join(section.annotation.model_fields)})"
-    return f"{dotted}: {message} (got {error.get('input')!r})"
+    return f"{dotted}: {message} (got {shown(error.get('input'), 80)})"  # a whole JSON record was once printed here
 
 
 def changed_fields(before: dict[str, dict], after: dict[str, dict]) -> list[str]:

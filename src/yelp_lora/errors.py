@@ -34,3 +34,12 @@ class UserError(Exception):
 
 
 USER_ERRORS: tuple[type[BaseException], ...] = (UserError, ConfigError, DataError, ModelError, SaveError)
+
+
+def shown(value: object, limit: int = 40) -> str:
+    """A value as an error message may quote it: its repr, cut short (whatever its size)."""
+    try:
+        text = repr(value)
+    except ValueError:  # an integer too long for Python to print
+        return f"<an integer of {value.bit_length():,} bits>"
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, TextIO
 
-from yelp_lora.errors import DataError
+from yelp_lora.errors import DataError, shown
 
 SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")
 # Reading is bounded whatever a file holds: no line, field or row group is built past these.
@@ -200,15 +200,6 @@ def _malformed(path: Path, reader, err: Exception) -> DataError:
     if isinstance(err, DataError):
         return err
     return DataError(f"{path}: line {reader.line_num}: malformed CSV ({err}); check for an unclosed quote")
-
-
-def shown(value: object, limit: int = 40) -> str:
-    """A value as it may be quoted in a message: its repr, cut short (whatever its size)."""
-    try:
-        text = repr(value)
-    except ValueError:  # an integer too long for Python to print
-        return f"<an integer of {value.bit_length():,} bits>"
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _numbered_lines(path: Path) -> Iterator[tuple[int, str | None]]:

@@ -18,8 +18,8 @@ import numpy as np
 
 from yelp_lora.artifacts import SplitSummary
 from yelp_lora.config import NUM_LABELS
-from yelp_lora.data.readers import Table, shown, open_table
-from yelp_lora.errors import DataError
+from yelp_lora.data.readers import Table, open_table
+from yelp_lora.errors import DataError, shown
 
 log = logging.getLogger(__name__)
 
