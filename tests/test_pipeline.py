@@ -312,6 +312,9 @@ def test_user_mistakes_get_one_clear_line(tmp_path, minilm_run, data_dir):
         assert result.returncode == 2, (args, result.stderr[-2000:])
         assert message in result.stderr, (args, result.stderr[-2000:])
         assert "Traceback" not in result.stderr and len(result.stderr) < 1500, (args, result.stderr[-2000:])
+    # A flag given twice is refused as argparse refuses any flag it cannot take (usage, then the error line).
+    twice = run_cli("train", "--lr", "1e-3", "--lr", "2e-3", "--output-dir", str(tmp_path / "x"), check=False)
+    assert twice.returncode == 2 and twice.stderr.endswith("yelp-lora train: error: --lr given twice: give it once\n")
     # Named itself, a stopped run's adapter is taken as it is.
     assert "strong_positive" in cli("predict", "--adapter", str(unfinished / "adapter"), "Great tacos.").stdout
 

@@ -19,9 +19,19 @@ SUPPRESS = argparse.SUPPRESS
 MCP_PORT = 8001  # beside serve's 8000
 
 
+class _Once(argparse.Action):
+    """Stores a flag's value, refusing the flag given twice (argparse would keep the last, silently)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        # Unset, the attribute is absent (SUPPRESS) or still the parser's default object (set_defaults).
+        if hasattr(namespace, self.dest) and getattr(namespace, self.dest) is not parser.get_default(self.dest):
+            parser.error(f"{option_string} given twice: give it once")
+        setattr(namespace, self.dest, values)
+
+
 def _setting(parser: argparse.ArgumentParser, flag: str, dest: str, **options) -> None:
     """A flag that sets settings field `dest` when given, and passes nothing when not."""
-    parser.add_argument(flag, dest=dest, default=SUPPRESS, **options)
+    parser.add_argument(flag, dest=dest, default=SUPPRESS, **({"action": _Once} | options))
 
 
 def _given(args: argparse.Namespace, fields) -> dict:
