@@ -147,7 +147,12 @@ def _claim(output_dir: Path, settings: TuneSettings) -> None:
     claim_file = output_dir / STUDY_CLAIM_FILE
     ours = {"study_name": settings.study_name, "storage": settings.storage}
     if claim_file.is_file():
-        held = json.loads(claim_file.read_text(encoding="utf-8"))
+        try:
+            held = json.loads(claim_file.read_text(encoding="utf-8"))
+            held = {"study_name": held["study_name"], "storage": held["storage"]}
+        except (ValueError, KeyError, TypeError):
+            raise ConfigError(f"{claim_file} is damaged: it should name the study this directory holds "
+                              f"({json.dumps(ours)} for this command's)") from None
         if held != ours:
             where = f" in {held['storage']}" if held["storage"] else ""
             raise ConfigError(
