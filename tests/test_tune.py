@@ -219,7 +219,10 @@ def test_mlflow_nests_each_trial_in_the_study_run(tmp_path, tiny_bert_dir, train
 def test_bad_input_is_one_line_and_exit_2(tmp_path, tiny_bert_dir, train_only_data, space, extra, fragment):
     space_file = tmp_path / "space.yaml"
     space_file.write_text(space)
-    result = cli(*tune_args(tiny_bert_dir, train_only_data, tmp_path / "out", space_file, *extra), check=False)
+    data = train_only_data
+    if extra[:1] == ["--data"]:  # in place of tune_args' own: a flag given twice is refused
+        data, extra = extra[1], extra[2:]
+    result = cli(*tune_args(tiny_bert_dir, data, tmp_path / "out", space_file, *extra), check=False)
     assert result.returncode == 2
     assert result.stderr.startswith("yelp-lora tune: error: ") and result.stderr.count("\n") == 1
     assert fragment.replace("SPACE", str(space_file)) in result.stderr
