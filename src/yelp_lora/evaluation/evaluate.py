@@ -22,15 +22,12 @@ from yelp_lora.artifacts import (
     LongReviews,
     McNemar,
     Ordinal,
-    RUN_FILE,
     Record,
-    RunRecord,
     SplitSummary,
     TemperatureScaling,
     read_adapter_meta,
-    read_record,
+    read_run,
     resolve_adapter_dir,
-    run_dir_of,
 )
 from yelp_lora.config import LABEL_NAMES, EvalSettings
 from yelp_lora.data.mixing import looks_like_test
@@ -76,12 +73,11 @@ def load_eval_split(adapter_dir: Path, meta: AdapterMeta, settings: EvalSettings
 
 def _learnt_from(adapter_dir: Path, source: str) -> bool:
     """Whether `source` is a file the run recorded as one of its training or validation sources."""
-    run_file = run_dir_of(adapter_dir) / RUN_FILE
-    if not Path(source).is_file() or not run_file.is_file():
+    if not Path(source).is_file():
         return False
     try:
-        data = read_record(RunRecord, run_file).data
-    except DataError:  # a damaged record says nothing either way; scoring needs none
+        data = read_run(adapter_dir)[1].data
+    except DataError:  # no run.json (a foreign adapter), or a damaged one: it says nothing either way
         return False
     used = [entry.source for entry in data.sources] + [data.validation.source]
     return any(Path(path).is_file() and Path(path).resolve() == Path(source).resolve() for path in used)
